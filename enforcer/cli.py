@@ -1,0 +1,264 @@
+"""`enforcer`: the operator's command line. Everything but `daemon` talks to a
+running daemon over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from enforcer.settings import DEFAULT_SOCKET, SOCKET_ENV
+
+
+def _json(message: Any) -> str:
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), sort_keys=True)
+
+
+def _print_json(message: Any) -> None:
+    print(_json(message), flush=True)
+
+
+def format_denial(event: Any) -> str:
+    from enforcer.wire import PROTOCOL_NAMES
+    from enforcer.v1 import enforcer_pb2 as pb
+
+    when = datetime.datetime.fromtimestamp(event.time_unix_ns / 1e9, tz=datetime.timezone.utc)
+    kind = pb.DenialKind.Name(event.kind).removeprefix("DENIAL_KIND_").lower()
+    action = pb.Action.Name(event.action).removeprefix("ACTION_").lower()
+    if event.HasField("destination"):
+        dest = event.destination
+        host = f"[{dest.address}]" if ":" in dest.address else dest.address
+        what = f"{host}:{dest.port}/{PROTOCOL_NAMES.get(dest.protocol, '?')}"
+    else:
+        what = f"socket(family={event.socket.family}, type={event.socket.type}, protocol={event.socket.protocol})"
+    labels = ",".join(f"{k}={v}" for k, v in sorted(event.labels.items()))
+    return (
+        f"{when:%Y-%m-%dT%H:%M:%S.%f}Z #{event.seq} {event.sandbox} {action} {kind} {what} "
+        f"pid={event.process.pid} comm={event.process.comm}" + (f" labels={labels}" if labels else "")
+    )
+
+
+def format_stats(stats: Any) -> str:
+    rows = [f"sandbox {stats.sandbox}"]
+    for name in ("connect", "sendmsg", "socket"):
+        counters = getattr(stats, name)
+        rows.append(f"  {name:8} refused {counters.refused:>8}  audited {counters.audited:>8}")
+    rows.append(f"  events suppressed (rate limit) {stats.events_suppressed}, lost (ring buffer full) {stats.events_lost}")
+    return "\n".join(rows)
+
+
+def _summary(stats: Any) -> str:
+    refused = {n: getattr(stats, n).refused for n in ("connect", "sendmsg", "socket")}
+    audited = {n: getattr(stats, n).audited for n in ("connect", "sendmsg", "socket")}
+    detail = ", ".join(f"{n} {c}" for n, c in refused.items() if c)
+    audit_detail = ", ".join(f"{n} {c}" for n, c in audited.items() if c)
+    text = f"enforcer: sandbox {stats.sandbox}: {sum(refused.values())} refused"
+    if detail:
+        text += f" ({detail})"
+    text += f", {sum(audited.values())} audited"
+    if audit_detail:
+        text += f" ({audit_detail})"
+    return text
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    if args.print_bpf:
+        from enforcer.kernel.network import bpf_source
+
+        print(bpf_source())
+        return 0
+    from enforcer.daemon.logs import configure
+    from enforcer.daemon.server import DaemonConfig, StartupError, run_daemon
+
+    configure()
+    try:
+        return run_daemon(
+            DaemonConfig(
+                socket_path=args.socket or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
+                listen=args.listen,
+                events_per_sec=args.events_per_sec,
+            )
+        )
+    except StartupError as exc:
+        print(f"enforcer daemon: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_apply(args: argparse.Namespace, enf: Any) -> int:
+    response = enf.apply(Path(args.file))
+    if args.json:
+        _print_json(response)
+    else:
+        applied = response.applied
+        verb = "replaced" if response.replaced else "applied"
+        print(f"{verb} policy for sandbox {applied.policy.sandbox} on {applied.cgroup_path} (generation {applied.generation})")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, enf: Any) -> int:
+    enf.remove(args.sandbox)
+    print(f"removed policy for sandbox {args.sandbox}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, enf: Any) -> int:
+    policies = enf.list()
+    if args.json:
+        for applied in policies:
+            _print_json(applied)
+        return 0
+    if not policies:
+        print("no policies applied")
+    for applied in policies:
+        p = applied.policy
+        print(
+            f"{p.sandbox:24} {applied.cgroup_path}  mode={'audit' if p.mode == 2 else 'enforce'} "
+            f"allow={len(p.network.allow)} deny={len(p.network.deny)}"
+        )
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, enf: Any) -> int:
+    _print_json(enf.get(args.sandbox))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, enf: Any) -> int:
+    stats = enf.stats(args.sandbox)
+    print(_json(stats) if args.json else format_stats(stats), flush=True)
+    return 0
+
+
+def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"enforcer: --label expects KEY=VALUE, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def cmd_denials(args: argparse.Namespace, enf: Any) -> int:
+    try:
+        for event in enf.denials(sandboxes=args.sandbox or (), labels=_parse_labels(args.label), follow=args.follow):
+            print(_json(event) if args.json else format_denial(event), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, enf: Any) -> int:
+    from enforcer.cgroupfs import cgroup2_mount, create_cgroup, move_pid, remove_cgroup
+    from enforcer.policy import Target, TargetKind, load_policy_file
+
+    command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("enforcer run: no command given (enforcer run --policy FILE -- CMD ARGS...)", file=sys.stderr)
+        return 2
+    policy = load_policy_file(args.policy)
+    sandbox = args.sandbox or policy.sandbox
+    cgroup = create_cgroup(cgroup2_mount() / "enforcer-run" / f"{sandbox}-{os.getpid()}")
+    policy = dataclasses.replace(policy, sandbox=sandbox, target=Target(TargetKind.CGROUP, str(cgroup.path)))
+    applied = False
+    try:
+        enf.apply(policy)
+        applied = True
+        child = subprocess.Popen(command, preexec_fn=lambda: move_pid(0, cgroup.path))  # noqa: PLW1509
+        forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            status = child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        print(_summary(enf.stats(sandbox)), file=sys.stderr)
+        return status if status >= 0 else 128 - status
+    finally:
+        if applied:
+            enf.remove(sandbox)
+        remove_cgroup(cgroup.path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enforcer", description="eBPF network policy enforcer for AI-agent sandboxes")
+    parser.add_argument("--socket", help=f"daemon socket or host:port (default ${SOCKET_ENV} or {DEFAULT_SOCKET})")
+    sub = parser.add_subparsers(dest="command_name", required=True)
+
+    daemon = sub.add_parser("daemon", help="run the daemon (root)")
+    daemon.add_argument("--listen", help="also serve gRPC on this host:port (plaintext; prefer the Unix socket)")
+    daemon.add_argument("--events-per-sec", type=int, default=2000,
+                        help="denial events reported per sandbox per CPU per second (counters stay exact; 0: no limit)")
+    daemon.add_argument("--print-bpf", action="store_true", help="print the BPF C that would be loaded, and exit")
+
+    apply = sub.add_parser("apply", help="apply (create or replace) a policy from a YAML/JSON file")
+    apply.add_argument("file")
+    apply.add_argument("--json", action="store_true")
+
+    remove = sub.add_parser("remove", help="remove a sandbox's policy")
+    remove.add_argument("sandbox")
+
+    lst = sub.add_parser("list", help="list applied policies")
+    lst.add_argument("--json", action="store_true")
+
+    get = sub.add_parser("get", help="show one applied policy (JSON)")
+    get.add_argument("sandbox")
+
+    stats = sub.add_parser("stats", help="a sandbox's denial counters, from the kernel")
+    stats.add_argument("sandbox")
+    stats.add_argument("--json", action="store_true")
+
+    denials = sub.add_parser("denials", help="show retained denials; --follow to keep streaming")
+    denials.add_argument("--sandbox", action="append", help="only this sandbox (repeatable)")
+    denials.add_argument("--label", action="append", default=[], help="only denials with KEY=VALUE (repeatable)")
+    denials.add_argument("--follow", "-f", action="store_true")
+    denials.add_argument("--json", action="store_true")
+
+    run = sub.add_parser("run", help="run a command in a fresh cgroup under a policy")
+    run.add_argument("--policy", required=True)
+    run.add_argument("--sandbox", help="sandbox id (default: the policy's)")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    return parser
+
+
+COMMANDS = {
+    "apply": cmd_apply,
+    "remove": cmd_remove,
+    "list": cmd_list,
+    "get": cmd_get,
+    "stats": cmd_stats,
+    "denials": cmd_denials,
+    "run": cmd_run,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command_name == "daemon":
+        return cmd_daemon(args)
+    from enforcer.client import Enforcer, EnforcerError
+    from enforcer.policy import PolicyError
+
+    try:
+        with Enforcer(args.socket) as enf:
+            return COMMANDS[args.command_name](args, enf)
+    except PolicyError as exc:
+        print(f"enforcer: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    except EnforcerError as exc:
+        print(f"enforcer: {exc.details or exc.code.name} ({exc.code.name})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

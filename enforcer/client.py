@@ -1,0 +1,119 @@
+"""Python client for the Enforcer daemon (gRPC only).
+
+    from enforcer.client import Enforcer
+    with Enforcer() as enf:
+        enf.apply("policy.yaml")
+        for denial in enf.denials(sandboxes=["rollout-17"], follow=True):
+            ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from enforcer import wire
+from enforcer.policy import Policy, load_policy_file, parse_policy
+from enforcer.settings import grpc_target, socket_path
+from enforcer.v1 import enforcer_pb2 as pb
+from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
+
+PolicyLike = Union[Policy, pb.Policy, Mapping[str, Any], str, Path]
+
+
+class EnforcerError(Exception):
+    """The daemon refused a request, or could not be reached."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def to_wire_policy(policy: PolicyLike) -> pb.Policy:
+    """Validate locally (same rules as the daemon) and convert."""
+    if isinstance(policy, pb.Policy):
+        return policy
+    if isinstance(policy, Policy):
+        return wire.policy_to_proto(policy)
+    if isinstance(policy, (str, Path)):
+        return wire.policy_to_proto(load_policy_file(policy))
+    return wire.policy_to_proto(parse_policy(policy))
+
+
+class Enforcer:
+    def __init__(self, address: str | None = None, timeout: float = 10.0) -> None:
+        self.address = grpc_target(socket_path(address))
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.address)
+        self._stub = pb_grpc.EnforcerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> Enforcer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise EnforcerError(exc.code(), exc.details() or "") from None
+
+    def apply(self, policy: PolicyLike) -> pb.ApplyPolicyResponse:
+        return self._call(self._stub.ApplyPolicy, pb.ApplyPolicyRequest(policy=to_wire_policy(policy)))
+
+    def remove(self, sandbox: str) -> None:
+        self._call(self._stub.RemovePolicy, pb.RemovePolicyRequest(sandbox=sandbox))
+
+    def get(self, sandbox: str) -> pb.AppliedPolicy:
+        return self._call(self._stub.GetPolicy, pb.GetPolicyRequest(sandbox=sandbox))
+
+    def list(self) -> list[pb.AppliedPolicy]:
+        return list(self._call(self._stub.ListPolicies, pb.ListPoliciesRequest()).policies)
+
+    def stats(self, sandbox: str) -> pb.SandboxStats:
+        return self._call(self._stub.GetStats, pb.GetStatsRequest(sandbox=sandbox))
+
+    def denials(
+        self,
+        sandboxes: list[str] | tuple[str, ...] = (),
+        labels: Mapping[str, str] | None = None,
+        follow: bool = False,
+    ) -> Iterator[pb.DenialEvent]:
+        """Retained denials, then (with follow) new ones as they happen. Closing
+        the iterator (or leaving a for loop) cancels the stream."""
+        request = pb.StreamDenialsRequest(sandboxes=list(sandboxes), labels=dict(labels or {}), follow=follow)
+        stream = self._stub.StreamDenials(request, timeout=None if follow else self.timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise EnforcerError(exc.code(), exc.details() or "") from None
+        finally:
+            stream.cancel()
+
+    def health(self) -> str:
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=""))
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health() == "SERVING":
+                    return
+            except EnforcerError:
+                pass
+            if time.monotonic() > deadline:
+                raise EnforcerError(grpc.StatusCode.UNAVAILABLE, f"daemon at {self.address} not ready after {timeout}s")
+            time.sleep(0.05)

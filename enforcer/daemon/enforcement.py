@@ -1,0 +1,110 @@
+"""Apply and remove policies: the model goes in, kernel maps come out.
+
+Apply is all-or-nothing. Every step that can fail (target resolution, encoding,
+capacity, map writes, attach) happens before the single map update that switches
+the sandbox to its new rules; a failure before that point undoes what was
+written and leaves the kernel and the store exactly as they were.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import structlog
+
+from enforcer.cgroupfs import cgroup2_mount, resolve_target
+from enforcer.daemon.store import PolicyStore, SandboxRecord, now_ns
+from enforcer.kernel import encode, layout
+from enforcer.kernel.network import CounterTotals, NetworkGuard, SandboxState
+from enforcer.policy import Mode, Policy, Verdict
+
+log = structlog.get_logger("enforcer.enforcement")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    record: SandboxRecord
+    replaced: bool
+
+
+class Enforcement:
+    def __init__(self, guard: NetworkGuard) -> None:
+        self._guard = guard
+        self._store = PolicyStore(layout.MAX_SANDBOXES)
+        self._lock = threading.Lock()
+        self._mount = cgroup2_mount()
+
+    @property
+    def store(self) -> PolicyStore:
+        return self._store
+
+    def apply(self, policy: Policy) -> ApplyResult:
+        cgroup = resolve_target(policy.target, self._mount)
+        entries = encode.encode_network(policy.network, generation=0)  # validate before locking
+        with self._lock:
+            self._store.check_placement(policy, cgroup)
+            previous = self._store.find(policy.sandbox)
+            generation = self._store.new_generation()
+            self._store.note_generation(generation, policy)
+            for key, _ in entries:
+                key.generation_be = encode.be32(generation)
+            slot = previous.slot if previous else self._store.take_slot()
+            state = SandboxState(
+                generation=generation,
+                slot=slot,
+                mode=layout.MODE_AUDIT if policy.mode is Mode.AUDIT else layout.MODE_ENFORCE,
+                default_verdict=layout.VERDICT_ALLOW if policy.network.default is Verdict.ALLOW else layout.VERDICT_DENY,
+            )
+            keys = [key for key, _ in entries]
+            try:
+                self._guard.write_rules(entries)
+                if previous is None:
+                    self._guard.reset_slot(slot)
+                self._guard.set_sandbox(cgroup, state)  # the switch
+            except Exception:
+                self._guard.delete_rules(keys)
+                if previous is None:
+                    self._store.release_slot(slot)
+                raise
+            record = SandboxRecord(policy, cgroup, generation, slot, keys, now_ns())
+            self._store.put(record)
+            if previous is None:
+                try:
+                    self._guard.guard(cgroup)
+                except Exception:
+                    self._store.pop(policy.sandbox)
+                    self._guard.unguard(cgroup.id)
+                    self._guard.delete_rules(keys)
+                    self._store.release_slot(slot)
+                    raise
+            else:
+                self._guard.delete_rules(previous.rule_keys)
+        log.info(
+            "policy_applied",
+            sandbox=policy.sandbox,
+            cgroup=str(cgroup.path),
+            generation=generation,
+            prefixes=len(entries),
+            mode=policy.mode.value,
+            replaced=previous is not None,
+        )
+        return ApplyResult(record, replaced=previous is not None)
+
+    def remove(self, sandbox: str) -> SandboxRecord:
+        with self._lock:
+            record = self._store.pop(sandbox)
+            self._guard.unguard(record.cgroup.id)
+            self._guard.delete_rules(record.rule_keys)
+            self._store.release_slot(record.slot)
+        log.info("policy_removed", sandbox=sandbox, cgroup=str(record.cgroup.path))
+        return record
+
+    def counters(self, sandbox: str) -> CounterTotals:
+        with self._lock:
+            record = self._store.get(sandbox)
+            return self._guard.read_counters(record.slot)
+
+    def remove_all(self) -> None:
+        for record in self._store.all():
+            self.remove(record.policy.sandbox)

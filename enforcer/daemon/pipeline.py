@@ -1,0 +1,157 @@
+"""Kernel events out: ring buffer -> decoded denials -> retained, sequenced
+stream that any number of subscribers read at their own pace.
+
+The ring buffer callback only copies bytes; decoding happens in batches after
+each poll (bcc's per-event callback is the expensive part). Subscribers never
+block the drain: each keeps its own cursor into a bounded retention buffer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import structlog
+
+from enforcer.daemon.store import PolicyStore
+from enforcer.kernel import layout
+from enforcer.kernel.events import KernelDenial, decode
+from enforcer.kernel.network import NetworkGuard
+from enforcer.v1 import enforcer_pb2 as pb
+
+log = structlog.get_logger("enforcer.pipeline")
+audit = structlog.get_logger("enforcer.audit")
+
+_KINDS = {
+    layout.KIND_CONNECT: pb.DENIAL_KIND_CONNECT,
+    layout.KIND_SENDMSG: pb.DENIAL_KIND_SENDMSG,
+    layout.KIND_SOCKET: pb.DENIAL_KIND_SOCKET,
+}
+_ACTIONS = {layout.ACTION_REFUSED: pb.ACTION_REFUSED, layout.ACTION_AUDITED: pb.ACTION_AUDITED}
+_PROTOCOLS = {6: pb.PROTOCOL_TCP, 17: pb.PROTOCOL_UDP}
+
+
+def boot_to_unix_offset_ns() -> int:
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class DenialPipeline:
+    def __init__(self, guard: NetworkGuard, store: PolicyStore, retention: int = 65536) -> None:
+        self._guard = guard
+        self._store = store
+        self._pending: list[bytes] = []
+        self._retained: deque[pb.DenialEvent] = deque(maxlen=retention)
+        self._next_seq = 1
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="denial-drain", daemon=True)
+        self._offset_ns = boot_to_unix_offset_ns()
+        self.unattributed = 0
+
+    def start(self) -> None:
+        self._guard.open_events(self._pending.append)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _drain(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._guard.poll_events(100)
+            except Exception:  # noqa: BLE001 - keep draining; the cause is logged
+                log.exception("ring_buffer_poll_failed")
+                time.sleep(0.1)
+                continue
+            if self._pending:
+                batch, self._pending = self._pending, []
+                self._publish(batch)
+
+    def _publish(self, batch: list[bytes]) -> None:
+        events = []
+        for raw in batch:
+            denial = decode(raw)
+            events.append(self._to_proto(denial))
+        with self._cond:
+            for event in events:
+                event.seq = self._next_seq
+                self._next_seq += 1
+                self._retained.append(event)
+            self._cond.notify_all()
+        for event in events:
+            audit.info(
+                "denial",
+                seq=event.seq,
+                sandbox=event.sandbox,
+                labels=dict(event.labels),
+                kind=pb.DenialKind.Name(event.kind),
+                action=pb.Action.Name(event.action),
+                pid=event.process.pid,
+                comm=event.process.comm,
+                address=event.destination.address,
+                port=event.destination.port,
+            )
+
+    def _to_proto(self, denial: KernelDenial) -> pb.DenialEvent:
+        info = self._store.generation_info(denial.generation)
+        event = pb.DenialEvent(
+            sandbox=info.sandbox if info else "",
+            kind=_KINDS.get(denial.kind, pb.DENIAL_KIND_UNSPECIFIED),
+            action=_ACTIONS.get(denial.action, pb.ACTION_UNSPECIFIED),
+            time_unix_ns=denial.boot_ns + self._offset_ns,
+        )
+        if info:
+            event.labels.update(info.labels)
+        event.process.pid = denial.tgid
+        event.process.tid = denial.tid
+        event.process.comm = denial.comm
+        event.process.cgroup_id = denial.cgroup_id
+        if denial.kind == layout.KIND_SOCKET:
+            event.socket.family = denial.family
+            event.socket.type = denial.sock_type
+            event.socket.protocol = denial.protocol
+        else:
+            event.destination.address = denial.address
+            event.destination.port = denial.port
+            event.destination.protocol = _PROTOCOLS.get(denial.protocol, pb.PROTOCOL_UNSPECIFIED)
+        return event
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def first_retained_seq(self) -> int:
+        with self._cond:
+            return self._next_seq - len(self._retained)
+
+    def read(self, cursor: int, timeout: float) -> tuple[list[pb.DenialEvent], int, int]:
+        """Events with seq >= cursor (waiting up to ``timeout`` for one), the next
+        cursor, and how many events before them fell out of retention."""
+        with self._cond:
+            if cursor >= self._next_seq and timeout > 0 and not self._stopping.is_set():
+                self._cond.wait(timeout)
+            first = self._next_seq - len(self._retained)
+            missed = max(0, first - cursor)
+            start = max(cursor, first)
+            events = list(itertools.islice(self._retained, start - first, None))
+            return events, self._next_seq, missed
+
+
+def matches(event: pb.DenialEvent, sandboxes: set[str], labels: dict[str, str]) -> bool:
+    if sandboxes and event.sandbox not in sandboxes:
+        return False
+    return all(event.labels.get(k) == v for k, v in labels.items())
+
+
+EventFilter = Callable[[pb.DenialEvent], bool]

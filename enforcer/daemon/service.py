@@ -1,0 +1,121 @@
+"""The gRPC service: requests in, status codes out. Policy semantics live in
+enforcer.policy and enforcer.daemon.enforcement; this only translates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import structlog
+
+from enforcer import wire
+from enforcer.daemon.enforcement import Enforcement
+from enforcer.daemon.pipeline import DenialPipeline, matches
+from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
+from enforcer.kernel import layout
+from enforcer.kernel.network import KernelError
+from enforcer.policy import PolicyError
+from enforcer.v1 import enforcer_pb2 as pb
+from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
+
+log = structlog.get_logger("enforcer.service")
+
+
+def applied_to_proto(record: SandboxRecord) -> pb.AppliedPolicy:
+    return pb.AppliedPolicy(
+        policy=wire.policy_to_proto(record.policy),
+        cgroup_path=str(record.cgroup.path),
+        cgroup_id=record.cgroup.id,
+        generation=record.generation,
+        applied_unix_ns=record.applied_unix_ns,
+    )
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    return str(context.peer())
+
+
+class EnforcerService(pb_grpc.EnforcerServicer):
+    def __init__(self, enforcement: Enforcement, pipeline: DenialPipeline) -> None:
+        self._enforcement = enforcement
+        self._pipeline = pipeline
+
+    def _abort(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+        log.info("request_refused", code=code.name, reason=message, peer=_peer(context))
+        context.abort(code, message)
+
+    def _require_sandbox(self, sandbox: str, context: grpc.ServicerContext) -> None:
+        if not sandbox:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "sandbox: is required")
+
+    def ApplyPolicy(self, request: pb.ApplyPolicyRequest, context: grpc.ServicerContext) -> pb.ApplyPolicyResponse:
+        if not request.HasField("policy"):
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "policy: is required")
+        try:
+            policy = wire.policy_from_proto(request.policy)
+            result = self._enforcement.apply(policy)
+        except PolicyError as exc:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NestingConflict as exc:
+            self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ApplyConflict as exc:
+            self._abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except CapacityExhausted as exc:
+            self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except KernelError as exc:
+            log.error("apply_failed", error=str(exc))
+            self._abort(context, grpc.StatusCode.INTERNAL, f"kernel refused the policy: {exc}")
+        return pb.ApplyPolicyResponse(applied=applied_to_proto(result.record), replaced=result.replaced)
+
+    def RemovePolicy(self, request: pb.RemovePolicyRequest, context: grpc.ServicerContext) -> pb.RemovePolicyResponse:
+        self._require_sandbox(request.sandbox, context)
+        try:
+            self._enforcement.remove(request.sandbox)
+        except SandboxNotFound as exc:
+            self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        return pb.RemovePolicyResponse()
+
+    def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
+        self._require_sandbox(request.sandbox, context)
+        try:
+            return applied_to_proto(self._enforcement.store.get(request.sandbox))
+        except SandboxNotFound as exc:
+            self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            raise  # unreachable: abort raises
+
+    def ListPolicies(self, request: pb.ListPoliciesRequest, context: grpc.ServicerContext) -> pb.ListPoliciesResponse:
+        return pb.ListPoliciesResponse(policies=[applied_to_proto(r) for r in self._enforcement.store.all()])
+
+    def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.SandboxStats:
+        self._require_sandbox(request.sandbox, context)
+        try:
+            totals = self._enforcement.counters(request.sandbox)
+        except SandboxNotFound as exc:
+            self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+
+        def kind(index: int) -> pb.KindCounters:
+            return pb.KindCounters(refused=totals.refused[index], audited=totals.audited[index])
+
+        return pb.SandboxStats(
+            sandbox=request.sandbox,
+            connect=kind(layout.KIND_CONNECT),
+            sendmsg=kind(layout.KIND_SENDMSG),
+            socket=kind(layout.KIND_SOCKET),
+            events_suppressed=totals.suppressed,
+            events_lost=totals.lost,
+        )
+
+    def StreamDenials(self, request: pb.StreamDenialsRequest, context: grpc.ServicerContext) -> Iterator[pb.DenialEvent]:
+        sandboxes = set(request.sandboxes)
+        labels = dict(request.labels)
+        cursor = self._pipeline.first_retained_seq
+        while context.is_active() and not self._pipeline.stopping:
+            events, cursor, missed = self._pipeline.read(cursor, timeout=0.5 if request.follow else 0)
+            if missed:
+                log.warning("subscriber_fell_behind", missed=missed, peer=_peer(context))
+            for event in events:
+                if matches(event, sandboxes, labels):
+                    yield event
+            if not request.follow:
+                return

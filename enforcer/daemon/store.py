@@ -1,0 +1,125 @@
+"""Which policies are applied, where, and under which kernel generation."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from enforcer.cgroupfs import Cgroup
+from enforcer.policy import Policy
+
+# Events can still arrive for a generation a moment after it was replaced; keep
+# enough retired generations to name their sandbox and labels.
+RETIRED_GENERATIONS_KEPT = 4096
+
+
+class ApplyConflict(Exception):
+    """The request is well-formed but clashes with what is applied."""
+
+
+class SandboxNotFound(LookupError):
+    pass
+
+
+class CapacityExhausted(RuntimeError):
+    pass
+
+
+@dataclass
+class SandboxRecord:
+    policy: Policy
+    cgroup: Cgroup
+    generation: int
+    slot: int
+    rule_keys: list = field(default_factory=list)  # LpmKey of this generation, to delete on retire
+    applied_unix_ns: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    sandbox: str
+    labels: tuple[tuple[str, str], ...]
+
+
+class PolicyStore:
+    def __init__(self, max_sandboxes: int) -> None:
+        self._records: dict[str, SandboxRecord] = {}
+        self._free_slots = list(range(max_sandboxes - 1, -1, -1))
+        self._next_generation = 1
+        self._generations: OrderedDict[int, GenerationInfo] = OrderedDict()
+
+    def get(self, sandbox: str) -> SandboxRecord:
+        try:
+            return self._records[sandbox]
+        except KeyError:
+            raise SandboxNotFound(f"no policy for sandbox {sandbox!r}") from None
+
+    def find(self, sandbox: str) -> SandboxRecord | None:
+        return self._records.get(sandbox)
+
+    def all(self) -> list[SandboxRecord]:
+        return sorted(self._records.values(), key=lambda r: r.policy.sandbox)
+
+    def check_placement(self, policy: Policy, cgroup: Cgroup) -> None:
+        """Refuse a sandbox id reused for another cgroup, a cgroup guarded twice,
+        and nested sandboxes (one cgroup inside another's): the kernel side
+        assumes at most one sandbox on any cgroup path."""
+        existing = self._records.get(policy.sandbox)
+        if existing is not None and existing.cgroup.id != cgroup.id:
+            raise ApplyConflict(
+                f"sandbox {policy.sandbox!r} already exists with target {existing.cgroup.path}; "
+                f"remove it first to move it to {cgroup.path}"
+            )
+        for other in self._records.values():
+            if other.policy.sandbox == policy.sandbox:
+                continue
+            if other.cgroup.id == cgroup.id:
+                raise ApplyConflict(f"cgroup {cgroup.path} is already guarded by sandbox {other.policy.sandbox!r}")
+            if other.cgroup.contains(cgroup) or cgroup.contains(other.cgroup):
+                raise NestingConflict(
+                    f"cgroup {cgroup.path} is nested with {other.cgroup.path} of sandbox "
+                    f"{other.policy.sandbox!r}; sandboxes cannot nest"
+                )
+
+    def new_generation(self) -> int:
+        generation = self._next_generation
+        self._next_generation += 1
+        if self._next_generation >= 2**32:
+            self._next_generation = 1
+        return generation
+
+    def take_slot(self) -> int:
+        if not self._free_slots:
+            raise CapacityExhausted("all sandbox slots are in use")
+        return self._free_slots.pop()
+
+    def release_slot(self, slot: int) -> None:
+        self._free_slots.append(slot)
+
+    def put(self, record: SandboxRecord) -> SandboxRecord | None:
+        previous = self._records.get(record.policy.sandbox)
+        self._records[record.policy.sandbox] = record
+        return previous
+
+    def note_generation(self, generation: int, policy: Policy) -> None:
+        """Record whom a generation's events belong to, before the kernel can emit any."""
+        self._generations[generation] = GenerationInfo(policy.sandbox, policy.labels)
+        while len(self._generations) > RETIRED_GENERATIONS_KEPT + len(self._records):
+            self._generations.popitem(last=False)
+
+    def pop(self, sandbox: str) -> SandboxRecord:
+        record = self.get(sandbox)
+        del self._records[sandbox]
+        return record
+
+    def generation_info(self, generation: int) -> GenerationInfo | None:
+        return self._generations.get(generation)
+
+
+class NestingConflict(ApplyConflict):
+    pass
+
+
+def now_ns() -> int:
+    return time.time_ns()

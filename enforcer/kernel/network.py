@@ -1,0 +1,202 @@
+"""Load the network programs once, attach them to sandbox cgroups, and keep the
+maps in step with the policies. See bpf/network.bpf.c for what runs in the kernel."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from enforcer.cgroupfs import Cgroup
+from enforcer.kernel import layout
+
+BPF_F_ALLOW_MULTI = 2
+SOURCE = layout.BPF_DIR / "network.bpf.c"
+
+
+def bpf_source() -> str:
+    """The C that is compiled, with the shared header inlined (what --print-bpf shows)."""
+    header = layout.HEADER.read_text()
+    return SOURCE.read_text().replace('#include "enforcer.h"', header)
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What the kernel needs to know of one sandbox besides its rules."""
+
+    generation: int
+    slot: int
+    mode: int            # layout.MODE_*
+    default_verdict: int  # layout.VERDICT_*
+
+
+@dataclass
+class CounterTotals:
+    refused: list[int]
+    audited: list[int]
+    suppressed: int
+    lost: int
+
+
+class NetworkGuard:
+    """Owns the compiled BPF object. Not thread-safe: the daemon serialises map
+    writes; the event poller only reads the ring buffer."""
+
+    def __init__(self, events_per_sec: int = 2000) -> None:
+        from bcc import BPF, BPFAttachType, BPFProgType  # noqa: PLC0415 - only the daemon needs bcc
+        from bcc.libbcc import lib
+        from bcc.utils import get_possible_cpus
+
+        self._lib = lib
+        self._ncpus = len(get_possible_cpus())
+        self._bpf = BPF(text=SOURCE.read_text(), cflags=[f"-I{layout.BPF_DIR}", "-Wno-unused-function"])
+        sock_addr = BPFProgType.CGROUP_SOCK_ADDR
+        self._programs = [
+            (self._bpf.load_func("enf_connect4", sock_addr, None, BPFAttachType.CGROUP_INET4_CONNECT),
+             BPFAttachType.CGROUP_INET4_CONNECT),
+            (self._bpf.load_func("enf_connect6", sock_addr, None, BPFAttachType.CGROUP_INET6_CONNECT),
+             BPFAttachType.CGROUP_INET6_CONNECT),
+            (self._bpf.load_func("enf_sendmsg4", sock_addr, None, BPFAttachType.CGROUP_UDP4_SENDMSG),
+             BPFAttachType.CGROUP_UDP4_SENDMSG),
+            (self._bpf.load_func("enf_sendmsg6", sock_addr, None, BPFAttachType.CGROUP_UDP6_SENDMSG),
+             BPFAttachType.CGROUP_UDP6_SENDMSG),
+            (self._bpf.load_func("enf_sock_create", BPFProgType.CGROUP_SOCK, None,
+                                 BPFAttachType.CGROUP_INET_SOCK_CREATE),
+             BPFAttachType.CGROUP_INET_SOCK_CREATE),
+        ]
+        self._attached: dict[int, int] = {}  # cgroup id -> open fd of the cgroup directory
+        self._levels: dict[int, int] = {}    # cgroup id -> level
+        self._fds = {name: self._bpf[name].get_fd() for name in
+                     ("sandboxes", "rules", "config", "counters", "rate", "globals")}
+        self._events_per_sec = events_per_sec
+        self._write_config()
+
+    # ---- maps -------------------------------------------------------------
+
+    def _update(self, name: str, key: ctypes._CData, value: ctypes._CData) -> None:
+        if self._lib.bpf_update_elem(self._fds[name], ctypes.byref(key), ctypes.byref(value), 0) < 0:
+            err = ctypes.get_errno()
+            raise KernelError(f"updating BPF map {name} failed: {os.strerror(err)}")
+
+    def _delete(self, name: str, key: ctypes._CData) -> None:
+        # A missing key is fine: deletes are idempotent clean-up.
+        self._lib.bpf_delete_elem(self._fds[name], ctypes.byref(key))
+
+    def _write_config(self) -> None:
+        mask = 0
+        for level in self._levels.values():
+            mask |= 1 << level
+        self._update("config", ctypes.c_uint32(0), layout.Config(levels_mask=mask, events_per_sec=self._events_per_sec))
+
+    def write_rules(self, entries: Iterable[tuple[layout.LpmKey, layout.RuleSet]]) -> None:
+        for key, value in entries:
+            self._update("rules", key, value)
+
+    def delete_rules(self, keys: Iterable[layout.LpmKey]) -> None:
+        for key in keys:
+            self._delete("rules", key)
+
+    def set_sandbox(self, cgroup: Cgroup, state: SandboxState) -> None:
+        """One map update: the sandbox switches to the new generation's rules at once."""
+        value = layout.Sandbox(generation=state.generation, slot=state.slot,
+                               mode=state.mode, default_verdict=state.default_verdict)
+        self._update("sandboxes", ctypes.c_uint64(cgroup.id), value)
+
+    def reset_slot(self, slot: int) -> None:
+        zero_counters = (layout.Counters * self._ncpus)()
+        zero_rate = (layout.Rate * self._ncpus)()
+        self._update("counters", ctypes.c_uint32(slot), zero_counters)
+        self._update("rate", ctypes.c_uint32(slot), zero_rate)
+
+    def read_counters(self, slot: int) -> CounterTotals:
+        per_cpu = (layout.Counters * self._ncpus)()
+        if self._lib.bpf_lookup_elem(self._fds["counters"], ctypes.byref(ctypes.c_uint32(slot)), ctypes.byref(per_cpu)) < 0:
+            raise KernelError(f"reading counters failed: {os.strerror(ctypes.get_errno())}")
+        totals = CounterTotals([0] * layout.NUM_KINDS, [0] * layout.NUM_KINDS, 0, 0)
+        for cpu in per_cpu:
+            for kind in range(layout.NUM_KINDS):
+                totals.refused[kind] += cpu.refused[kind]
+                totals.audited[kind] += cpu.audited[kind]
+            totals.suppressed += cpu.suppressed
+            totals.lost += cpu.lost
+        return totals
+
+    def read_global(self, index: int) -> int:
+        per_cpu = (ctypes.c_uint64 * self._ncpus)()
+        self._lib.bpf_lookup_elem(self._fds["globals"], ctypes.byref(ctypes.c_uint32(index)), ctypes.byref(per_cpu))
+        return sum(per_cpu)
+
+    # ---- attachment -------------------------------------------------------
+
+    def guard(self, cgroup: Cgroup) -> None:
+        """Attach every program to the cgroup (once). Call after set_sandbox, so
+        that a program never runs for a cgroup whose sandbox entry is missing."""
+        if cgroup.id in self._attached:
+            return
+        self._levels[cgroup.id] = cgroup.level
+        self._write_config()
+        fd = os.open(cgroup.path, os.O_RDONLY | os.O_DIRECTORY)
+        done = []
+        try:
+            for fn, attach_type in self._programs:
+                self._bpf.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
+                done.append((fn, attach_type))
+        except Exception as exc:
+            for fn, attach_type in done:
+                self._bpf.detach_func(fn, fd, attach_type)
+            os.close(fd)
+            del self._levels[cgroup.id]
+            self._write_config()
+            raise KernelError(f"attaching to {cgroup.path} failed: {exc}") from exc
+        self._attached[cgroup.id] = fd
+
+    def unguard(self, cgroup_id: int) -> None:
+        """Detach from the cgroup, then forget its sandbox entry (that order, so
+        no program runs without an entry). A removed cgroup detaches by itself."""
+        fd = self._attached.pop(cgroup_id, None)
+        if fd is not None:
+            for fn, attach_type in self._programs:
+                try:
+                    self._bpf.detach_func(fn, fd, attach_type)
+                except Exception:  # noqa: BLE001 - the cgroup may be gone already
+                    pass
+            os.close(fd)
+        self._delete("sandboxes", ctypes.c_uint64(cgroup_id))
+        self._levels.pop(cgroup_id, None)
+        self._write_config()
+
+    def guarded(self) -> list[int]:
+        return list(self._attached)
+
+    # ---- events -----------------------------------------------------------
+
+    def open_events(self, on_event: Callable[[bytes], None]) -> None:
+        size = ctypes.sizeof(layout.Event)
+
+        def callback(_ctx: object, data: int, data_size: int) -> int:
+            on_event(ctypes.string_at(data, min(data_size, size)))
+            return 0
+
+        self._bpf["events"].open_ring_buffer(callback)
+
+    def poll_events(self, timeout_ms: int) -> None:
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def close(self) -> None:
+        for cgroup_id in list(self._attached):
+            self.unguard(cgroup_id)
+        self._bpf.cleanup()
+
+
+def tracefs_ready() -> None:
+    """bcc reads tracepoint formats from tracefs; mount it if the host has not."""
+    if Path("/sys/kernel/tracing/events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir():
+        return
+    if os.system("mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null") != 0:
+        raise KernelError("tracefs is not mounted and could not be mounted at /sys/kernel/tracing")

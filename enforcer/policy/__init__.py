@@ -1,0 +1,34 @@
+"""Sandbox policy: the model, its validation and the policy file format.
+
+Pure Python: nothing here touches the kernel, the network or gRPC.
+"""
+
+from enforcer.policy.errors import PolicyError
+from enforcer.policy.model import (
+    Mode,
+    NetworkPolicy,
+    NetworkRule,
+    Policy,
+    PortRange,
+    Protocol,
+    Target,
+    TargetKind,
+    Verdict,
+)
+from enforcer.policy.parse import load_policy_file, parse_policy, policy_to_document
+
+__all__ = [
+    "Mode",
+    "NetworkPolicy",
+    "NetworkRule",
+    "Policy",
+    "PolicyError",
+    "PortRange",
+    "Protocol",
+    "Target",
+    "TargetKind",
+    "Verdict",
+    "load_policy_file",
+    "parse_policy",
+    "policy_to_document",
+]

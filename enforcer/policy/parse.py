@@ -1,0 +1,279 @@
+"""Policy documents (the YAML/JSON a user writes) to and from the model.
+
+This is the only place a policy is validated. The gRPC layer turns a wire message
+into a document and comes through here too, so a bad field is reported with the same
+path (``network.allow[1].to``) whichever way the policy arrived.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from enforcer.policy.errors import PolicyError
+from enforcer.policy.model import (
+    IPNetwork,
+    Mode,
+    NetworkPolicy,
+    NetworkRule,
+    Policy,
+    PortRange,
+    Protocol,
+    Target,
+    TargetKind,
+    Verdict,
+)
+
+SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+MAX_RULES = 100_000
+MAX_PORT_RANGES = 64
+
+_TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network")
+_NETWORK_FIELDS = ("default", "allow", "deny")
+_RULE_FIELDS = ("to", "ports", "protocol")
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    """Read a YAML or JSON policy file (JSON is YAML, so one parser serves both)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise PolicyError("", f"cannot read policy file {path}: {exc.strerror}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError("", f"{path} is not valid YAML or JSON: {exc}") from exc
+    return parse_policy(doc)
+
+
+def parse_policy(doc: Any) -> Policy:
+    _require_mapping(doc, "", "a policy")
+    _refuse_unknown(doc, _TOP_FIELDS, "")
+    if "network" in doc and doc["network"] is not None:
+        network = _parse_network(doc["network"], "network")
+    else:
+        network = NetworkPolicy()
+    return Policy(
+        sandbox=_parse_sandbox_id(doc.get("sandbox"), "sandbox"),
+        target=_parse_target(doc.get("target"), "target"),
+        labels=_parse_labels(doc.get("labels"), "labels"),
+        mode=_parse_enum(doc.get("mode", "enforce"), Mode, "mode"),
+        network=network,
+    )
+
+
+def policy_to_document(policy: Policy) -> dict[str, Any]:
+    """The inverse of :func:`parse_policy`: ``parse_policy(policy_to_document(p)) == p``."""
+    target_value: Any = policy.target.value
+    if policy.target.kind is TargetKind.PID:
+        target_value = int(target_value)
+    return {
+        "sandbox": policy.sandbox,
+        "target": {policy.target.kind.value: target_value},
+        "labels": dict(policy.labels),
+        "mode": policy.mode.value,
+        "network": {
+            "default": policy.network.default.value,
+            "allow": [_rule_to_document(r) for r in policy.network.allow],
+            "deny": [_rule_to_document(r) for r in policy.network.deny],
+        },
+    }
+
+
+def dumps_policy(policy: Policy) -> str:
+    return json.dumps(policy_to_document(policy), indent=2)
+
+
+def _rule_to_document(rule: NetworkRule) -> dict[str, Any]:
+    doc: dict[str, Any] = {"to": _network_text(rule.to), "protocol": rule.protocol.value}
+    if rule.ports:
+        doc["ports"] = [p.first if p.first == p.last else str(p) for p in rule.ports]
+    return doc
+
+
+def _network_text(net: IPNetwork) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def _require_mapping(value: Any, path: str, what: str) -> None:
+    if not isinstance(value, Mapping):
+        raise PolicyError(path, f"must be {what} (a mapping), got {_type_name(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise PolicyError(path, f"keys must be strings, got {key!r}")
+
+
+def _refuse_unknown(doc: Mapping[str, Any], known: Sequence[str], path: str) -> None:
+    for key in doc:
+        if key not in known:
+            where = f"{path}.{key}" if path else key
+            raise PolicyError(where, f"unknown field (expected one of: {', '.join(known)})")
+
+
+def _type_name(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _parse_sandbox_id(value: Any, path: str) -> str:
+    if value is None:
+        raise PolicyError(path, "is required")
+    if not isinstance(value, str) or not SANDBOX_ID.match(value):
+        raise PolicyError(
+            path,
+            f"{value!r} is not a valid sandbox id (1-128 characters: letters, digits, "
+            "'.', '_', ':', '-', starting with a letter or digit)",
+        )
+    return value
+
+
+def _parse_target(value: Any, path: str) -> Target:
+    if value is None:
+        raise PolicyError(path, "is required (one of: cgroup, pid, container)")
+    _require_mapping(value, path, "a target")
+    _refuse_unknown(value, [k.value for k in TargetKind], path)
+    given = [k for k in TargetKind if k.value in value]
+    if len(given) != 1:
+        raise PolicyError(
+            path,
+            "needs exactly one of cgroup, pid, container"
+            + (f" (got {', '.join(k.value for k in given)})" if given else ""),
+        )
+    kind = given[0]
+    raw = value[kind.value]
+    where = f"{path}.{kind.value}"
+    if kind is TargetKind.PID:
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+            raise PolicyError(where, f"must be a positive process id, got {raw!r}")
+        return Target(kind, str(raw))
+    if not isinstance(raw, str) or not raw.strip():
+        raise PolicyError(where, f"must be a non-empty string, got {raw!r}")
+    if kind is TargetKind.CONTAINER and not CONTAINER_ID.match(raw):
+        raise PolicyError(where, f"{raw!r} is not a container id (12 to 64 lowercase hex digits)")
+    if kind is TargetKind.CGROUP and "\0" in raw:
+        raise PolicyError(where, "must not contain NUL")
+    return Target(kind, raw)
+
+
+def _parse_labels(value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    _require_mapping(value, path, "labels")
+    if len(value) > MAX_LABELS:
+        raise PolicyError(path, f"at most {MAX_LABELS} labels, got {len(value)}")
+    labels = []
+    for key, raw in value.items():
+        where = f"{path}.{key}"
+        if not LABEL_KEY.match(key):
+            raise PolicyError(where, "label names are 1-63 characters: letters, digits, '.', '_', '/', '-'")
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise PolicyError(where, f"label values are strings, got {_type_name(raw)}")
+        text = str(raw)
+        if len(text) > MAX_LABEL_VALUE:
+            raise PolicyError(where, f"label values are at most {MAX_LABEL_VALUE} characters")
+        labels.append((key, text))
+    return tuple(sorted(labels))
+
+
+def _parse_enum(value: Any, enum_type: Any, path: str) -> Any:
+    choices = [m.value for m in enum_type]
+    if isinstance(value, str):
+        for member in enum_type:
+            if member.value == value.lower():
+                return member
+    raise PolicyError(path, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _parse_network(value: Any, path: str) -> NetworkPolicy:
+    _require_mapping(value, path, "a network policy")
+    _refuse_unknown(value, _NETWORK_FIELDS, path)
+    allow = _parse_rules(value.get("allow"), f"{path}.allow")
+    deny = _parse_rules(value.get("deny"), f"{path}.deny")
+    if len(allow) + len(deny) > MAX_RULES:
+        raise PolicyError(path, f"at most {MAX_RULES} rules in all, got {len(allow) + len(deny)}")
+    return NetworkPolicy(
+        default=_parse_enum(value.get("default", "deny"), Verdict, f"{path}.default"),
+        allow=allow,
+        deny=deny,
+    )
+
+
+def _parse_rules(value: Any, path: str) -> tuple[NetworkRule, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise PolicyError(path, f"must be a list of rules, got {_type_name(value)}")
+    return tuple(_parse_rule(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _parse_rule(value: Any, path: str) -> NetworkRule:
+    _require_mapping(value, path, "a rule")
+    _refuse_unknown(value, _RULE_FIELDS, path)
+    ports: tuple[PortRange, ...] = ()
+    if "ports" in value and value["ports"] is not None:
+        ports = _parse_ports(value["ports"], f"{path}.ports")
+    return NetworkRule(
+        to=_parse_address(value.get("to"), f"{path}.to"),
+        ports=ports,
+        protocol=_parse_enum(value.get("protocol", "any"), Protocol, f"{path}.protocol"),
+    )
+
+
+def _parse_address(value: Any, path: str) -> IPNetwork:
+    if value is None:
+        raise PolicyError(path, "is required (an address or CIDR)")
+    if not isinstance(value, str):
+        raise PolicyError(path, f"must be an address or CIDR string, got {_type_name(value)}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise PolicyError(path, f"{value!r} is not an IPv4 or IPv6 address or CIDR") from exc
+        raise PolicyError(path, f"{value!r} has host bits set (did you mean {loose}?)") from exc
+
+
+def _parse_ports(value: Any, path: str) -> tuple[PortRange, ...]:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, Sequence) or isinstance(value, bytes):
+        raise PolicyError(path, f"must be a list of ports or ranges, got {_type_name(value)}")
+    if not value:
+        raise PolicyError(path, "must not be empty (leave ports out to allow every port)")
+    if len(value) > MAX_PORT_RANGES:
+        raise PolicyError(path, f"at most {MAX_PORT_RANGES} entries, got {len(value)}")
+    return tuple(_parse_port_range(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _parse_port_range(value: Any, path: str) -> PortRange:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return PortRange(_check_port(value, path), _check_port(value, path))
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+", text):
+            port = _check_port(int(text), path)
+            return PortRange(port, port)
+        match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+        if match:
+            first = _check_port(int(match.group(1)), path)
+            last = _check_port(int(match.group(2)), path)
+            if first > last:
+                raise PolicyError(path, f"empty range {value!r}: {first} is after {last}")
+            return PortRange(first, last)
+    raise PolicyError(path, f"must be a port (1-65535) or a range like \"8000-8100\", got {value!r}")
+
+
+def _check_port(port: int, path: str) -> int:
+    if not 1 <= port <= 65535:
+        raise PolicyError(path, f"port {port} is out of range (1-65535)")
+    return port

@@ -1,0 +1,21 @@
+"""Defaults shared by the daemon, the CLI and the client."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_SOCKET = "/run/enforcer/enforcer.sock"
+SOCKET_ENV = "ENFORCER_SOCKET"
+
+
+def socket_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def grpc_target(address: str) -> str:
+    """A socket path, ``unix:...`` or ``host:port`` as a gRPC channel target."""
+    if address.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+        return address
+    if address.startswith("/") or address.startswith("."):
+        return f"unix:{os.path.abspath(address)}"
+    return address

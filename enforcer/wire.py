@@ -1,0 +1,86 @@
+"""The one place the policy model meets the wire types.
+
+A wire policy is turned into a policy document and validated by
+:func:`enforcer.policy.parse_policy`, so a field refused over gRPC is named
+exactly as it would be in a policy file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from enforcer.policy import Mode, NetworkRule, Policy, Protocol, TargetKind, Verdict, parse_policy
+from enforcer.v1 import enforcer_pb2 as pb
+
+_MODES = {Mode.ENFORCE: pb.MODE_ENFORCE, Mode.AUDIT: pb.MODE_AUDIT}
+_VERDICTS = {Verdict.DENY: pb.VERDICT_DENY, Verdict.ALLOW: pb.VERDICT_ALLOW}
+_PROTOCOLS = {Protocol.ANY: pb.PROTOCOL_ANY, Protocol.TCP: pb.PROTOCOL_TCP, Protocol.UDP: pb.PROTOCOL_UDP}
+
+_MODE_NAMES = {pb.MODE_UNSPECIFIED: "enforce", pb.MODE_ENFORCE: "enforce", pb.MODE_AUDIT: "audit"}
+_VERDICT_NAMES = {pb.VERDICT_UNSPECIFIED: "deny", pb.VERDICT_DENY: "deny", pb.VERDICT_ALLOW: "allow"}
+_PROTOCOL_NAMES = {
+    pb.PROTOCOL_UNSPECIFIED: "any",
+    pb.PROTOCOL_ANY: "any",
+    pb.PROTOCOL_TCP: "tcp",
+    pb.PROTOCOL_UDP: "udp",
+}
+
+PROTOCOL_NAMES = _PROTOCOL_NAMES
+
+
+def policy_to_proto(policy: Policy) -> pb.Policy:
+    msg = pb.Policy(sandbox=policy.sandbox, mode=_MODES[policy.mode])
+    if policy.target.kind is TargetKind.PID:
+        msg.target.pid = int(policy.target.value)
+    elif policy.target.kind is TargetKind.CGROUP:
+        msg.target.cgroup = policy.target.value
+    else:
+        msg.target.container = policy.target.value
+    msg.labels.update(policy.labels)
+    msg.network.default = _VERDICTS[policy.network.default]
+    for rules, out in ((policy.network.allow, msg.network.allow), (policy.network.deny, msg.network.deny)):
+        for rule in rules:
+            wire_rule = out.add(to=_network_text(rule), protocol=_PROTOCOLS[rule.protocol])
+            for r in rule.ports:
+                wire_rule.ports.add(first=r.first, last=r.last)
+    return msg
+
+
+def _network_text(rule: NetworkRule) -> str:
+    net = rule.to
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def policy_from_proto(msg: pb.Policy) -> Policy:
+    """Validate a wire policy; raises PolicyError naming the field."""
+    return parse_policy(policy_document_from_proto(msg))
+
+
+def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
+    doc: dict[str, Any] = {"sandbox": msg.sandbox or None, "labels": dict(msg.labels)}
+    kind = msg.target.WhichOneof("kind")
+    if kind is not None:
+        doc["target"] = {kind: getattr(msg.target, kind)}
+    doc["mode"] = _MODE_NAMES.get(msg.mode, f"<enum value {msg.mode}>")
+    if msg.HasField("network"):
+        doc["network"] = {
+            "default": _VERDICT_NAMES.get(msg.network.default, f"<enum value {msg.network.default}>"),
+            "allow": [_rule_document(r) for r in msg.network.allow],
+            "deny": [_rule_document(r) for r in msg.network.deny],
+        }
+    return doc
+
+
+def _rule_document(rule: pb.NetworkRule) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "to": rule.to or None,
+        "protocol": _PROTOCOL_NAMES.get(rule.protocol, f"<enum value {rule.protocol}>"),
+    }
+    if rule.ports:
+        doc["ports"] = [_port_document(p) for p in rule.ports]
+    return doc
+
+
+def _port_document(port: pb.PortRange) -> Any:
+    first, last = port.first, port.last or port.first
+    return first if first == last else f"{first}-{last}"
