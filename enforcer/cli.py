@@ -192,8 +192,18 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enforcer", description="eBPF network policy enforcer for AI-agent sandboxes")
-    parser.add_argument("--socket", help=f"daemon socket or host:port (default ${SOCKET_ENV} or {DEFAULT_SOCKET})")
+    socket_help = f"daemon socket or host:port (default ${SOCKET_ENV} or {DEFAULT_SOCKET})"
+    parser.add_argument("--socket", help=socket_help)
+    # --socket is also accepted after the subcommand (enforcer daemon --socket X).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help=socket_help)
     sub = parser.add_subparsers(dest="command_name", required=True)
+    add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     daemon = sub.add_parser("daemon", help="run the daemon (root)")
     daemon.add_argument("--listen", help="also serve gRPC on this host:port (plaintext; prefer the Unix socket)")

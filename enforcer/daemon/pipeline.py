@@ -74,7 +74,9 @@ class DenialPipeline:
                 time.sleep(0.1)
                 continue
             if self._pending:
-                batch, self._pending = self._pending, []
+                # The callback holds this list's append; it runs on this thread only.
+                batch = list(self._pending)
+                self._pending.clear()
                 self._publish(batch)
 
     def _publish(self, batch: list[bytes]) -> None:

@@ -1,0 +1,55 @@
+"""Run socket operations and print, as JSON, what each one returned.
+
+Runs as a real process inside a test cgroup (and usually a test netns):
+    echo '[{"op": "connect", "proto": "tcp", "addr": "10.231.0.5", "port": 443}]' | probe.py
+Each result is "OK" or the errno name (EPERM means our hook refused it)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import sys
+import time
+
+
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def run(op: dict) -> str:
+    kind = op["op"]
+    try:
+        if kind == "sleep":
+            time.sleep(op["seconds"])
+            return "OK"
+        if kind == "socket":
+            family = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "packet": socket.AF_PACKET}[op["family"]]
+            stype = {"raw": socket.SOCK_RAW, "dgram": socket.SOCK_DGRAM, "stream": socket.SOCK_STREAM}[op["type"]]
+            socket.socket(family, stype, op.get("protocol", 0)).close()
+            return "OK"
+        family = socket.AF_INET6 if op.get("socket_family") == "inet6" else _family(op["addr"])
+        stype = socket.SOCK_STREAM if op["proto"] == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(family, stype) as s:
+            s.settimeout(op.get("timeout", 2))
+            if kind == "connect":
+                s.connect((op["addr"], op["port"]))
+                if op.get("send"):
+                    s.sendall(op["send"].encode())
+                    return "OK:" + s.recv(100).decode()
+            elif kind == "sendto":
+                s.sendto(b"probe", (op["addr"], op["port"]))
+            else:
+                return f"unknown op {kind}"
+        return "OK"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc))
+
+
+def main() -> None:
+    ops = json.loads(sys.stdin.read())
+    print(json.dumps([run(op) for op in ops]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
