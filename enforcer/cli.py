@@ -29,10 +29,10 @@ def _print_json(message: Any) -> None:
 
 
 def format_denial(event: Any) -> str:
-    from enforcer.wire import PROTOCOL_NAMES
     from enforcer.v1 import enforcer_pb2 as pb
+    from enforcer.wire import PROTOCOL_NAMES
 
-    when = datetime.datetime.fromtimestamp(event.time_unix_ns / 1e9, tz=datetime.timezone.utc)
+    when = datetime.datetime.fromtimestamp(event.time_unix_ns / 1e9, tz=datetime.UTC)
     kind = pb.DenialKind.Name(event.kind).removeprefix("DENIAL_KIND_").lower()
     action = pb.Action.Name(event.action).removeprefix("ACTION_").lower()
     if event.HasField("destination"):
@@ -160,21 +160,28 @@ def cmd_denials(args: argparse.Namespace, enf: Any) -> int:
 
 def cmd_run(args: argparse.Namespace, enf: Any) -> int:
     from enforcer.cgroupfs import cgroup2_mount, create_cgroup, move_pid, remove_cgroup
-    from enforcer.policy import Target, TargetKind, load_policy_file
+    from enforcer.policy import Target, TargetKind, parse_policy, read_policy_document
 
     command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else args.command
     if not command:
         print("enforcer run: no command given (enforcer run --policy FILE -- CMD ARGS...)", file=sys.stderr)
         return 2
-    policy = load_policy_file(args.policy)
-    sandbox = args.sandbox or policy.sandbox
+    doc = read_policy_document(args.policy)
+    if isinstance(doc, dict):
+        if "target" in doc:
+            print("enforcer run: ignoring the policy's target; the command runs in a fresh cgroup", file=sys.stderr)
+        doc["target"] = {"cgroup": "/"}  # replaced below by the fresh cgroup
+        if args.sandbox:
+            doc["sandbox"] = args.sandbox
+    policy = parse_policy(doc)
+    sandbox = policy.sandbox
     cgroup = create_cgroup(cgroup2_mount() / "enforcer-run" / f"{sandbox}-{os.getpid()}")
     policy = dataclasses.replace(policy, sandbox=sandbox, target=Target(TargetKind.CGROUP, str(cgroup.path)))
     applied = False
     try:
         enf.apply(policy)
         applied = True
-        child = subprocess.Popen(command, preexec_fn=lambda: move_pid(0, cgroup.path))  # noqa: PLW1509
+        child = subprocess.Popen(command, preexec_fn=lambda: move_pid(0, cgroup.path))
         forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:

@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,7 +24,7 @@ from enforcer.settings import grpc_target, socket_path
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 
-PolicyLike = Union[Policy, pb.Policy, Mapping[str, Any], str, Path]
+PolicyLike = Policy | pb.Policy | Mapping[str, Any] | str | Path
 
 
 class EnforcerError(Exception):
@@ -86,7 +87,7 @@ class Enforcer:
 
     def denials(
         self,
-        sandboxes: list[str] | tuple[str, ...] = (),
+        sandboxes: builtins.list[str] | tuple[str, ...] = (),
         labels: Mapping[str, str] | None = None,
         follow: bool = False,
     ) -> Iterator[pb.DenialEvent]:

@@ -69,7 +69,7 @@ class DenialPipeline:
         while not self._stopping.is_set():
             try:
                 self._guard.poll_events(100)
-            except Exception:  # noqa: BLE001 - keep draining; the cause is logged
+            except Exception:
                 log.exception("ring_buffer_poll_failed")
                 time.sleep(0.1)
                 continue

@@ -3,6 +3,7 @@ on a Unix socket (and optionally TCP) until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -94,9 +95,8 @@ def run_daemon(config: DaemonConfig) -> int:
         server.add_insecure_port(f"unix:{socket_path}")
     finally:
         os.umask(old_umask)
-    if config.listen:
-        if server.add_insecure_port(config.listen) == 0:
-            raise StartupError(f"cannot listen on {config.listen}")
+    if config.listen and server.add_insecure_port(config.listen) == 0:
+        raise StartupError(f"cannot listen on {config.listen}")
     server.start()
     os.chmod(socket_path, 0o600)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -125,9 +125,7 @@ def run_daemon(config: DaemonConfig) -> int:
     # Until restart safety lands (pinned programs), enforcement ends with the daemon.
     enforcement.remove_all()
     guard.close()
-    try:
+    with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
-    except FileNotFoundError:
-        pass
     log.info("daemon_stopped")
     return 0

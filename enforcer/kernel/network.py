@@ -3,6 +3,7 @@ maps in step with the policies. See bpf/network.bpf.c for what runs in the kerne
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from collections.abc import Callable, Iterable
@@ -49,13 +50,13 @@ class NetworkGuard:
     writes; the event poller only reads the ring buffer."""
 
     def __init__(self, events_per_sec: int = 2000) -> None:
-        from bcc import BPF, BPFAttachType, BPFProgType  # noqa: PLC0415 - only the daemon needs bcc
+        from bcc import BPF, BPFAttachType, BPFProgType
         from bcc.libbcc import lib
         from bcc.utils import get_possible_cpus
 
         self._lib = lib
         self._ncpus = len(get_possible_cpus())
-        self._bpf = BPF(text=SOURCE.read_text(), cflags=[f"-I{layout.BPF_DIR}", "-Wno-unused-function"])
+        self._bpf = BPF(text=SOURCE.read_bytes(), cflags=[f"-I{layout.BPF_DIR}", "-Wno-unused-function"])
         sock_addr = BPFProgType.CGROUP_SOCK_ADDR
         self._programs = [
             (self._bpf.load_func("enf_connect4", sock_addr, None, BPFAttachType.CGROUP_INET4_CONNECT),
@@ -162,10 +163,8 @@ class NetworkGuard:
         fd = self._attached.pop(cgroup_id, None)
         if fd is not None:
             for fn, attach_type in self._programs:
-                try:
+                with contextlib.suppress(Exception):
                     self._bpf.detach_func(fn, fd, attach_type)
-                except Exception:  # noqa: BLE001 - the cgroup may be gone already
-                    pass
             os.close(fd)
         self._delete("sandboxes", ctypes.c_uint64(cgroup_id))
         self._levels.pop(cgroup_id, None)

@@ -15,7 +15,7 @@ from enforcer.policy.model import (
     TargetKind,
     Verdict,
 )
-from enforcer.policy.parse import load_policy_file, parse_policy, policy_to_document
+from enforcer.policy.parse import load_policy_file, parse_policy, policy_to_document, read_policy_document
 
 __all__ = [
     "Mode",
@@ -31,4 +31,5 @@ __all__ = [
     "load_policy_file",
     "parse_policy",
     "policy_to_document",
+    "read_policy_document",
 ]

@@ -44,6 +44,10 @@ _RULE_FIELDS = ("to", "ports", "protocol")
 
 
 def load_policy_file(path: str | Path) -> Policy:
+    return parse_policy(read_policy_document(path))
+
+
+def read_policy_document(path: str | Path) -> Any:
     """Read a YAML or JSON policy file (JSON is YAML, so one parser serves both)."""
     try:
         text = Path(path).read_text()
@@ -53,16 +57,13 @@ def load_policy_file(path: str | Path) -> Policy:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError("", f"{path} is not valid YAML or JSON: {exc}") from exc
-    return parse_policy(doc)
+    return doc
 
 
 def parse_policy(doc: Any) -> Policy:
     _require_mapping(doc, "", "a policy")
     _refuse_unknown(doc, _TOP_FIELDS, "")
-    if "network" in doc and doc["network"] is not None:
-        network = _parse_network(doc["network"], "network")
-    else:
-        network = NetworkPolicy()
+    network = _parse_network(doc["network"], "network") if "network" in doc and doc["network"] is not None else NetworkPolicy()
     return Policy(
         sandbox=_parse_sandbox_id(doc.get("sandbox"), "sandbox"),
         target=_parse_target(doc.get("target"), "target"),

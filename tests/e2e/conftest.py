@@ -72,7 +72,7 @@ class Cleanup:
         while self._actions:
             try:
                 self._actions.pop()()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]
@@ -116,7 +116,7 @@ class DaemonProcess:
                 try:
                     enf.wait_ready(0.1)
                     return
-                except Exception:  # noqa: BLE001 - not ready yet
+                except Exception:
                     continue
             self.proc.kill()
             raise RuntimeError(f"daemon did not start:\n{self.log_path.read_text()}")
@@ -242,7 +242,7 @@ def probe(netns: str) -> Probe:
             capture_output=True,
             text=True,
             timeout=60,
-            preexec_fn=(lambda: move_pid(0, cgroup)) if cgroup else None,  # noqa: PLW1509
+            preexec_fn=(lambda: move_pid(0, cgroup)) if cgroup else None,
         )
         if result.returncode != 0:
             return [f"exit:{result.returncode}", result.stderr[-500:]]

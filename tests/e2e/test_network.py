@@ -9,8 +9,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from enforcer.v1 import enforcer_pb2 as pb
 from tests.e2e.conftest import HOST4, HOST6, Probe, wait_denials
 
