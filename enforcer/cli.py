@@ -4,6 +4,7 @@ running daemon over gRPC."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -195,6 +196,8 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
         if applied:
             enf.remove(sandbox)
         remove_cgroup(cgroup.path)
+        with contextlib.suppress(OSError):  # the shared parent goes once the last run has ended
+            cgroup.path.parent.rmdir()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,17 @@ from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 PolicyLike = Policy | pb.Policy | Mapping[str, Any] | str | Path
 
 
+# Reconnect quickly: a trainer waiting for a (re)starting daemon should not sit
+# out gRPC's default 1 s -> 120 s backoff once the socket is back.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
 class EnforcerError(Exception):
     """The daemon refused a request, or could not be reached."""
 
@@ -51,7 +62,7 @@ class Enforcer:
     def __init__(self, address: str | None = None, timeout: float = 10.0) -> None:
         self.address = grpc_target(socket_path(address))
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.address)
+        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.EnforcerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

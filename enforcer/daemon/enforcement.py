@@ -8,7 +8,9 @@ written and leaves the kernel and the store exactly as they were.
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -34,21 +36,37 @@ class Enforcement:
         self._store = PolicyStore(layout.MAX_SANDBOXES)
         self._lock = threading.Lock()
         self._mount = cgroup2_mount()
+        self._retired: queue.Queue[list[bytes]] = queue.Queue()
+        threading.Thread(target=self._delete_retired, name="rule-janitor", daemon=True).start()
+
+    def _delete_retired(self) -> None:
+        while True:
+            keys = self._retired.get()
+            try:
+                self._guard.delete_rules(keys)
+            except Exception:
+                log.exception("retired_rules_delete_failed", count=len(keys))
+            finally:
+                self._retired.task_done()
+
+    def flush_retired(self) -> None:
+        """Wait until replaced rule sets are deleted (shutdown, tests)."""
+        self._retired.join()
 
     @property
     def store(self) -> PolicyStore:
         return self._store
 
     def apply(self, policy: Policy) -> ApplyResult:
+        started = time.perf_counter()
         cgroup = resolve_target(policy.target, self._mount)
-        entries = encode.encode_network(policy.network, generation=0)  # validate before locking
+        compiled = encode.compile_prefixes(policy.network)  # may refuse the policy: before any change
         with self._lock:
             self._store.check_placement(policy, cgroup)
             previous = self._store.find(policy.sandbox)
             generation = self._store.new_generation()
             self._store.note_generation(generation, policy)
-            for key, _ in entries:
-                key.generation_be = encode.be32(generation)
+            entries = encode.pack_entries(compiled, generation)
             slot = previous.slot if previous else self._store.take_slot()
             state = SandboxState(
                 generation=generation,
@@ -79,13 +97,14 @@ class Enforcement:
                     self._store.release_slot(slot)
                     raise
             else:
-                self._guard.delete_rules(previous.rule_keys)
+                self._retired.put(previous.rule_keys)  # unreachable from now on; freed off the request path
         log.info(
             "policy_applied",
             sandbox=policy.sandbox,
             cgroup=str(cgroup.path),
             generation=generation,
             prefixes=len(entries),
+            apply_ms=round((time.perf_counter() - started) * 1000, 2),
             mode=policy.mode.value,
             replaced=previous is not None,
         )
@@ -108,3 +127,4 @@ class Enforcement:
     def remove_all(self) -> None:
         for record in self._store.all():
             self.remove(record.policy.sandbox)
+        self.flush_retired()

@@ -65,7 +65,14 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         except KernelError as exc:
             log.error("apply_failed", error=str(exc))
             self._abort(context, grpc.StatusCode.INTERNAL, f"kernel refused the policy: {exc}")
-        return pb.ApplyPolicyResponse(applied=applied_to_proto(result.record), replaced=result.replaced)
+        applied = pb.AppliedPolicy(
+            cgroup_path=str(result.record.cgroup.path),
+            cgroup_id=result.record.cgroup.id,
+            generation=result.record.generation,
+            applied_unix_ns=result.record.applied_unix_ns,
+        )
+        applied.policy.sandbox = result.record.policy.sandbox  # the rest is what the caller sent
+        return pb.ApplyPolicyResponse(applied=applied, replaced=result.replaced)
 
     def RemovePolicy(self, request: pb.RemovePolicyRequest, context: grpc.ServicerContext) -> pb.RemovePolicyResponse:
         self._require_sandbox(request.sandbox, context)

@@ -32,7 +32,7 @@ class SandboxRecord:
     cgroup: Cgroup
     generation: int
     slot: int
-    rule_keys: list = field(default_factory=list)  # LpmKey of this generation, to delete on retire
+    rule_keys: list[bytes] = field(default_factory=list)  # LPM keys of this generation, deleted on retire
     applied_unix_ns: int = 0
 
 

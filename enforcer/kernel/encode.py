@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
 from collections import defaultdict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from enforcer.kernel import layout
 from enforcer.policy import NetworkPolicy, NetworkRule, PolicyError, Protocol, Verdict
@@ -27,8 +28,8 @@ PROTOCOL_NUMBERS = {Protocol.ANY: layout.PROTO_ANY, Protocol.TCP: IPPROTO_TCP, P
 VERDICTS = {Verdict.ALLOW: layout.VERDICT_ALLOW, Verdict.DENY: layout.VERDICT_DENY}
 
 
-@dataclass(frozen=True, order=True)
-class PortEntry:
+class PortEntry(NamedTuple):
+    # A NamedTuple, not a dataclass: a 10,000-rule policy creates one per port range.
     verdict: int
     protocol: int
     first: int
@@ -119,29 +120,42 @@ def be32(value: int) -> int:
     return int.from_bytes(value.to_bytes(4, "big"), "little")
 
 
-def lpm_key(generation: int, family: int, plen: int, addr: int) -> layout.LpmKey:
-    key = layout.LpmKey()
-    key.prefixlen = layout.LPM_KEY_HEADER_BITS + plen
-    key.generation_be = be32(generation)
-    key.family_be = be32(family)
-    raw = addr.to_bytes(_width(family) // 8, "big")
-    ctypes.memmove(key.addr, raw, len(raw))
-    return key
+# Packed straight to bytes: building ctypes structures field by field cost more
+# than the map writes themselves for large policies. tests/unit/test_encode.py
+# checks these bytes against the ctypes mirror of bpf/enforcer.h.
+_RULE_SET_HEAD = struct.Struct("<II")
+_PORT_RULE = struct.Struct("<HHBBxx")
+RULE_SET_SIZE = ctypes.sizeof(layout.RuleSet)
+LPM_KEY_SIZE = ctypes.sizeof(layout.LpmKey)
 
 
-def rule_set(entries: list[PortEntry]) -> layout.RuleSet:
-    value = layout.RuleSet()
-    value.count = len(entries)
-    for i, entry in enumerate(entries):
-        value.rules[i].first = entry.first
-        value.rules[i].last = entry.last
-        value.rules[i].protocol = entry.protocol
-        value.rules[i].verdict = entry.verdict
-    return value
+def lpm_key_bytes(generation: int, family: int, plen: int, addr: int) -> bytes:
+    width = _width(family)
+    return (
+        (layout.LPM_KEY_HEADER_BITS + plen).to_bytes(4, "little")
+        + generation.to_bytes(4, "big")
+        + family.to_bytes(4, "big")
+        + addr.to_bytes(width // 8, "big").ljust(16, b"\0")
+    )
 
 
-def encode_network(network: NetworkPolicy, generation: int) -> list[tuple[layout.LpmKey, layout.RuleSet]]:
+def rule_set_bytes(entries: list[PortEntry]) -> bytes:
+    packed = _RULE_SET_HEAD.pack(len(entries), 0) + b"".join(
+        _PORT_RULE.pack(e.first, e.last, e.protocol, e.verdict) for e in entries
+    )
+    return packed.ljust(RULE_SET_SIZE, b"\0")
+
+
+Compiled = dict[PrefixKey, list[PortEntry]]
+MapEntry = tuple[bytes, bytes]
+
+
+def pack_entries(compiled: Compiled, generation: int) -> list[MapEntry]:
     return [
-        (lpm_key(generation, family, plen, addr), rule_set(entries))
-        for (family, plen, addr), entries in compile_prefixes(network).items()
+        (lpm_key_bytes(generation, family, plen, addr), rule_set_bytes(entries))
+        for (family, plen, addr), entries in compiled.items()
     ]
+
+
+def encode_network(network: NetworkPolicy, generation: int) -> list[MapEntry]:
+    return pack_entries(compile_prefixes(network), generation)

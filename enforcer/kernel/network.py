@@ -95,13 +95,18 @@ class NetworkGuard:
             mask |= 1 << level
         self._update("config", ctypes.c_uint32(0), layout.Config(levels_mask=mask, events_per_sec=self._events_per_sec))
 
-    def write_rules(self, entries: Iterable[tuple[layout.LpmKey, layout.RuleSet]]) -> None:
+    def write_rules(self, entries: Iterable[tuple[bytes, bytes]]) -> None:
+        """Entries packed by enforcer.kernel.encode (key bytes, value bytes)."""
+        fd = self._fds["rules"]
         for key, value in entries:
-            self._update("rules", key, value)
+            if self._lib.bpf_update_elem(fd, key, value, 0) < 0:
+                err = ctypes.get_errno()
+                raise KernelError(f"updating BPF map rules failed: {os.strerror(err)}")
 
-    def delete_rules(self, keys: Iterable[layout.LpmKey]) -> None:
+    def delete_rules(self, keys: Iterable[bytes]) -> None:
+        fd = self._fds["rules"]
         for key in keys:
-            self._delete("rules", key)
+            self._lib.bpf_delete_elem(fd, key)  # a missing key is fine: clean-up is idempotent
 
     def set_sandbox(self, cgroup: Cgroup, state: SandboxState) -> None:
         """One map update: the sandbox switches to the new generation's rules at once."""

@@ -7,6 +7,7 @@ path (``network.allow[1].to``) whichever way the policy arrived.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -109,9 +110,9 @@ def _network_text(net: IPNetwork) -> str:
 def _require_mapping(value: Any, path: str, what: str) -> None:
     if not isinstance(value, Mapping):
         raise PolicyError(path, f"must be {what} (a mapping), got {_type_name(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise PolicyError(path, f"keys must be strings, got {key!r}")
+    if not all(type(key) is str for key in value):
+        bad = next(key for key in value if not isinstance(key, str))
+        raise PolicyError(path, f"keys must be strings, got {bad!r}")
 
 
 def _refuse_unknown(doc: Mapping[str, Any], known: Sequence[str], path: str) -> None:
@@ -185,13 +186,18 @@ def _parse_labels(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels))
 
 
+_ENUM_MEMBERS: dict[Any, dict[str, Any]] = {
+    enum_type: {m.value: m for m in enum_type} for enum_type in (Mode, Verdict, Protocol)
+}
+
+
 def _parse_enum(value: Any, enum_type: Any, path: str) -> Any:
-    choices = [m.value for m in enum_type]
+    members = _ENUM_MEMBERS[enum_type]
     if isinstance(value, str):
-        for member in enum_type:
-            if member.value == value.lower():
-                return member
-    raise PolicyError(path, f"must be one of {', '.join(choices)}, got {value!r}")
+        member = members.get(value) or members.get(value.lower())
+        if member is not None:
+            return member
+    raise PolicyError(path, f"must be one of {', '.join(members)}, got {value!r}")
 
 
 def _parse_network(value: Any, path: str) -> NetworkPolicy:
@@ -235,13 +241,20 @@ def _parse_address(value: Any, path: str) -> IPNetwork:
     if not isinstance(value, str):
         raise PolicyError(path, f"must be an address or CIDR string, got {_type_name(value)}")
     try:
-        return ipaddress.ip_network(value.strip(), strict=True)
+        return _network(value.strip())
     except ValueError as exc:
         try:
             loose = ipaddress.ip_network(value.strip(), strict=False)
         except ValueError:
             raise PolicyError(path, f"{value!r} is not an IPv4 or IPv6 address or CIDR") from exc
         raise PolicyError(path, f"{value!r} has host bits set (did you mean {loose}?)") from exc
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _network(text: str) -> IPNetwork:
+    """Parsing addresses dominates the cost of a large policy, and orchestrators
+    re-apply the same rules across thousands of rollouts; networks are immutable."""
+    return ipaddress.ip_network(text, strict=True)
 
 
 def _parse_ports(value: Any, path: str) -> tuple[PortRange, ...]:

@@ -3,6 +3,7 @@ entries must decide exactly as the policy's plain reading does."""
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 
 import pytest
@@ -108,12 +109,28 @@ def test_ranges_are_merged_and_the_cap_names_the_rule():
 
 
 def test_lpm_key_bytes():
-    key = encode.lpm_key(generation=0x01020304, family=encode.AF_INET, plen=24, addr=int(ipaddress.ip_address("10.1.2.0")))
-    raw = bytes(key)
+    addr = int(ipaddress.ip_address("10.1.2.0"))
+    raw = encode.lpm_key_bytes(generation=0x01020304, family=encode.AF_INET, plen=24, addr=addr)
     assert raw[:4] == (64 + 24).to_bytes(4, "little")
     assert raw[4:8] == bytes([1, 2, 3, 4])          # big-endian: part of the matched prefix
     assert raw[8:12] == bytes([0, 0, 0, 2])
     assert raw[12:16] == bytes([10, 1, 2, 0]) and raw[16:] == bytes(12)
+
+
+def test_packed_bytes_match_the_ctypes_mirror():
+    """The packed encoding against the mirror of bpf/enforcer.h, field by field."""
+    key = layout.LpmKey(prefixlen=64 + 128, generation_be=encode.be32(7), family_be=encode.be32(encode.AF_INET6))
+    addr = ipaddress.ip_address("2001:db8::5")
+    ctypes.memmove(key.addr, addr.packed, 16)
+    assert encode.lpm_key_bytes(7, encode.AF_INET6, 128, int(addr)) == bytes(key)
+
+    entries = [encode.PortEntry(layout.VERDICT_DENY, 6, 22, 22), encode.PortEntry(layout.VERDICT_ALLOW, 0, 0, 65535)]
+    value = layout.RuleSet(count=2)
+    for i, entry in enumerate(entries):
+        value.rules[i] = layout.PortRule(first=entry.first, last=entry.last, protocol=entry.protocol,
+                                         verdict=entry.verdict)
+    assert encode.rule_set_bytes(entries) == bytes(value)
+    assert len(encode.rule_set_bytes([])) == ctypes.sizeof(layout.RuleSet)
 
 
 def test_no_ports_means_every_port_including_zero():

@@ -1,0 +1,74 @@
+/* connect() microbenchmark: N connects, prints nanoseconds per connect.
+ *   connect udp N   - connect a UDP socket to 127.0.0.1:9 (no packet is sent)
+ *   connect tcp N   - full TCP handshake to a local listener, then close
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static int listener;
+
+static void *acceptor(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int c = accept(listener, NULL, NULL);
+        if (c >= 0)
+            close(c);
+    }
+    return NULL;
+}
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3)
+        return 2;
+    int tcp = strcmp(argv[1], "tcp") == 0;
+    long n = atol(argv[2]);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(9)};
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    if (tcp) {
+        listener = socket(AF_INET, SOCK_STREAM, 0);
+        int one = 1;
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        addr.sin_port = 0;
+        bind(listener, (struct sockaddr *)&addr, sizeof(addr));
+        socklen_t len = sizeof(addr);
+        getsockname(listener, (struct sockaddr *)&addr, &len);
+        listen(listener, 4096);
+        pthread_t t;
+        pthread_create(&t, NULL, acceptor, NULL);
+    }
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    long long start = now_ns();
+    for (long i = 0; i < n; i++) {
+        if (tcp) {
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (connect(s, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
+                perror("connect");
+                return 1;
+            }
+            struct linger lg = {1, 0};  /* RST on close: no TIME_WAIT pile-up */
+            setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            close(s);
+        } else if (connect(udp, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
+            perror("connect");
+            return 1;
+        }
+    }
+    printf("%.1f\n", (double)(now_ns() - start) / n);
+    return 0;
+}

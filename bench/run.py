@@ -1,0 +1,129 @@
+"""`make bench`: Enforcer's speed targets, each as a ratio against a baseline
+measured in the same run (the machines are noisy, so runs are interleaved and
+the median of several rounds is reported).
+
+  connect() added cost: UDP connect (~1 us) and TCP loopback connect, from a
+      process in an unguarded cgroup vs. one guarded by a 1-rule and a
+      10,000-rule policy. Targets: <= 0.4 us added at 10,000 rules (UDP);
+      TCP <= 1.05x unguarded.
+  ApplyPolicy latency for a 1,000-rule policy (replace), p50/p99. Target p99 <= 20 ms.
+  Daemon start-up to ready (health SERVING). Target <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from enforcer.cgroupfs import cgroup2_mount, move_pid, remove_cgroup  # noqa: E402
+from enforcer.policy import parse_policy  # noqa: E402
+from tests.e2e.conftest import DaemonProcess  # noqa: E402
+
+
+def build_connect_bench(workdir: Path) -> Path:
+    binary = workdir / "connect"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(REPO / "bench" / "connect.c"), "-lpthread"], check=True)
+    return binary
+
+
+def ns_per_connect(binary: Path, cgroup: Path, proto: str, count: int) -> float:
+    out = subprocess.run([str(binary), proto, str(count)], capture_output=True, text=True, check=True,
+                         preexec_fn=lambda: move_pid(0, cgroup))
+    return float(out.stdout)
+
+
+def rules_policy(sandbox: str, cgroup: Path, n: int) -> dict:
+    allow = [{"to": "127.0.0.1", "ports": [9]}, {"to": "127.0.0.1", "protocol": "tcp"}]
+    allow += [{"to": f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", "ports": [443], "protocol": "tcp"}
+              for i in range(n - len(allow))]
+    return {"sandbox": sandbox, "target": {"cgroup": str(cgroup)}, "network": {"default": "deny", "allow": allow}}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--udp-connects", type=int, default=300_000)
+    parser.add_argument("--tcp-connects", type=int, default=5_000)
+    parser.add_argument("--applies", type=int, default=100)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
+    binary = build_connect_bench(workdir)
+    root = cgroup2_mount() / f"enforcer-bench-{os.getpid()}"
+    groups = {name: root / name for name in ("unguarded", "rules-1", "rules-10000")}
+    for path in groups.values():
+        path.mkdir(parents=True)
+
+    print("Daemon start-up to ready")
+    startups = []
+    for i in range(3):
+        proc = DaemonProcess(workdir / f"start{i}")
+        (workdir / f"start{i}").mkdir()
+        started = time.monotonic()
+        proc.start()
+        startups.append(time.monotonic() - started)
+        proc.stop()
+    print(f"  {' '.join(f'{s:.2f}s' for s in startups)}  median {statistics.median(startups):.2f} s  (target <= 2 s)")
+
+    daemon = DaemonProcess(workdir)
+    daemon.start()
+    try:
+        with daemon.client() as enf:
+            enf.apply(rules_policy("bench-1", groups["rules-1"], 2))
+            enf.apply(rules_policy("bench-10000", groups["rules-10000"], 10_000))
+
+            for proto, count, target in (("udp", args.udp_connects, "added <= 0.4 us at 10,000 rules"),
+                                         ("tcp", args.tcp_connects, "<= 1.05x unguarded")):
+                samples: dict[str, list[float]] = {name: [] for name in groups}
+                ns_per_connect(binary, groups["unguarded"], proto, count // 10)  # warm-up
+                for _ in range(args.rounds):
+                    for name, path in groups.items():
+                        samples[name].append(ns_per_connect(binary, path, proto, count))
+                base = statistics.median(samples["unguarded"])
+                print(f"\n{proto.upper()} connect(), {count} per round, median of {args.rounds} rounds ({target})")
+                for name in groups:
+                    value = statistics.median(samples[name])
+                    added = (value - base) / 1000
+                    print(f"  {name:12} {value / 1000:8.3f} us  ratio {value / base:5.3f}  added {added:+.3f} us")
+
+            print(f"\nApplyPolicy (replace) of a 1,000-rule policy, {args.applies} times (target p99 <= 20 ms)")
+            apply_group = root / "apply"
+            apply_group.mkdir()
+            latencies = []
+            for i in range(args.applies):
+                doc = rules_policy("bench-apply", apply_group, 1000)
+                doc["labels"] = {"i": str(i)}
+                policy = parse_policy(doc)  # the caller's own preparation, not the RPC
+                started = time.perf_counter()
+                enf.apply(policy)
+                latencies.append((time.perf_counter() - started) * 1000)
+            print(f"  RPC, client to client:  p50 {percentile(latencies, 50):.2f} ms  "
+                  f"p99 {percentile(latencies, 99):.2f} ms  max {max(latencies):.2f} ms")
+            inside = [e["apply_ms"] for e in daemon.log_events()
+                      if e["event"] == "policy_applied" and e["sandbox"] == "bench-apply"]
+            print(f"  inside the daemon:      p50 {percentile(inside, 50):.2f} ms  "
+                  f"p99 {percentile(inside, 99):.2f} ms  (resolve target, encode, write maps, switch)")
+            for sandbox in ("bench-1", "bench-10000", "bench-apply"):
+                enf.remove(sandbox)
+    finally:
+        daemon.stop()
+        remove_cgroup(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

