@@ -28,6 +28,13 @@ def run(op: dict) -> str:
             stype = {"raw": socket.SOCK_RAW, "dgram": socket.SOCK_DGRAM, "stream": socket.SOCK_STREAM}[op["type"]]
             socket.socket(family, stype, op.get("protocol", 0)).close()
             return "OK"
+        if kind == "sendto_after_leaving":
+            # Create the socket here, then move this process to another cgroup and use it.
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                with open(op["cgroup"] + "/cgroup.procs", "w") as procs:
+                    procs.write("0")
+                s.sendto(b"probe", (op["addr"], op["port"]))
+            return "OK"
         family = socket.AF_INET6 if op.get("socket_family") == "inet6" else _family(op["addr"])
         stype = socket.SOCK_STREAM if op["proto"] == "tcp" else socket.SOCK_DGRAM
         with socket.socket(family, stype) as s:

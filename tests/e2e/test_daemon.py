@@ -85,3 +85,19 @@ def test_print_bpf_shows_the_generated_c():
                             capture_output=True, text=True, timeout=30, check=True)
     assert "int enf_connect4(struct bpf_sock_addr *ctx)" in result.stdout
     assert "struct enf_event {" in result.stdout  # the shared header is inlined
+
+
+def test_optional_tcp_listener(tmp_path: Path):
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = DaemonProcess(tmp_path, "--listen", f"127.0.0.1:{port}")
+    proc.start()
+    try:
+        from enforcer.client import Enforcer
+
+        with Enforcer(f"127.0.0.1:{port}") as enf:
+            assert enf.health() == "SERVING"
+            assert enf.list() == []
+    finally:
+        assert proc.stop() == 0

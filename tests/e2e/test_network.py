@@ -213,6 +213,21 @@ def test_counters_stay_exact_when_events_are_rate_limited(client, make_cgroup, s
     assert len(events) + stats.events_suppressed + stats.events_lost == 3000
 
 
+def test_a_flooding_sandbox_does_not_silence_another(client, make_cgroup, sandbox_id, probe: Probe):
+    import threading
+
+    noisy, quiet = make_cgroup("noisy"), make_cgroup("quiet")
+    client.apply(policy(sandbox_id + "-noisy", noisy))
+    client.apply(policy(sandbox_id + "-quiet", quiet))
+    flood = threading.Thread(target=probe, args=(noisy, *[sendto(HOST4, 9)] * 5000))
+    flood.start()
+    assert probe(quiet, connect(HOST4, 7)) == ["EPERM"]
+    flood.join()
+    events = wait_denials(client, sandbox_id + "-quiet", 1)
+    assert [(e.sandbox, e.destination.port) for e in events] == [(sandbox_id + "-quiet", 7)]
+    assert client.stats(sandbox_id + "-noisy").sendmsg.refused == 5000
+
+
 def test_raw_sockets_refused_and_packet_sockets_stopped(client, make_cgroup, sandbox_id, probe: Probe):
     cg = make_cgroup()
     client.apply(policy(sandbox_id, cg))
@@ -254,3 +269,45 @@ def test_real_traffic_to_an_allowed_service_flows(client, make_cgroup, sandbox_i
     server.close()
     assert results == ["OK:pong", "EPERM"]
     assert accepted == [b"ping"]
+
+
+def test_a_guarded_socket_used_outside_every_sandbox_is_refused(client, make_cgroup, sandbox_id, probe: Probe):
+    """The kernel runs our hooks by the socket's cgroup; when the caller is in no
+    sandbox we cannot pick rules for it, so the send fails closed."""
+    cg, outside = make_cgroup("sb"), make_cgroup("outside")
+    client.apply(policy(sandbox_id, cg, default="allow"))
+    # In the host namespace: `ip netns exec` remounts /sys, hiding the cgroup tree.
+    assert probe(cg, sendto("127.0.0.1", 9), in_netns=False) == ["OK"]
+    leave = {"op": "sendto_after_leaving", "cgroup": str(outside), "addr": "127.0.0.1", "port": 9}
+    assert probe(cg, leave, in_netns=False) == ["EPERM"]
+    assert probe(outside, sendto("127.0.0.1", 9), in_netns=False) == ["OK"]  # its own sockets are not guarded
+
+
+def test_a_child_cgroup_cannot_replace_or_outvote_our_programs(client, make_cgroup, sandbox_id, probe: Probe):
+    """Attached with BPF_F_ALLOW_MULTI: a program the sandbox attaches below
+    (with or without BPF_F_ALLOW_OVERRIDE) runs in addition to ours, and a
+    refusal by any program in the chain refuses the call."""
+    import os
+
+    from bcc import BPF, BPFAttachType, BPFProgType
+
+    cg = make_cgroup()
+    child = cg / "child"
+    child.mkdir()
+    client.apply(policy(sandbox_id, cg))
+    permissive = BPF(text=b"int allow_all(struct bpf_sock_addr *ctx) { return 1; }")
+    fn = permissive.load_func("allow_all", BPFProgType.CGROUP_SOCK_ADDR, None, BPFAttachType.CGROUP_INET4_CONNECT)
+    fd = os.open(child, os.O_RDONLY)
+    try:
+        for flags in (0, 1, 2):  # none, BPF_F_ALLOW_OVERRIDE, BPF_F_ALLOW_MULTI
+            try:
+                permissive.attach_func(fn, fd, BPFAttachType.CGROUP_INET4_CONNECT, flags)
+            except Exception:  # noqa: BLE001 - the kernel may refuse the combination: also fine
+                continue
+            try:
+                assert probe(child, connect(HOST4, 443)) == ["EPERM"], f"flags={flags}"
+            finally:
+                permissive.detach_func(fn, fd, BPFAttachType.CGROUP_INET4_CONNECT)
+    finally:
+        os.close(fd)
+        permissive.cleanup()

@@ -1,0 +1,126 @@
+"""The denial pipeline between the ring buffer and subscribers: decoding,
+attribution to the sandbox and its labels, sequence numbers, retention, and the
+audit log event. The ring buffer is stood in for by a queue of the same bytes
+the BPF programs write (struct enf_event)."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import queue
+import time
+from collections.abc import Callable
+
+from structlog.testing import capture_logs
+
+from enforcer.daemon.pipeline import DenialPipeline, matches
+from enforcer.daemon.store import PolicyStore
+from enforcer.kernel import layout
+from enforcer.policy import parse_policy
+from enforcer.v1 import enforcer_pb2 as pb
+
+
+class RingBufferStandIn:
+    def __init__(self) -> None:
+        self.pending: queue.Queue[bytes] = queue.Queue()
+        self.callback: Callable[[bytes], None] | None = None
+
+    def open_events(self, on_event: Callable[[bytes], None]) -> None:
+        self.callback = on_event
+
+    def poll_events(self, timeout_ms: int) -> None:
+        try:
+            raw = self.pending.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            return
+        assert self.callback is not None
+        self.callback(raw)
+        while not self.pending.empty():
+            self.callback(self.pending.get())
+
+
+def raw_event(generation: int, port: int, address: str = "10.0.0.1", kind: int = layout.KIND_CONNECT) -> bytes:
+    ev = layout.Event(boot_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME), cgroup_id=77, generation=generation,
+                      slot=0, tgid=1234, tid=1235, comm=b"xmrig", kind=kind, action=layout.ACTION_REFUSED,
+                      port=port, protocol=6)
+    addr = ipaddress.ip_address(address)
+    ev.family = 2 if addr.version == 4 else 10
+    ctypes.memmove(ev.addr, addr.packed, len(addr.packed))
+    return bytes(ev)
+
+
+def make_pipeline(retention: int = 100) -> tuple[DenialPipeline, RingBufferStandIn, PolicyStore]:
+    store = PolicyStore(4)
+    store.note_generation(5, parse_policy({"sandbox": "rollout-17", "target": {"pid": 1},
+                                            "labels": {"run": "ppo-7", "episode": "17"}}))
+    ring = RingBufferStandIn()
+    pipeline = DenialPipeline(ring, store, retention=retention)  # type: ignore[arg-type]
+    pipeline.start()
+    return pipeline, ring, store
+
+
+def read_all(pipeline: DenialPipeline, cursor: int, count: int) -> tuple[list[pb.DenialEvent], int]:
+    deadline = time.monotonic() + 5
+    events: list[pb.DenialEvent] = []
+    missed = 0
+    while len(events) < count and time.monotonic() < deadline:
+        batch, cursor, gap = pipeline.read(cursor, timeout=0.2)
+        events += batch
+        missed += gap
+    return events, missed
+
+
+def test_events_are_decoded_attributed_and_sequenced():
+    pipeline, ring, _ = make_pipeline()
+    try:
+        with capture_logs() as logs:
+            ring.pending.put(raw_event(5, 3333, "10.0.0.33"))
+            ring.pending.put(raw_event(5, 22, "2001:db8::22"))
+            events, missed = read_all(pipeline, 1, 2)
+    finally:
+        pipeline.stop()
+    assert missed == 0
+    first, second = events
+    assert (first.seq, second.seq) == (1, 2)
+    assert first.sandbox == "rollout-17" and dict(first.labels) == {"run": "ppo-7", "episode": "17"}
+    assert (first.destination.address, first.destination.port, first.destination.protocol) == (
+        "10.0.0.33", 3333, pb.PROTOCOL_TCP)
+    assert second.destination.address == "2001:db8::22"
+    assert (first.process.pid, first.process.tid, first.process.comm) == (1234, 1235, "xmrig")
+    assert abs(first.time_unix_ns - time.time_ns()) < 5e9
+    denials = [entry for entry in logs if entry["event"] == "denial"]
+    assert [(d["seq"], d["sandbox"], d["port"], d["kind"]) for d in denials] == [
+        (1, "rollout-17", 3333, "DENIAL_KIND_CONNECT"), (2, "rollout-17", 22, "DENIAL_KIND_CONNECT")]
+
+
+def test_a_reader_behind_retention_is_told_how_many_it_missed():
+    pipeline, ring, _ = make_pipeline(retention=3)
+    try:
+        for port in range(1, 6):
+            ring.pending.put(raw_event(5, port))
+        deadline = time.monotonic() + 5
+        while pipeline.next_seq < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events, next_cursor, missed = pipeline.read(1, timeout=0)
+    finally:
+        pipeline.stop()
+    assert missed == 2
+    assert [e.seq for e in events] == [3, 4, 5] and next_cursor == 6
+
+
+def test_unknown_generation_is_kept_unattributed_not_dropped():
+    pipeline, ring, _ = make_pipeline()
+    try:
+        ring.pending.put(raw_event(999, 80))
+        events, _ = read_all(pipeline, 1, 1)
+    finally:
+        pipeline.stop()
+    assert len(events) == 1 and events[0].sandbox == ""
+
+
+def test_filters():
+    event = pb.DenialEvent(sandbox="a", labels={"episode": "3", "run": "x"})
+    assert matches(event, set(), {})
+    assert matches(event, {"a", "b"}, {"episode": "3"})
+    assert not matches(event, {"b"}, {})
+    assert not matches(event, set(), {"episode": "4"})
