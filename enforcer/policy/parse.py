@@ -108,7 +108,7 @@ def _network_text(net: IPNetwork) -> str:
 
 
 def _require_mapping(value: Any, path: str, what: str) -> None:
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # exact type first: ABC checks are slow
         raise PolicyError(path, f"must be {what} (a mapping), got {_type_name(value)}")
     if not all(type(key) is str for key in value):
         bad = next(key for key in value if not isinstance(key, str))
@@ -260,7 +260,7 @@ def _network(text: str) -> IPNetwork:
 def _parse_ports(value: Any, path: str) -> tuple[PortRange, ...]:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, Sequence) or isinstance(value, bytes):
+    if type(value) is not list and (not isinstance(value, Sequence) or isinstance(value, bytes)):
         raise PolicyError(path, f"must be a list of ports or ranges, got {_type_name(value)}")
     if not value:
         raise PolicyError(path, "must not be empty (leave ports out to allow every port)")
@@ -270,8 +270,9 @@ def _parse_ports(value: Any, path: str) -> tuple[PortRange, ...]:
 
 
 def _parse_port_range(value: Any, path: str) -> PortRange:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return PortRange(_check_port(value, path), _check_port(value, path))
+    if type(value) is int:
+        port = _check_port(value, path)
+        return PortRange(port, port)
     if isinstance(value, str):
         text = value.strip()
         if re.fullmatch(r"\d+", text):
