@@ -25,28 +25,40 @@ fi
 command -v apt-get >/dev/null || die "this bootstrap supports Debian/Ubuntu (apt-get not found); see README for the packages"
 
 # ---- distro packages ------------------------------------------------------
+export DEBIAN_FRONTEND=noninteractive
+apt_updated=""
+apt_update() {
+    [ -n "$apt_updated" ] && return 0
+    apt-get update -qq || die "apt-get update failed"
+    apt_updated=1
+}
+# A machine that never ran apt-get update cannot even look packages up.
+ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt_update
+
 missing=""
 for pkg in python3-bpfcc python3-venv iproute2 openssh-server openssh-client procps; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
-headers_pkg=""
 release=$(uname -r)
+generic_headers() { ls -d /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n 1; }
 if [ ! -e "/lib/modules/$release/build/include" ]; then
     if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
-        headers_pkg="linux-headers-$release"
-    elif apt-cache show linux-headers-amd64 >/dev/null 2>&1; then
-        headers_pkg=linux-headers-amd64     # Debian's generic headers
-    elif apt-cache show linux-headers-generic >/dev/null 2>&1; then
-        headers_pkg=linux-headers-generic   # Ubuntu's
+        missing="$missing linux-headers-$release"        # the exact headers, when the distro has them
+    elif [ -z "$(generic_headers)" ]; then
+        if apt-cache show linux-headers-amd64 >/dev/null 2>&1; then
+            missing="$missing linux-headers-amd64"       # Debian's generic headers
+        elif apt-cache show linux-headers-generic >/dev/null 2>&1; then
+            missing="$missing linux-headers-generic"     # Ubuntu's
+        else
+            die "no kernel headers package found for $release (bcc needs a header tree)"
+        fi
     fi
 fi
-if [ -n "$missing$headers_pkg" ]; then
-    say "installing$missing $headers_pkg"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
+if [ -n "$missing" ]; then
+    say "installing$missing"
+    apt_update
     # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing $headers_pkg >/dev/null \
-        || die "apt-get install$missing $headers_pkg failed"
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null || die "apt-get install$missing failed"
 fi
 
 # ---- kernel header tree for bcc ------------------------------------------
@@ -54,7 +66,7 @@ fi
 # structs, helpers and tracepoint formats), so the distro's generic headers are
 # safe when no package matches the running kernel exactly.
 if [ ! -e "/lib/modules/$release/build/include" ]; then
-    build=$(ls -d /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n 1 || true)
+    build=$(generic_headers || true)
     [ -n "$build" ] || die "no kernel headers found under /usr/src after installing them"
     source_dir=""
     case "$build" in
