@@ -278,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnforcerError as exc:
         print(f"enforcer: {exc.details or exc.code.name} ({exc.code.name})", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. `run` without the rights to create a cgroup
+        print(f"enforcer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 import structlog
 
@@ -49,7 +48,6 @@ class DenialPipeline:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="denial-drain", daemon=True)
         self._offset_ns = boot_to_unix_offset_ns()
-        self.unattributed = 0
 
     def start(self) -> None:
         self._guard.open_events(self._pending.append)
@@ -154,6 +152,3 @@ def matches(event: pb.DenialEvent, sandboxes: set[str], labels: dict[str, str]) 
     if sandboxes and event.sandbox not in sandboxes:
         return False
     return all(event.labels.get(k) == v for k, v in labels.items())
-
-
-EventFilter = Callable[[pb.DenialEvent], bool]

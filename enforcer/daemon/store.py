@@ -18,6 +18,10 @@ class ApplyConflict(Exception):
     """The request is well-formed but clashes with what is applied."""
 
 
+class NestingConflict(ApplyConflict):
+    """The target cgroup is above or below another sandbox's cgroup."""
+
+
 class SandboxNotFound(LookupError):
     pass
 
@@ -115,10 +119,6 @@ class PolicyStore:
 
     def generation_info(self, generation: int) -> GenerationInfo | None:
         return self._generations.get(generation)
-
-
-class NestingConflict(ApplyConflict):
-    pass
 
 
 def now_ns() -> int:

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,5 +231,6 @@ def tracefs_ready() -> None:
     """bcc reads tracepoint formats from tracefs; mount it if the host has not."""
     if Path("/sys/kernel/tracing/events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir():
         return
-    if os.system("mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null") != 0:
+    mounted = subprocess.run(["mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing"], capture_output=True)
+    if mounted.returncode != 0:
         raise KernelError("tracefs is not mounted and could not be mounted at /sys/kernel/tracing")

@@ -1,0 +1,29 @@
+"""`make demo` keeps doing what the README says: the tunnel and the pool
+connection refused in the kernel and reported, the mirror reachable, and
+nothing left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_replays_rome_and_cleans_up():
+    result = subprocess.run([sys.executable, "-m", "enforcer.demo"], capture_output=True, text=True, timeout=180,
+                            cwd=REPO)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "tunnel up" in out.split("Starting the Enforcer daemon")[0]  # it works without Enforcer
+    assert "package mirror answered: HTTP 200" in out
+    assert "ssh: connect to host 10.77.0.22 port 22: Operation not permitted" in out
+    assert "miner: connect to 10.77.0.33:3333 failed: Operation not permitted" in out
+    assert "rollout-17 refused connect 10.77.0.22:22/tcp" in out and "comm=ssh" in out
+    assert "rollout-17 refused connect 10.77.0.33:3333/tcp" in out
+    assert "connect  refused        2" in out
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "enf-demo" not in namespaces
+    links = subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+    assert "enfd-" not in links
