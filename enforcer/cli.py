@@ -269,14 +269,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from enforcer.client import Enforcer, EnforcerError
     from enforcer.policy import PolicyError
 
+    enf = Enforcer(args.socket)
     try:
-        with Enforcer(args.socket) as enf:
+        with enf:
             return COMMANDS[args.command_name](args, enf)
     except PolicyError as exc:
         print(f"enforcer: invalid policy: {exc}", file=sys.stderr)
         return 2
     except EnforcerError as exc:
-        print(f"enforcer: {exc.details or exc.code.name} ({exc.code.name})", file=sys.stderr)
+        if exc.code.name == "UNAVAILABLE":
+            print(f"enforcer: cannot reach the daemon at {enf.address} (is `enforcer daemon` running there?)",
+                  file=sys.stderr)
+        else:
+            print(f"enforcer: {exc.details or exc.code.name} ({exc.code.name})", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. `run` without the rights to create a cgroup
         print(f"enforcer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)

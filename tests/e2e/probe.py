@@ -53,9 +53,18 @@ def run(op: dict) -> str:
         return errno.errorcode.get(exc.errno or 0, str(exc))
 
 
+def run_repeated(op: dict) -> str:
+    """An op with "repeat": N runs N times; the result counts each outcome ("EPERM*60000")."""
+    outcomes: dict[str, int] = {}
+    for _ in range(op.get("repeat", 1)):
+        result = run(op)
+        outcomes[result] = outcomes.get(result, 0) + 1
+    return ",".join(f"{result}*{count}" for result, count in sorted(outcomes.items()))
+
+
 def main() -> None:
     ops = json.loads(sys.stdin.read())
-    print(json.dumps([run(op) for op in ops]), flush=True)
+    print(json.dumps([run_repeated(op) if "repeat" in op else run(op) for op in ops]), flush=True)
 
 
 if __name__ == "__main__":

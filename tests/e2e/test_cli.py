@@ -76,3 +76,11 @@ def test_run_passes_exit_code_and_summarises(daemon, tmp_path):
     assert not list((cgroup2_mount() / "enforcer-run").glob("cli-run-*"))
     killed = cli(daemon, "run", "--policy", str(file), "--", "sh", "-c", "kill -TERM $$")
     assert killed.returncode == 128 + 15
+
+
+def test_unreachable_daemon_is_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "enforcer.cli", "--socket", str(tmp_path / "none.sock"), "list"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"enforcer: cannot reach the daemon at unix:{tmp_path / 'none.sock'} (is `enforcer daemon` running there?)")

@@ -101,3 +101,34 @@ def test_optional_tcp_listener(tmp_path: Path):
             assert enf.list() == []
     finally:
         assert proc.stop() == 0
+
+
+def test_events_the_ring_buffer_cannot_take_are_counted_not_lost(tmp_path: Path, make_cgroup, sandbox_id,
+                                                                  probe: Probe):
+    """Stop the daemon (SIGSTOP) so nothing drains the 4 MiB ring buffer, refuse
+    more than it holds, resume: every refusal is either delivered or counted as
+    lost, and the counters are exact."""
+    from tests.e2e.conftest import wait_denials
+    from tests.e2e.test_network import sendto
+
+    proc = DaemonProcess(tmp_path, "--events-per-sec", "0")  # no budget: every refusal wants an event
+    proc.start()
+    total = 70_000  # a 4 MiB ring buffer holds ~58,000 72-byte events
+    try:
+        with proc.client() as enf:
+            cg = make_cgroup()
+            enf.apply(policy(sandbox_id, cg))
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGSTOP)
+            try:
+                assert probe(cg, {**sendto(HOST4, 9), "repeat": total}) == [f"EPERM*{total}"]
+            finally:
+                proc.proc.send_signal(signal.SIGCONT)
+            stats = enf.stats(sandbox_id)
+            assert stats.sendmsg.refused == total
+            assert stats.events_suppressed == 0
+            assert 0 < stats.events_lost < total
+            delivered = wait_denials(enf, sandbox_id, total - stats.events_lost, timeout=30)
+            assert len(delivered) + stats.events_lost == total
+    finally:
+        assert proc.stop() == 0
