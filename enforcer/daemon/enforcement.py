@@ -8,10 +8,12 @@ written and leaves the kernel and the store exactly as they were.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -62,6 +64,7 @@ class Enforcement:
         cgroup = resolve_target(policy.target, self._mount)
         compiled = encode.compile_prefixes(policy.network)  # may refuse the policy: before any change
         with self._lock:
+            self._forget_vanished()
             self._store.check_placement(policy, cgroup)
             previous = self._store.find(policy.sandbox)
             generation = self._store.new_generation()
@@ -112,12 +115,24 @@ class Enforcement:
 
     def remove(self, sandbox: str) -> SandboxRecord:
         with self._lock:
-            record = self._store.pop(sandbox)
-            self._guard.unguard(record.cgroup.id)
-            self._guard.delete_rules(record.rule_keys)
-            self._store.release_slot(record.slot)
+            record = self._remove_locked(sandbox)
         log.info("policy_removed", sandbox=sandbox, cgroup=str(record.cgroup.path))
         return record
+
+    def _remove_locked(self, sandbox: str) -> SandboxRecord:
+        record = self._store.pop(sandbox)
+        self._guard.unguard(record.cgroup.id)
+        self._guard.delete_rules(record.rule_keys)
+        self._store.release_slot(record.slot)
+        return record
+
+    def _forget_vanished(self) -> None:
+        """A sandbox whose cgroup was removed (its container ended) guards
+        nothing any more; drop it so its id and slot can be used again."""
+        for record in self._store.all():
+            if not _same_cgroup(record.cgroup.path, record.cgroup.id):
+                self._remove_locked(record.policy.sandbox)
+                log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
 
     def counters(self, sandbox: str) -> CounterTotals:
         with self._lock:
@@ -128,3 +143,10 @@ class Enforcement:
         for record in self._store.all():
             self.remove(record.policy.sandbox)
         self.flush_retired()
+
+
+def _same_cgroup(path: Path, cgroup_id: int) -> bool:
+    try:
+        return os.stat(path).st_ino == cgroup_id
+    except FileNotFoundError:
+        return False

@@ -230,3 +230,15 @@ def test_health_and_reflection(daemon):
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert "enforcer.v1.Enforcer" in names
+
+
+def test_a_sandbox_whose_cgroup_was_removed_can_be_applied_again_elsewhere(client, make_cgroup, sandbox_id,
+                                                                          probe: Probe):
+    first = make_cgroup("first")
+    client.apply(policy(sandbox_id, first))
+    first.rmdir()  # the container ended
+    second = make_cgroup("second")
+    applied = client.apply(policy(sandbox_id, second))
+    assert applied.applied.cgroup_path == str(second) and not applied.replaced
+    assert probe(second, connect(HOST4, 443)) == ["EPERM"]
+    assert client.stats(sandbox_id).connect.refused == 1  # a fresh slot: counts start at zero
