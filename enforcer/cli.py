@@ -208,43 +208,40 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", default=argparse.SUPPRESS, help=socket_help)
     sub = parser.add_subparsers(dest="command_name", required=True)
-    add = sub.add_parser
 
-    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return add(name, parents=[common], **kwargs)
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, parents=[common])
 
-    sub.add_parser = add_parser  # type: ignore[method-assign]
-
-    daemon = sub.add_parser("daemon", help="run the daemon (root)")
+    daemon = command("daemon", "run the daemon (root)")
     daemon.add_argument("--listen", help="also serve gRPC on this host:port (plaintext; prefer the Unix socket)")
     daemon.add_argument("--events-per-sec", type=int, default=2000,
                         help="denial events reported per sandbox per CPU per second (counters stay exact; 0: no limit)")
     daemon.add_argument("--print-bpf", action="store_true", help="print the BPF C that would be loaded, and exit")
 
-    apply = sub.add_parser("apply", help="apply (create or replace) a policy from a YAML/JSON file")
+    apply = command("apply", "apply (create or replace) a policy from a YAML/JSON file")
     apply.add_argument("file")
     apply.add_argument("--json", action="store_true")
 
-    remove = sub.add_parser("remove", help="remove a sandbox's policy")
+    remove = command("remove", "remove a sandbox's policy")
     remove.add_argument("sandbox")
 
-    lst = sub.add_parser("list", help="list applied policies")
+    lst = command("list", "list applied policies")
     lst.add_argument("--json", action="store_true")
 
-    get = sub.add_parser("get", help="show one applied policy (JSON)")
+    get = command("get", "show one applied policy (JSON)")
     get.add_argument("sandbox")
 
-    stats = sub.add_parser("stats", help="a sandbox's denial counters, from the kernel")
+    stats = command("stats", "a sandbox's denial counters, from the kernel")
     stats.add_argument("sandbox")
     stats.add_argument("--json", action="store_true")
 
-    denials = sub.add_parser("denials", help="show retained denials; --follow to keep streaming")
+    denials = command("denials", "show retained denials; --follow to keep streaming")
     denials.add_argument("--sandbox", action="append", help="only this sandbox (repeatable)")
     denials.add_argument("--label", action="append", default=[], help="only denials with KEY=VALUE (repeatable)")
     denials.add_argument("--follow", "-f", action="store_true")
     denials.add_argument("--json", action="store_true")
 
-    run = sub.add_parser("run", help="run a command in a fresh cgroup under a policy")
+    run = command("run", "run a command in a fresh cgroup under a policy")
     run.add_argument("--policy", required=True)
     run.add_argument("--sandbox", help="sandbox id (default: the policy's)")
     run.add_argument("command", nargs=argparse.REMAINDER)

@@ -18,14 +18,12 @@ _PROTOCOLS = {Protocol.ANY: pb.PROTOCOL_ANY, Protocol.TCP: pb.PROTOCOL_TCP, Prot
 
 _MODE_NAMES = {pb.MODE_UNSPECIFIED: "enforce", pb.MODE_ENFORCE: "enforce", pb.MODE_AUDIT: "audit"}
 _VERDICT_NAMES = {pb.VERDICT_UNSPECIFIED: "deny", pb.VERDICT_DENY: "deny", pb.VERDICT_ALLOW: "allow"}
-_PROTOCOL_NAMES = {
+PROTOCOL_NAMES = {
     pb.PROTOCOL_UNSPECIFIED: "any",
     pb.PROTOCOL_ANY: "any",
     pb.PROTOCOL_TCP: "tcp",
     pb.PROTOCOL_UDP: "udp",
 }
-
-PROTOCOL_NAMES = _PROTOCOL_NAMES
 
 
 def policy_to_proto(policy: Policy) -> pb.Policy:
@@ -74,7 +72,7 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
 def _rule_document(rule: pb.NetworkRule) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "to": rule.to or None,
-        "protocol": _PROTOCOL_NAMES.get(rule.protocol, f"<enum value {rule.protocol}>"),
+        "protocol": PROTOCOL_NAMES.get(rule.protocol, f"<enum value {rule.protocol}>"),
     }
     if rule.ports:
         doc["ports"] = [_port_document(p) for p in rule.ports]
