@@ -41,7 +41,7 @@ BPF_ARRAY(event_layout, struct enf_event, 1);
 
 /* The sandbox whose cgroup is the current task's cgroup or one of its ancestors.
  * Sandboxes never nest (the daemon refuses it), so the first hit is the only one. */
-static __always_inline struct enf_sandbox *sandbox_of_task(u64 *sandbox_cgid)
+static __always_inline struct enf_sandbox *sandbox_of_task(void)
 {
     int zero = 0;
     struct enf_config *cfg = config.lookup(&zero);
@@ -58,10 +58,8 @@ static __always_inline struct enf_sandbox *sandbox_of_task(u64 *sandbox_cgid)
         if (!id)
             break;
         struct enf_sandbox *sb = sandboxes.lookup(&id);
-        if (sb) {
-            *sandbox_cgid = id;
+        if (sb)
             return sb;
-        }
     }
     return 0;
 }
@@ -145,8 +143,7 @@ static __always_inline int judge(struct enf_sandbox *sb, struct enf_lpm_key *key
 static __always_inline int decide(struct bpf_sock_addr *ctx, struct enf_lpm_key *key,
                                   u8 family, u8 kind)
 {
-    u64 cgid = 0;
-    struct enf_sandbox *sb = sandbox_of_task(&cgid);
+    struct enf_sandbox *sb = sandbox_of_task();
     if (!sb) {
         /* Our program runs only for sockets created under a guarded cgroup, so
          * the caller is outside the sandbox that owns the socket: fail closed. */
@@ -215,8 +212,7 @@ int enf_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx, ENF_KIND_SENDM
  * policy, ICMP datagram sockets (their sendto() without connect() has no hook). */
 int enf_sock_create(struct bpf_sock *sk)
 {
-    u64 cgid = 0;
-    struct enf_sandbox *sb = sandbox_of_task(&cgid);
+    struct enf_sandbox *sb = sandbox_of_task();
     if (!sb) {
         count_global(ENF_GLOBAL_UNATTRIBUTED);
         return 0;
@@ -246,8 +242,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_socket)
 {
     if (args->family != ENF_AF_PACKET)
         return 0;
-    u64 cgid = 0;
-    struct enf_sandbox *sb = sandbox_of_task(&cgid);
+    struct enf_sandbox *sb = sandbox_of_task();
     if (!sb)
         return 0;
     struct enf_event ev = {};

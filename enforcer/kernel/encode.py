@@ -115,18 +115,12 @@ def _describe(key: PrefixKey) -> str:
     return str(net)
 
 
-def be32(value: int) -> int:
-    """The int whose little-endian bytes are ``value`` in big-endian order."""
-    return int.from_bytes(value.to_bytes(4, "big"), "little")
-
-
 # Packed straight to bytes: building ctypes structures field by field cost more
 # than the map writes themselves for large policies. tests/unit/test_encode.py
 # checks these bytes against the ctypes mirror of bpf/enforcer.h.
 _RULE_SET_HEAD = struct.Struct("<II")
 _PORT_RULE = struct.Struct("<HHBBxx")
 RULE_SET_SIZE = ctypes.sizeof(layout.RuleSet)
-LPM_KEY_SIZE = ctypes.sizeof(layout.LpmKey)
 
 
 def lpm_key_bytes(generation: int, family: int, plen: int, addr: int) -> bytes:

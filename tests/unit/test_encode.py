@@ -117,9 +117,14 @@ def test_lpm_key_bytes():
     assert raw[12:16] == bytes([10, 1, 2, 0]) and raw[16:] == bytes(12)
 
 
+def be32(value: int) -> int:
+    """The int whose little-endian bytes are ``value`` in big-endian order."""
+    return int.from_bytes(value.to_bytes(4, "big"), "little")
+
+
 def test_packed_bytes_match_the_ctypes_mirror():
     """The packed encoding against the mirror of bpf/enforcer.h, field by field."""
-    key = layout.LpmKey(prefixlen=64 + 128, generation_be=encode.be32(7), family_be=encode.be32(encode.AF_INET6))
+    key = layout.LpmKey(prefixlen=64 + 128, generation_be=be32(7), family_be=be32(encode.AF_INET6))
     addr = ipaddress.ip_address("2001:db8::5")
     ctypes.memmove(key.addr, addr.packed, 16)
     assert encode.lpm_key_bytes(7, encode.AF_INET6, 128, int(addr)) == bytes(key)
