@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from enforcer.cgroupfs import Cgroup
 from enforcer.kernel import layout
@@ -27,6 +28,14 @@ def bpf_source() -> str:
 
 class KernelError(RuntimeError):
     pass
+
+
+# A map key or value: a ctypes structure from layout.py, or bytes packed by encode.py.
+MapBytes: TypeAlias = "ctypes._CData | bytes"
+
+
+def _pointer(data: MapBytes) -> object:
+    return data if isinstance(data, bytes) else ctypes.byref(data)
 
 
 @dataclass(frozen=True)
@@ -83,14 +92,14 @@ class NetworkGuard:
 
     # ---- maps -------------------------------------------------------------
 
-    def _update(self, name: str, key: ctypes._CData, value: ctypes._CData) -> None:
-        if self._lib.bpf_update_elem(self._fds[name], ctypes.byref(key), ctypes.byref(value), 0) < 0:
+    def _update(self, name: str, key: MapBytes, value: MapBytes) -> None:
+        if self._lib.bpf_update_elem(self._fds[name], _pointer(key), _pointer(value), 0) < 0:
             err = ctypes.get_errno()
             raise KernelError(f"updating BPF map {name} failed: {os.strerror(err)}")
 
-    def _delete(self, name: str, key: ctypes._CData) -> None:
+    def _delete(self, name: str, key: MapBytes) -> None:
         # A missing key is fine: deletes are idempotent clean-up.
-        self._lib.bpf_delete_elem(self._fds[name], ctypes.byref(key))
+        self._lib.bpf_delete_elem(self._fds[name], _pointer(key))
 
     def _write_config(self) -> None:
         mask = 0
@@ -117,9 +126,7 @@ class NetworkGuard:
                 raise KernelError(f"updating BPF map rules failed: {os.strerror(err)}")
             self._batch_ok = False  # an older kernel: fall through to single updates
         for key, value in entries:
-            if self._lib.bpf_update_elem(fd, key, value, 0) < 0:
-                err = ctypes.get_errno()
-                raise KernelError(f"updating BPF map rules failed: {os.strerror(err)}")
+            self._update("rules", key, value)
 
     def delete_rules(self, keys: list[bytes]) -> None:
         """Idempotent: keys already gone are fine (batch delete stops at the first
@@ -135,7 +142,7 @@ class NetworkGuard:
                 return
             done = count.value
         for key in keys[done:]:
-            self._lib.bpf_delete_elem(fd, key)
+            self._delete("rules", key)
 
     def set_sandbox(self, cgroup: Cgroup, state: SandboxState) -> None:
         """One map update: the sandbox switches to the new generation's rules at once."""
