@@ -36,13 +36,24 @@ class Cgroup:
     level: int    # 0 for the root
 
     def contains(self, other: Cgroup) -> bool:
-        return other.path == self.path or self.path in other.path.parents
+        return _within(other.path, self.path)
+
+    def still_exists(self) -> bool:
+        """False once the cgroup was removed (a new cgroup at the same path has another id)."""
+        try:
+            return os.stat(self.path).st_ino == self.id
+        except FileNotFoundError:
+            return False
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def cgroup_at(path: Path, mount: Path | None = None) -> Cgroup:
     mount = mount or cgroup2_mount()
     real = Path(os.path.realpath(path))
-    if real != mount and mount not in real.parents:
+    if not _within(real, mount):
         raise CgroupError(f"{path} is not below the cgroup2 mount {mount}")
     if not (real / "cgroup.procs").is_file():
         raise CgroupError(f"{path} is not a cgroup (no cgroup.procs)")
@@ -57,7 +68,7 @@ def resolve_target(target: Target, mount: Path | None = None) -> Cgroup:
         path = Path(target.value)
         if not path.is_absolute():
             path = mount / path
-        elif mount not in Path(os.path.realpath(path)).parents and Path(os.path.realpath(path)) != mount:
+        elif not _within(Path(os.path.realpath(path)), mount):
             # An absolute path written as if cgroup2 were at /sys/fs/cgroup also works.
             relative = _relative_to_any_cgroup_root(path)
             if relative is not None:

@@ -8,17 +8,15 @@ written and leaves the kernel and the store exactly as they were.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
-from enforcer.cgroupfs import cgroup2_mount, resolve_target
-from enforcer.daemon.store import PolicyStore, SandboxRecord, now_ns
+from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target
+from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
 from enforcer.kernel import encode, layout
 from enforcer.kernel.network import CounterTotals, NetworkGuard, SandboxState
 from enforcer.policy import Mode, Policy, Verdict
@@ -64,13 +62,12 @@ class Enforcement:
         cgroup = resolve_target(policy.target, self._mount)
         compiled = encode.compile_prefixes(policy.network)  # may refuse the policy: before any change
         with self._lock:
-            self._forget_vanished()
-            self._store.check_placement(policy, cgroup)
+            self._place(policy, cgroup)
             previous = self._store.find(policy.sandbox)
+            slot = previous.slot if previous else self._take_slot()
             generation = self._store.new_generation()
             self._store.note_generation(generation, policy)
             entries = encode.pack_entries(compiled, generation)
-            slot = previous.slot if previous else self._store.take_slot()
             state = SandboxState(
                 generation=generation,
                 slot=slot,
@@ -126,13 +123,32 @@ class Enforcement:
         self._store.release_slot(record.slot)
         return record
 
-    def _forget_vanished(self) -> None:
-        """A sandbox whose cgroup was removed (its container ended) guards
-        nothing any more; drop it so its id and slot can be used again."""
-        for record in self._store.all():
-            if not _same_cgroup(record.cgroup.path, record.cgroup.id):
-                self._remove_locked(record.policy.sandbox)
-                log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
+    # A sandbox whose cgroup was removed (its container ended) guards nothing any
+    # more. It is dropped when it stands in the way of an apply (its id, its
+    # cgroup path or a slot is wanted), not by checking every sandbox on every apply.
+
+    def _place(self, policy: Policy, cgroup: Cgroup) -> None:
+        while True:
+            try:
+                self._store.check_placement(policy, cgroup)
+                return
+            except ApplyConflict as conflict:
+                if conflict.record.cgroup.still_exists():
+                    raise
+                self._drop_vanished(conflict.record)
+
+    def _take_slot(self) -> int:
+        try:
+            return self._store.take_slot()
+        except CapacityExhausted:
+            for record in self._store.all():
+                if not record.cgroup.still_exists():
+                    self._drop_vanished(record)
+            return self._store.take_slot()
+
+    def _drop_vanished(self, record: SandboxRecord) -> None:
+        self._remove_locked(record.policy.sandbox)
+        log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
 
     def counters(self, sandbox: str) -> CounterTotals:
         with self._lock:
@@ -143,10 +159,3 @@ class Enforcement:
         for record in self._store.all():
             self.remove(record.policy.sandbox)
         self.flush_retired()
-
-
-def _same_cgroup(path: Path, cgroup_id: int) -> bool:
-    try:
-        return os.stat(path).st_ino == cgroup_id
-    except FileNotFoundError:
-        return False

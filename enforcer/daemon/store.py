@@ -15,7 +15,11 @@ RETIRED_GENERATIONS_KEPT = 4096
 
 
 class ApplyConflict(Exception):
-    """The request is well-formed but clashes with what is applied."""
+    """The request is well-formed but clashes with an applied sandbox (``record``)."""
+
+    def __init__(self, message: str, record: SandboxRecord) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 class NestingConflict(ApplyConflict):
@@ -73,17 +77,19 @@ class PolicyStore:
         if existing is not None and existing.cgroup.id != cgroup.id:
             raise ApplyConflict(
                 f"sandbox {policy.sandbox!r} already exists with target {existing.cgroup.path}; "
-                f"remove it first to move it to {cgroup.path}"
+                f"remove it first to move it to {cgroup.path}",
+                existing,
             )
         for other in self._records.values():
             if other.policy.sandbox == policy.sandbox:
                 continue
             if other.cgroup.id == cgroup.id:
-                raise ApplyConflict(f"cgroup {cgroup.path} is already guarded by sandbox {other.policy.sandbox!r}")
+                raise ApplyConflict(f"cgroup {cgroup.path} is already guarded by sandbox {other.policy.sandbox!r}", other)
             if other.cgroup.contains(cgroup) or cgroup.contains(other.cgroup):
                 raise NestingConflict(
                     f"cgroup {cgroup.path} is nested with {other.cgroup.path} of sandbox "
-                    f"{other.policy.sandbox!r}; sandboxes cannot nest"
+                    f"{other.policy.sandbox!r}; sandboxes cannot nest",
+                    other,
                 )
 
     def new_generation(self) -> int:
