@@ -6,6 +6,8 @@ import os
 
 DEFAULT_SOCKET = "/run/enforcer/enforcer.sock"
 SOCKET_ENV = "ENFORCER_SOCKET"
+# Largest gRPC message either side accepts (the largest policy, 100,000 rules, is a few MB).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def socket_path(explicit: str | None = None) -> str:

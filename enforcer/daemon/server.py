@@ -24,13 +24,13 @@ from enforcer.daemon.enforcement import Enforcement
 from enforcer.daemon.pipeline import DenialPipeline
 from enforcer.daemon.service import EnforcerService
 from enforcer.kernel.network import NetworkGuard, tracefs_ready
+from enforcer.settings import MAX_MESSAGE_BYTES
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("enforcer.daemon")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Enforcer"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class StartupError(RuntimeError):

@@ -21,14 +21,20 @@ from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 log = structlog.get_logger("enforcer.service")
 
 
-def applied_to_proto(record: SandboxRecord) -> pb.AppliedPolicy:
-    return pb.AppliedPolicy(
-        policy=wire.policy_to_proto(record.policy),
+def applied_to_proto(record: SandboxRecord, whole_policy: bool = True) -> pb.AppliedPolicy:
+    """``whole_policy=False`` fills in only the sandbox id (the ApplyPolicy reply:
+    the caller has the rest, and a large policy is not worth echoing)."""
+    applied = pb.AppliedPolicy(
         cgroup_path=str(record.cgroup.path),
         cgroup_id=record.cgroup.id,
         generation=record.generation,
         applied_unix_ns=record.applied_unix_ns,
     )
+    if whole_policy:
+        applied.policy.CopyFrom(wire.policy_to_proto(record.policy))
+    else:
+        applied.policy.sandbox = record.policy.sandbox
+    return applied
 
 
 def _peer(context: grpc.ServicerContext) -> str:
@@ -65,14 +71,8 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         except KernelError as exc:
             log.error("apply_failed", error=str(exc))
             self._abort(context, grpc.StatusCode.INTERNAL, f"kernel refused the policy: {exc}")
-        applied = pb.AppliedPolicy(
-            cgroup_path=str(result.record.cgroup.path),
-            cgroup_id=result.record.cgroup.id,
-            generation=result.record.generation,
-            applied_unix_ns=result.record.applied_unix_ns,
-        )
-        applied.policy.sandbox = result.record.policy.sandbox  # the rest is what the caller sent
-        return pb.ApplyPolicyResponse(applied=applied, replaced=result.replaced)
+        return pb.ApplyPolicyResponse(applied=applied_to_proto(result.record, whole_policy=False),
+                                      replaced=result.replaced)
 
     def RemovePolicy(self, request: pb.RemovePolicyRequest, context: grpc.ServicerContext) -> pb.RemovePolicyResponse:
         self._require_sandbox(request.sandbox, context)
