@@ -20,6 +20,9 @@ from google.protobuf import json_format
 
 from enforcer.settings import DEFAULT_SOCKET, SOCKET_ENV
 
+# The per-kind counter fields of SandboxStats, in display order.
+STAT_KINDS = ("connect", "sendmsg", "socket")
+
 
 def _json(message: Any) -> str:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), sort_keys=True)
@@ -51,7 +54,7 @@ def format_denial(event: Any) -> str:
 
 def format_stats(stats: Any) -> str:
     rows = [f"sandbox {stats.sandbox}"]
-    for name in ("connect", "sendmsg", "socket"):
+    for name in STAT_KINDS:
         counters = getattr(stats, name)
         rows.append(f"  {name:8} refused {counters.refused:>8}  audited {counters.audited:>8}")
     rows.append(f"  events suppressed (rate limit) {stats.events_suppressed}, lost (ring buffer full) {stats.events_lost}")
@@ -59,8 +62,8 @@ def format_stats(stats: Any) -> str:
 
 
 def _summary(stats: Any) -> str:
-    refused = {n: getattr(stats, n).refused for n in ("connect", "sendmsg", "socket")}
-    audited = {n: getattr(stats, n).audited for n in ("connect", "sendmsg", "socket")}
+    refused = {n: getattr(stats, n).refused for n in STAT_KINDS}
+    audited = {n: getattr(stats, n).audited for n in STAT_KINDS}
     detail = ", ".join(f"{n} {c}" for n, c in refused.items() if c)
     audit_detail = ", ".join(f"{n} {c}" for n, c in audited.items() if c)
     text = f"enforcer: sandbox {stats.sandbox}: {sum(refused.values())} refused"
@@ -163,7 +166,7 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
     from enforcer.cgroupfs import cgroup2_mount, create_cgroup, move_pid, remove_cgroup
     from enforcer.policy import Target, TargetKind, parse_policy, read_policy_document
 
-    command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else args.command
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command  # the command's own "--" stay
     if not command:
         print("enforcer run: no command given (enforcer run --policy FILE -- CMD ARGS...)", file=sys.stderr)
         return 2
@@ -177,7 +180,7 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
     policy = parse_policy(doc)
     sandbox = policy.sandbox
     cgroup = create_cgroup(cgroup2_mount() / "enforcer-run" / f"{sandbox}-{os.getpid()}")
-    policy = dataclasses.replace(policy, sandbox=sandbox, target=Target(TargetKind.CGROUP, str(cgroup.path)))
+    policy = dataclasses.replace(policy, target=Target(TargetKind.CGROUP, str(cgroup.path)))
     applied = False
     try:
         enf.apply(policy)

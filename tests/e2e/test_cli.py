@@ -74,6 +74,8 @@ def test_run_passes_exit_code_and_summarises(daemon, tmp_path):
     assert "enforcer: sandbox cli-run: 2 refused (sendmsg 2), 0 audited" in result.stderr
     assert "cli-run" not in cli(daemon, "list", check=True).stdout
     assert not list((cgroup2_mount() / "enforcer-run").glob("cli-run-*"))
+    echoed = cli(daemon, "run", "--policy", str(file), "--", "echo", "a", "--", "b")
+    assert echoed.stdout == "a -- b\n"  # only the separator before the command is consumed
     killed = cli(daemon, "run", "--policy", str(file), "--", "sh", "-c", "kill -TERM $$")
     assert killed.returncode == 128 + 15
 
