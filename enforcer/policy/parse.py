@@ -64,7 +64,8 @@ def read_policy_document(path: str | Path) -> Any:
 def parse_policy(doc: Any) -> Policy:
     _require_mapping(doc, "", "a policy")
     _refuse_unknown(doc, _TOP_FIELDS, "")
-    network = _parse_network(doc["network"], "network") if "network" in doc and doc["network"] is not None else NetworkPolicy()
+    raw_network = doc.get("network")
+    network = NetworkPolicy() if raw_network is None else _parse_network(raw_network, "network")
     return Policy(
         sandbox=_parse_sandbox_id(doc.get("sandbox"), "sandbox"),
         target=_parse_target(doc.get("target"), "target"),
@@ -110,9 +111,9 @@ def _network_text(net: IPNetwork) -> str:
 def _require_mapping(value: Any, path: str, what: str) -> None:
     if type(value) is not dict and not isinstance(value, Mapping):  # exact type first: ABC checks are slow
         raise PolicyError(path, f"must be {what} (a mapping), got {_type_name(value)}")
-    if not all(type(key) is str for key in value):
-        bad = next(key for key in value if not isinstance(key, str))
-        raise PolicyError(path, f"keys must be strings, got {bad!r}")
+    for key in value:
+        if not isinstance(key, str):
+            raise PolicyError(path, f"keys must be strings, got {key!r}")
 
 
 def _refuse_unknown(doc: Mapping[str, Any], known: Sequence[str], path: str) -> None:
@@ -194,7 +195,7 @@ _ENUM_MEMBERS: dict[Any, dict[str, Any]] = {
 def _parse_enum(value: Any, enum_type: Any, path: str) -> Any:
     members = _ENUM_MEMBERS[enum_type]
     if isinstance(value, str):
-        member = members.get(value) or members.get(value.lower())
+        member = members.get(value.lower())
         if member is not None:
             return member
     raise PolicyError(path, f"must be one of {', '.join(members)}, got {value!r}")
