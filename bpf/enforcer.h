@@ -14,11 +14,21 @@
 #define ENF_MAX_LEVEL       63       /* deepest cgroup level a sandbox can sit at */
 #define ENF_RINGBUF_PAGES   1024     /* 4 MiB of events */
 
-/* enf_config.flags */
+#define ENF_MAX_EXEC_IDS    262144   /* exec identity entries over all sandboxes and generations */
+#define ENF_MAX_EXEC_PATHS  262144   /* exec path entries, likewise */
+#define ENF_PATH_MAX        244      /* bytes of a path in an exec path key, with its NUL */
+#define ENF_ARGV_BYTES      512      /* argv bytes kept for an exec denial */
+#define ENF_ARGV_MAX_ARGS   32       /* arguments read at most */
+#define ENF_EVENT_PATH      256      /* bytes of the executed path in an exec denial */
+#define ENF_WALK_MAX        64       /* parent directories and mounts walked from an executed file */
+#define ENF_MAX_MAJOR       4096     /* device majors are 12 bits */
+
 #define ENF_KIND_CONNECT 1
 #define ENF_KIND_SENDMSG 2
 #define ENF_KIND_SOCKET  3
-#define ENF_NUM_KINDS    4
+#define ENF_KIND_EXEC    4
+#define ENF_KIND_DEVICE  5
+#define ENF_NUM_KINDS    8   /* a power of two above the largest kind */
 
 #define ENF_ACTION_REFUSED 1
 #define ENF_ACTION_AUDITED 2
@@ -28,6 +38,20 @@
 
 #define ENF_VERDICT_DENY  1
 #define ENF_VERDICT_ALLOW 2
+#define ENF_VERDICT_NONE  0   /* enf_sandbox.exec_default: the policy has no exec section */
+
+/* enf_exec_key values: what the policy says of one file or directory identity. */
+#define ENF_EXEC_FILE_ALLOW 1
+#define ENF_EXEC_FILE_DENY  2
+#define ENF_EXEC_DIR_ALLOW  4
+#define ENF_EXEC_DIR_DENY   8
+
+/* enf_exec_event.reason */
+#define ENF_REASON_NOT_ALLOWED 1  /* no allow entry covers the file, and the default is deny */
+#define ENF_REASON_DENIED      2  /* a deny entry covers the file (by identity, directory or name) */
+#define ENF_REASON_UNNAMED     3  /* the file has no name: memfd, deleted, O_TMPFILE */
+#define ENF_REASON_UNRESOLVED  4  /* the parent chain was not walked to the root within bounds */
+#define ENF_REASON_SCRIPT      5  /* a #! script whose path is not allowed */
 
 /* protocol in a port rule: 0 matches any */
 #define ENF_PROTO_ANY 0
@@ -39,11 +63,13 @@
 
 /* sandboxes: key is the sandbox cgroup's id (u64). */
 struct enf_sandbox {
-    __u32 generation;   /* selects this version's rules in the LPM trie */
+    __u32 generation;   /* selects this version's rules in the rule maps */
     __u32 slot;         /* index into counters and rate */
     __u8  mode;         /* ENF_MODE_* */
-    __u8  default_verdict;  /* ENF_VERDICT_* */
-    __u8  _pad[6];
+    __u8  default_verdict;  /* network default, ENF_VERDICT_* */
+    __u8  exec_default;     /* ENF_VERDICT_*, or ENF_VERDICT_NONE: exec is not judged */
+    __u8  gpu;              /* ENF_VERDICT_*: may GPU device nodes be opened */
+    __u8  _pad[4];
 };
 
 /* rules: LPM trie key. Everything after prefixlen is matched bit by bit, so the
@@ -71,6 +97,34 @@ struct enf_rule_set {
     struct enf_port_rule rules[ENF_MAX_PORT_RULES];
 };
 
+/* exec_ids: the identity of a file or directory named by an exec entry.
+ * dev is the kernel's encoding (major << 20 | minor), as in super_block.s_dev. */
+struct enf_exec_key {
+    __u32 generation;
+    __u32 dev;
+    __u64 ino;
+};
+
+/* exec_paths: LPM trie over path bytes. A directory entry "/usr/lib/" is a
+ * prefix; a file entry "/usr/bin/x" includes its NUL, so it matches only itself.
+ * The value (ENF_VERDICT_*) already folds in every shorter entry covering it. */
+struct enf_path_key {
+    __u32 prefixlen;
+    __u32 generation_be;
+    char  path[ENF_PATH_MAX];
+};
+
+/* exec_args: argv as a process in an exec-guarded sandbox passed it to execve,
+ * by thread id, read back when the exec is judged. */
+struct enf_exec_args {
+    __u32 argc;         /* arguments read (at most ENF_ARGV_MAX_ARGS) */
+    __u32 len;          /* bytes used in buf, NULs included, at most ENF_ARGV_BYTES */
+    __u8  truncated;    /* more arguments or bytes than were kept */
+    __u8  _pad[7];
+    char  comm[16];     /* the caller's name before the exec */
+    char  buf[2 * ENF_ARGV_BYTES];  /* twice: the verifier needs room past the last offset */
+};
+
 struct enf_config {
     __u64 levels_mask;      /* bit n set: some sandbox cgroup sits at level n */
     __u64 events_per_sec;   /* per sandbox per CPU; 0 = no limit */
@@ -88,7 +142,8 @@ struct enf_rate {
     __u64 count;
 };
 
-struct enf_event {
+/* Every ring buffer record starts with this; kind says which one follows. */
+struct enf_event_head {
     __u64 boot_ns;          /* bpf_ktime_get_boot_ns() */
     __u64 cgroup_id;        /* the task's own cgroup */
     __u32 generation;
@@ -98,11 +153,44 @@ struct enf_event {
     char  comm[16];
     __u8  kind;             /* ENF_KIND_* */
     __u8  action;           /* ENF_ACTION_* */
+    __u8  _pad[6];
+};
+
+/* ENF_KIND_CONNECT, ENF_KIND_SENDMSG, ENF_KIND_SOCKET */
+struct enf_net_event {
+    struct enf_event_head head;
     __u8  family;           /* AF_INET / AF_INET6 of the destination, or of the socket */
     __u8  sock_type;        /* SOCK_* */
     __u16 port;             /* host byte order */
     __u16 protocol;         /* IPPROTO_* */
+    __u16 _pad;
     __u8  addr[16];         /* IPv4 in the first 4 bytes */
+};
+
+/* ENF_KIND_EXEC */
+struct enf_exec_event {
+    struct enf_event_head head;
+    __u32 ppid;
+    __u8  reason;           /* ENF_REASON_* */
+    __u8  script;           /* the path is a #! script (or binfmt_misc input) */
+    __u8  argv_truncated;
+    __u8  _pad;
+    __u32 argc;             /* arguments in argv */
+    __u32 argv_len;
+    __u32 dev;              /* identity of the file that would have run */
+    __u32 _pad2;
+    __u64 ino;
+    char  path[ENF_EVENT_PATH];   /* as the caller passed it */
+    char  argv[ENF_ARGV_BYTES];   /* NUL-separated */
+};
+
+/* ENF_KIND_DEVICE */
+struct enf_device_event {
+    struct enf_event_head head;
+    __u32 major;
+    __u32 minor;
+    __u32 access;           /* BPF_DEVCG_ACC_* bits */
+    __u32 dev_type;         /* BPF_DEVCG_DEV_* */
 };
 
 #endif

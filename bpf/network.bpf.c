@@ -10,110 +10,8 @@
  *
  * Only UAPI structs and helpers: no kernel-internal layout is read here.
  */
-#include <uapi/linux/bpf.h>
-#include "enforcer.h"
 
-#define ENF_AF_INET      2
-#define ENF_AF_INET6    10
-#define ENF_AF_PACKET   17
-#define ENF_SOCK_DGRAM   2
-#define ENF_SOCK_RAW     3
-#define ENF_IPPROTO_ICMP     1
-#define ENF_IPPROTO_ICMPV6  58
-#define ENF_SIGKILL      9
-
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "the byte swaps below assume a little-endian host"
-#endif
-#define enf_be16(x) __builtin_bswap16(x)
-#define enf_be32(x) __builtin_bswap32(x)
-
-BPF_HASH(sandboxes, u64, struct enf_sandbox, ENF_MAX_SANDBOXES);
 BPF_LPM_TRIE(rules, struct enf_lpm_key, struct enf_rule_set, ENF_MAX_PREFIXES);
-BPF_ARRAY(config, struct enf_config, 1);
-BPF_PERCPU_ARRAY(counters, struct enf_counters, ENF_MAX_SANDBOXES);
-BPF_PERCPU_ARRAY(rate, struct enf_rate, ENF_MAX_SANDBOXES);
-BPF_PERCPU_ARRAY(globals, u64, ENF_NUM_GLOBALS);
-BPF_RINGBUF_OUTPUT(events, ENF_RINGBUF_PAGES);
-/* Never read or written: it exists so the layout test can see struct enf_event
- * as bcc compiled it (a ring buffer carries no type). */
-BPF_ARRAY(event_layout, struct enf_event, 1);
-
-/* The sandbox whose cgroup is the current task's cgroup or one of its ancestors.
- * Sandboxes never nest (the daemon refuses it), so the first hit is the only one. */
-static __always_inline struct enf_sandbox *sandbox_of_task(void)
-{
-    int zero = 0;
-    struct enf_config *cfg = config.lookup(&zero);
-    if (!cfg)
-        return 0;
-    u64 mask = cfg->levels_mask;
-#pragma unroll
-    for (int level = 1; level <= ENF_MAX_LEVEL; level++) {
-        if (!(mask >> level))
-            break;
-        if (!(mask & (1ULL << level)))
-            continue;
-        u64 id = bpf_get_current_ancestor_cgroup_id(level);
-        if (!id)
-            break;
-        struct enf_sandbox *sb = sandboxes.lookup(&id);
-        if (sb)
-            return sb;
-    }
-    return 0;
-}
-
-static __always_inline void count_global(int index)
-{
-    u64 *value = globals.lookup(&index);
-    if (value)
-        __sync_fetch_and_add(value, 1);
-}
-
-/* Count exactly, then report unless over the per-sandbox event budget. The
- * verdict never depends on either: callers decide before calling this. */
-static __always_inline void report(struct enf_sandbox *sb, struct enf_event *ev)
-{
-    u32 slot = sb->slot;
-    struct enf_counters *c = counters.lookup(&slot);
-    if (!c)
-        return;
-    u32 kind = ev->kind & (ENF_NUM_KINDS - 1);
-    if (ev->action == ENF_ACTION_REFUSED)
-        __sync_fetch_and_add(&c->refused[kind], 1);
-    else
-        __sync_fetch_and_add(&c->audited[kind], 1);
-
-    int zero = 0;
-    struct enf_config *cfg = config.lookup(&zero);
-    struct enf_rate *r = rate.lookup(&slot);
-    if (cfg && r && cfg->events_per_sec) {
-        u64 now = bpf_ktime_get_ns();
-        if (now - r->window_start_ns >= 1000000000ULL) {
-            r->window_start_ns = now;
-            r->count = 0;
-        }
-        if (r->count >= cfg->events_per_sec) {
-            __sync_fetch_and_add(&c->suppressed, 1);
-            return;
-        }
-        r->count++;
-    }
-
-    ev->boot_ns = bpf_ktime_get_boot_ns();
-    ev->cgroup_id = bpf_get_current_cgroup_id();
-    ev->generation = sb->generation;
-    ev->slot = slot;
-    u64 id = bpf_get_current_pid_tgid();
-    ev->tgid = id >> 32;
-    ev->tid = (u32)id;
-    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-    if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
-        __sync_fetch_and_add(&c->lost, 1);
-        count_global(ENF_GLOBAL_LOST);
-    }
-}
 
 /* 1: allowed by the rules (or the default), 0: refused. */
 static __always_inline int judge(struct enf_sandbox *sb, struct enf_lpm_key *key, u16 port, u8 proto)
@@ -157,21 +55,18 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct enf_lpm_key 
     if (judge(sb, key, port, proto))
         return 1;
 
-    struct enf_event ev = {};
-    ev.kind = kind;
-    ev.family = family;
-    ev.sock_type = (u8)ctx->type;
-    ev.port = port;
-    ev.protocol = proto;
-    __builtin_memcpy(ev.addr, key->addr, sizeof(ev.addr));
-    if (sb->mode == ENF_MODE_AUDIT) {
-        ev.action = ENF_ACTION_AUDITED;
-        report(sb, &ev);
-        return 1;
+    u8 action = action_of(sb);
+    if (count_denial(sb, kind, action)) {
+        struct enf_net_event ev = {};
+        fill_head(&ev.head, sb, kind, action);
+        ev.family = family;
+        ev.sock_type = (u8)ctx->type;
+        ev.port = port;
+        ev.protocol = proto;
+        __builtin_memcpy(ev.addr, key->addr, sizeof(ev.addr));
+        send_event(sb, &ev, sizeof(ev));
     }
-    ev.action = ENF_ACTION_REFUSED;
-    report(sb, &ev);
-    return 0;
+    return action == ENF_ACTION_AUDITED;
 }
 
 static __always_inline int decide4(struct bpf_sock_addr *ctx, u8 kind)
@@ -207,6 +102,18 @@ int enf_connect6(struct bpf_sock_addr *ctx) { return decide6(ctx, ENF_KIND_CONNE
 int enf_sendmsg4(struct bpf_sock_addr *ctx) { return decide4(ctx, ENF_KIND_SENDMSG); }
 int enf_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx, ENF_KIND_SENDMSG); }
 
+static __always_inline void report_socket(struct enf_sandbox *sb, u8 action, u8 family, u8 type, u16 protocol)
+{
+    if (!count_denial(sb, ENF_KIND_SOCKET, action))
+        return;
+    struct enf_net_event ev = {};
+    fill_head(&ev.head, sb, ENF_KIND_SOCKET, action);
+    ev.family = family;
+    ev.sock_type = type;
+    ev.protocol = protocol;
+    send_event(sb, &ev, sizeof(ev));
+}
+
 /* Socket creation (inet and inet6 only: the hook sees no other family). Refuses
  * raw sockets (no connect/sendmsg hook runs for them) and, under a default-deny
  * policy, ICMP datagram sockets (their sendto() without connect() has no hook). */
@@ -225,14 +132,9 @@ int enf_sock_create(struct bpf_sock *sk)
     if (!refuse)
         return 1;
 
-    struct enf_event ev = {};
-    ev.kind = ENF_KIND_SOCKET;
-    ev.family = (u8)sk->family;
-    ev.sock_type = (u8)type;
-    ev.protocol = (u16)protocol;
-    ev.action = sb->mode == ENF_MODE_AUDIT ? ENF_ACTION_AUDITED : ENF_ACTION_REFUSED;
-    report(sb, &ev);
-    return ev.action == ENF_ACTION_AUDITED;
+    u8 action = action_of(sb);
+    report_socket(sb, action, (u8)sk->family, (u8)type, (u16)protocol);
+    return action == ENF_ACTION_AUDITED;
 }
 
 /* Packet sockets bypass every cgroup socket hook, and this kernel has no LSM
@@ -245,14 +147,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_socket)
     struct enf_sandbox *sb = sandbox_of_task();
     if (!sb)
         return 0;
-    struct enf_event ev = {};
-    ev.kind = ENF_KIND_SOCKET;
-    ev.family = ENF_AF_PACKET;
-    ev.sock_type = (u8)args->type;
-    ev.protocol = (u16)args->protocol;
-    ev.action = sb->mode == ENF_MODE_AUDIT ? ENF_ACTION_AUDITED : ENF_ACTION_REFUSED;
-    if (ev.action == ENF_ACTION_REFUSED)
+    u8 action = action_of(sb);
+    if (action == ENF_ACTION_REFUSED)
         bpf_send_signal(ENF_SIGKILL);
-    report(sb, &ev);
+    report_socket(sb, action, ENF_AF_PACKET, (u8)args->type, (u16)args->protocol);
     return 0;
 }

@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from enforcer.settings import DEFAULT_SOCKET, SOCKET_ENV
 
 # The per-kind counter fields of SandboxStats, in display order.
-STAT_KINDS = ("connect", "sendmsg", "socket")
+STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device")
 
 
 def _json(message: Any) -> str:
@@ -43,6 +43,12 @@ def format_denial(event: Any) -> str:
         dest = event.destination
         host = f"[{dest.address}]" if ":" in dest.address else dest.address
         what = f"{host}:{dest.port}/{PROTOCOL_NAMES.get(dest.protocol, '?')}"
+    elif event.HasField("exec"):
+        reason = pb.ExecReason.Name(event.exec.reason).removeprefix("EXEC_REASON_").lower()
+        argv = json.dumps(list(event.exec.argv)) + ("..." if event.exec.argv_truncated else "")
+        what = f"{event.exec.path} ({reason}{', script' if event.exec.script else ''}) argv={argv} ppid={event.process.ppid}"
+    elif event.HasField("device"):
+        what = f"device {event.device.major}:{event.device.minor} access={event.device.access}"
     else:
         what = f"socket(family={event.socket.family}, type={event.socket.type}, protocol={event.socket.protocol})"
     labels = ",".join(f"{k}={v}" for k, v in sorted(event.labels.items()))
@@ -77,9 +83,9 @@ def _summary(stats: Any) -> str:
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     if args.print_bpf:
-        from enforcer.kernel.network import bpf_source
+        from enforcer.kernel.guard import EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT, bpf_lsm_available, print_source
 
-        print(bpf_source())
+        print(print_source(EXEC_MODE_LSM if bpf_lsm_available() else EXEC_MODE_TRACEPOINT))
         return 0
     from enforcer.daemon.logs import configure
     from enforcer.daemon.server import DaemonConfig, StartupError, run_daemon
@@ -128,6 +134,7 @@ def cmd_list(args: argparse.Namespace, enf: Any) -> int:
         print(
             f"{p.sandbox:24} {applied.cgroup_path}  mode={'audit' if p.mode == 2 else 'enforce'} "
             f"allow={len(p.network.allow)} deny={len(p.network.deny)}"
+            + (f" exec(allow={len(p.exec.allow)} deny={len(p.exec.deny)})" if p.HasField("exec") else "")
         )
     return 0
 
@@ -140,6 +147,22 @@ def cmd_get(args: argparse.Namespace, enf: Any) -> int:
 def cmd_stats(args: argparse.Namespace, enf: Any) -> int:
     stats = enf.stats(args.sandbox)
     print(_json(stats) if args.json else format_stats(stats), flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, enf: Any) -> int:
+    status = enf.status()
+    if args.json:
+        _print_json(status)
+        return 0
+    how = {
+        "lsm": "BPF-LSM (exec refused with EPERM)",
+        "tracepoint": "sched_process_exec tracepoint (process killed before the new program runs)",
+    }
+    print(f"exec enforcement: {how.get(status.exec_enforcement, status.exec_enforcement)}")
+    print(f"gpu device majors: {', '.join(str(m) for m in status.gpu_majors)}")
+    print(f"sandboxes: {status.sandboxes}")
+    print(f"kernel: {status.kernel_release}")
     return 0
 
 
@@ -204,7 +227,9 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="enforcer", description="eBPF network policy enforcer for AI-agent sandboxes")
+    parser = argparse.ArgumentParser(
+        prog="enforcer", description="eBPF network, exec and device policy enforcer for AI-agent sandboxes"
+    )
     socket_help = f"daemon socket or host:port (default ${SOCKET_ENV} or {DEFAULT_SOCKET})"
     parser.add_argument("--socket", help=socket_help)
     # --socket is also accepted after the subcommand (enforcer daemon --socket X).
@@ -238,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("sandbox")
     stats.add_argument("--json", action="store_true")
 
+    status = command("status", "how the daemon enforces on this kernel (exec mode, GPU majors)")
+    status.add_argument("--json", action="store_true")
+
     denials = command("denials", "show retained denials; --follow to keep streaming")
     denials.add_argument("--sandbox", action="append", help="only this sandbox (repeatable)")
     denials.add_argument("--label", action="append", default=[], help="only denials with KEY=VALUE (repeatable)")
@@ -257,6 +285,7 @@ COMMANDS = {
     "list": cmd_list,
     "get": cmd_get,
     "stats": cmd_stats,
+    "status": cmd_status,
     "denials": cmd_denials,
     "run": cmd_run,
 }

@@ -96,6 +96,9 @@ class Enforcer:
     def stats(self, sandbox: str) -> pb.SandboxStats:
         return self._call(self._stub.GetStats, pb.GetStatsRequest(sandbox=sandbox))
 
+    def status(self) -> pb.DaemonStatus:
+        return self._call(self._stub.GetStatus, pb.GetStatusRequest())
+
     def denials(
         self,
         sandboxes: builtins.list[str] | tuple[str, ...] = (),

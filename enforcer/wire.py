@@ -41,6 +41,11 @@ def policy_to_proto(policy: Policy) -> pb.Policy:
             wire_rule = out.add(to=_network_text(rule), protocol=_PROTOCOLS[rule.protocol])
             for r in rule.ports:
                 wire_rule.ports.add(first=r.first, last=r.last)
+    msg.devices.gpu = _VERDICTS[policy.devices.gpu]
+    if policy.exec is not None:
+        msg.exec.default = _VERDICTS[policy.exec.default]
+        msg.exec.allow.extend(policy.exec.allow)
+        msg.exec.deny.extend(policy.exec.deny)
     return msg
 
 
@@ -66,6 +71,14 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
             "allow": [_rule_document(r) for r in msg.network.allow],
             "deny": [_rule_document(r) for r in msg.network.deny],
         }
+    if msg.HasField("exec"):
+        doc["exec"] = {
+            "default": _VERDICT_NAMES.get(msg.exec.default, f"<enum value {msg.exec.default}>"),
+            "allow": list(msg.exec.allow),
+            "deny": list(msg.exec.deny),
+        }
+    if msg.HasField("devices"):
+        doc["devices"] = {"gpu": _VERDICT_NAMES.get(msg.devices.gpu, f"<enum value {msg.devices.gpu}>")}
     return doc
 
 

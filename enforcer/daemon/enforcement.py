@@ -17,8 +17,8 @@ import structlog
 
 from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
-from enforcer.kernel import encode, layout
-from enforcer.kernel.network import CounterTotals, NetworkGuard, SandboxState
+from enforcer.kernel import encode, exec_rules, layout
+from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
 from enforcer.policy import Mode, Policy, Verdict
 
 log = structlog.get_logger("enforcer.enforcement")
@@ -31,12 +31,12 @@ class ApplyResult:
 
 
 class Enforcement:
-    def __init__(self, guard: NetworkGuard) -> None:
+    def __init__(self, guard: SandboxGuard) -> None:
         self._guard = guard
         self._store = PolicyStore(layout.MAX_SANDBOXES)
         self._lock = threading.Lock()
         self._mount = cgroup2_mount()
-        self._retired: queue.Queue[list[bytes]] = queue.Queue()
+        self._retired: queue.Queue[dict[str, list[bytes]]] = queue.Queue()
         threading.Thread(target=self._delete_retired, name="rule-janitor", daemon=True).start()
 
     def _delete_retired(self) -> None:
@@ -45,7 +45,7 @@ class Enforcement:
             try:
                 self._guard.delete_rules(keys)
             except Exception:
-                log.exception("retired_rules_delete_failed", count=len(keys))
+                log.exception("retired_rules_delete_failed", count=sum(len(k) for k in keys.values()))
             finally:
                 self._retired.task_done()
 
@@ -57,24 +57,31 @@ class Enforcement:
     def store(self) -> PolicyStore:
         return self._store
 
+    @property
+    def exec_mode(self) -> str:
+        return self._guard.exec_mode
+
+    @property
+    def gpu_majors(self) -> list[int]:
+        return list(self._guard.gpu_majors)
+
     def apply(self, policy: Policy) -> ApplyResult:
         started = time.perf_counter()
         cgroup = resolve_target(policy.target, self._mount)
-        compiled = encode.compile_prefixes(policy.network)  # may refuse the policy: before any change
+        # Both may refuse the policy: before any change.
+        compiled = encode.compile_prefixes(policy.network)
+        compiled_exec = exec_rules.compile_exec(policy.exec) if policy.exec is not None else None
         with self._lock:
             self._place(policy, cgroup)
             previous = self._store.find(policy.sandbox)
             slot = previous.slot if previous else self._take_slot()
             generation = self._store.new_generation()
             self._store.note_generation(generation, policy)
-            entries = encode.pack_entries(compiled, generation)
-            state = SandboxState(
-                generation=generation,
-                slot=slot,
-                mode=layout.MODE_AUDIT if policy.mode is Mode.AUDIT else layout.MODE_ENFORCE,
-                default_verdict=layout.VERDICT_ALLOW if policy.network.default is Verdict.ALLOW else layout.VERDICT_DENY,
-            )
-            keys = [key for key, _ in entries]
+            entries = {"rules": encode.pack_entries(compiled, generation)}
+            if compiled_exec is not None:
+                entries.update(exec_rules.pack_exec(compiled_exec, generation))
+            state = _sandbox_state(policy, generation, slot)
+            keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
             try:
                 self._guard.write_rules(entries)
                 if previous is None:
@@ -103,7 +110,8 @@ class Enforcement:
             sandbox=policy.sandbox,
             cgroup=str(cgroup.path),
             generation=generation,
-            prefixes=len(entries),
+            prefixes=len(entries["rules"]),
+            exec_entries=len(entries.get("exec_ids", ())),
             apply_ms=round((time.perf_counter() - started) * 1000, 2),
             mode=policy.mode.value,
             replaced=previous is not None,
@@ -159,3 +167,18 @@ class Enforcement:
         for record in self._store.all():
             self.remove(record.policy.sandbox)
         self.flush_retired()
+
+
+def _verdict(verdict: Verdict) -> int:
+    return layout.VERDICT_ALLOW if verdict is Verdict.ALLOW else layout.VERDICT_DENY
+
+
+def _sandbox_state(policy: Policy, generation: int, slot: int) -> SandboxState:
+    return SandboxState(
+        generation=generation,
+        slot=slot,
+        mode=layout.MODE_AUDIT if policy.mode is Mode.AUDIT else layout.MODE_ENFORCE,
+        default_verdict=_verdict(policy.network.default),
+        exec_default=layout.VERDICT_NONE if policy.exec is None else _verdict(policy.exec.default),
+        gpu=_verdict(policy.devices.gpu),
+    )

@@ -17,8 +17,8 @@ import structlog
 
 from enforcer.daemon.store import PolicyStore
 from enforcer.kernel import layout
-from enforcer.kernel.events import KernelDenial, decode
-from enforcer.kernel.network import NetworkGuard
+from enforcer.kernel.events import DeviceDetail, ExecDetail, KernelDenial, NetDetail, decode
+from enforcer.kernel.guard import SandboxGuard
 from enforcer.v1 import enforcer_pb2 as pb
 
 log = structlog.get_logger("enforcer.pipeline")
@@ -28,7 +28,18 @@ _KINDS = {
     layout.KIND_CONNECT: pb.DENIAL_KIND_CONNECT,
     layout.KIND_SENDMSG: pb.DENIAL_KIND_SENDMSG,
     layout.KIND_SOCKET: pb.DENIAL_KIND_SOCKET,
+    layout.KIND_EXEC: pb.DENIAL_KIND_EXEC,
+    layout.KIND_DEVICE: pb.DENIAL_KIND_DEVICE,
 }
+_REASONS = {
+    layout.REASON_NOT_ALLOWED: pb.EXEC_REASON_NOT_ALLOWED,
+    layout.REASON_DENIED: pb.EXEC_REASON_DENIED,
+    layout.REASON_UNNAMED: pb.EXEC_REASON_UNNAMED,
+    layout.REASON_UNRESOLVED: pb.EXEC_REASON_UNRESOLVED,
+    layout.REASON_SCRIPT: pb.EXEC_REASON_SCRIPT,
+}
+# BPF_DEVCG_ACC_MKNOD, _READ, _WRITE
+_ACCESS_LETTERS = ((2, "r"), (4, "w"), (1, "m"))
 _ACTIONS = {layout.ACTION_REFUSED: pb.ACTION_REFUSED, layout.ACTION_AUDITED: pb.ACTION_AUDITED}
 _PROTOCOLS = {6: pb.PROTOCOL_TCP, 17: pb.PROTOCOL_UDP}
 
@@ -38,7 +49,7 @@ def boot_to_unix_offset_ns() -> int:
 
 
 class DenialPipeline:
-    def __init__(self, guard: NetworkGuard, store: PolicyStore, retention: int = 65536) -> None:
+    def __init__(self, guard: SandboxGuard, store: PolicyStore, retention: int = 65536) -> None:
         self._guard = guard
         self._store = store
         self._pending: list[bytes] = []
@@ -89,18 +100,7 @@ class DenialPipeline:
                 self._retained.append(event)
             self._cond.notify_all()
         for event in events:
-            audit.info(
-                "denial",
-                seq=event.seq,
-                sandbox=event.sandbox,
-                labels=dict(event.labels),
-                kind=pb.DenialKind.Name(event.kind),
-                action=pb.Action.Name(event.action),
-                pid=event.process.pid,
-                comm=event.process.comm,
-                address=event.destination.address,
-                port=event.destination.port,
-            )
+            audit.info("denial", **_audit_fields(event))
 
     def _to_proto(self, denial: KernelDenial) -> pb.DenialEvent:
         info = self._store.generation_info(denial.generation)
@@ -116,14 +116,29 @@ class DenialPipeline:
         event.process.tid = denial.tid
         event.process.comm = denial.comm
         event.process.cgroup_id = denial.cgroup_id
-        if denial.kind == layout.KIND_SOCKET:
-            event.socket.family = denial.family
-            event.socket.type = denial.sock_type
-            event.socket.protocol = denial.protocol
-        else:
-            event.destination.address = denial.address
-            event.destination.port = denial.port
-            event.destination.protocol = _PROTOCOLS.get(denial.protocol, pb.PROTOCOL_UNSPECIFIED)
+        detail = denial.detail
+        if isinstance(detail, NetDetail):
+            if denial.kind == layout.KIND_SOCKET:
+                event.socket.family = detail.family
+                event.socket.type = detail.sock_type
+                event.socket.protocol = detail.protocol
+            else:
+                event.destination.address = detail.address
+                event.destination.port = detail.port
+                event.destination.protocol = _PROTOCOLS.get(detail.protocol, pb.PROTOCOL_UNSPECIFIED)
+        elif isinstance(detail, ExecDetail):
+            event.process.ppid = detail.ppid
+            event.exec.path = detail.path
+            event.exec.argv.extend(detail.argv)
+            event.exec.argv_truncated = detail.argv_truncated
+            event.exec.reason = _REASONS.get(detail.reason, pb.EXEC_REASON_UNSPECIFIED)
+            event.exec.script = detail.script
+            event.exec.device = detail.dev
+            event.exec.inode = detail.ino
+        elif isinstance(detail, DeviceDetail):
+            event.device.major = detail.major
+            event.device.minor = detail.minor
+            event.device.access = "".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit)
         return event
 
     @property
@@ -146,6 +161,29 @@ class DenialPipeline:
             start = max(cursor, first)
             events = list(itertools.islice(self._retained, start - first, None))
             return events, self._next_seq, missed
+
+
+def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
+    """One flat audit record per denial, with the fields of its kind."""
+    fields: dict[str, object] = {
+        "seq": event.seq,
+        "sandbox": event.sandbox,
+        "labels": dict(event.labels),
+        "kind": pb.DenialKind.Name(event.kind),
+        "action": pb.Action.Name(event.action),
+        "pid": event.process.pid,
+        "comm": event.process.comm,
+    }
+    if event.HasField("exec"):
+        fields.update(ppid=event.process.ppid, path=event.exec.path, argv=list(event.exec.argv),
+                      reason=pb.ExecReason.Name(event.exec.reason), script=event.exec.script)
+    elif event.HasField("device"):
+        fields.update(major=event.device.major, minor=event.device.minor, access=event.device.access)
+    elif event.HasField("socket"):
+        fields.update(family=event.socket.family, type=event.socket.type, protocol=event.socket.protocol)
+    else:
+        fields.update(address=event.destination.address, port=event.destination.port)
+    return fields
 
 
 def matches(event: pb.DenialEvent, sandboxes: set[str], labels: dict[str, str]) -> bool:

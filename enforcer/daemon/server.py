@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from enforcer.daemon.enforcement import Enforcement
 from enforcer.daemon.pipeline import DenialPipeline
 from enforcer.daemon.service import EnforcerService
-from enforcer.kernel.network import NetworkGuard, tracefs_ready
+from enforcer.kernel.guard import SandboxGuard, tracefs_ready
 from enforcer.settings import MAX_MESSAGE_BYTES
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
@@ -71,7 +71,7 @@ def run_daemon(config: DaemonConfig) -> int:
     socket_path = Path(config.socket_path)
     _claim_socket(socket_path)
     tracefs_ready()
-    guard = NetworkGuard(events_per_sec=config.events_per_sec)
+    guard = SandboxGuard(events_per_sec=config.events_per_sec)
     enforcement = Enforcement(guard)
     pipeline = DenialPipeline(guard, enforcement.store, retention=config.retention)
     pipeline.start()

@@ -3,6 +3,7 @@ enforcer.policy and enforcer.daemon.enforcement; this only translates."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import grpc
@@ -13,7 +14,7 @@ from enforcer.daemon.enforcement import Enforcement
 from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
 from enforcer.kernel import layout
-from enforcer.kernel.network import KernelError
+from enforcer.kernel.guard import KernelError
 from enforcer.policy import PolicyError
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
@@ -109,8 +110,18 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             connect=kind(layout.KIND_CONNECT),
             sendmsg=kind(layout.KIND_SENDMSG),
             socket=kind(layout.KIND_SOCKET),
+            exec=kind(layout.KIND_EXEC),
+            device=kind(layout.KIND_DEVICE),
             events_suppressed=totals.suppressed,
             events_lost=totals.lost,
+        )
+
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
+        return pb.DaemonStatus(
+            exec_enforcement=self._enforcement.exec_mode,
+            gpu_majors=sorted(self._enforcement.gpu_majors),
+            sandboxes=len(self._enforcement.store.all()),
+            kernel_release=os.uname().release,
         )
 
     def StreamDenials(self, request: pb.StreamDenialsRequest, context: grpc.ServicerContext) -> Iterator[pb.DenialEvent]:

@@ -40,7 +40,7 @@ class SandboxRecord:
     cgroup: Cgroup
     generation: int
     slot: int
-    rule_keys: list[bytes] = field(default_factory=list)  # LPM keys of this generation, deleted on retire
+    rule_keys: dict[str, list[bytes]] = field(default_factory=dict)  # map -> keys of this generation, deleted on retire
     applied_unix_ns: int = 0
 
 

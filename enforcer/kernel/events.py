@@ -1,4 +1,7 @@
-"""Decode the records the BPF programs put in the ring buffer."""
+"""Decode the records the BPF programs put in the ring buffer.
+
+Every record starts with struct enf_event_head; its kind says which struct it is.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,46 @@ from enforcer.kernel import layout
 
 AF_INET = 2
 AF_INET6 = 10
-EVENT_SIZE = ctypes.sizeof(layout.Event)
+_HEAD_SIZE = ctypes.sizeof(layout.EventHead)
+_KIND_OFFSET = layout.EventHead.kind.offset
+_ARGV_OFFSET = layout.ExecEvent.argv.offset  # sliced from the raw bytes: a c_char field stops at the first NUL
+_SIZES = {
+    layout.KIND_CONNECT: ctypes.sizeof(layout.NetEvent),
+    layout.KIND_SENDMSG: ctypes.sizeof(layout.NetEvent),
+    layout.KIND_SOCKET: ctypes.sizeof(layout.NetEvent),
+    layout.KIND_EXEC: ctypes.sizeof(layout.ExecEvent),
+    layout.KIND_DEVICE: ctypes.sizeof(layout.DeviceEvent),
+}
+
+
+class NetDetail(NamedTuple):
+    family: int
+    sock_type: int
+    port: int
+    protocol: int
+    address: str  # "" for socket events
+
+
+class ExecDetail(NamedTuple):
+    ppid: int
+    reason: int  # layout.REASON_*
+    script: bool
+    path: str
+    argv: tuple[str, ...]
+    argv_truncated: bool
+    dev: int
+    ino: int
+
+
+class DeviceDetail(NamedTuple):
+    major: int
+    minor: int
+    access: int    # BPF_DEVCG_ACC_* bits
+    dev_type: int
 
 
 class KernelDenial(NamedTuple):
-    # A NamedTuple and inet_ntop: this runs once per event on the drain thread.
+    # NamedTuples and inet_ntop: this runs once per event on the drain thread.
     boot_ns: int
     cgroup_id: int
     generation: int
@@ -24,32 +62,43 @@ class KernelDenial(NamedTuple):
     comm: str
     kind: int
     action: int
-    family: int
-    sock_type: int
-    port: int
-    protocol: int
-    address: str  # "" for socket events
+    detail: NetDetail | ExecDetail | DeviceDetail | None
 
 
 def decode(raw: bytes) -> KernelDenial:
-    ev = layout.Event.from_buffer_copy(raw.ljust(EVENT_SIZE, b"\0"))
-    address = ""
-    if ev.kind != layout.KIND_SOCKET and ev.family in (AF_INET, AF_INET6):
-        addr = bytes(ev.addr)
-        address = socket.inet_ntop(ev.family, addr[:4] if ev.family == AF_INET else addr)
+    kind = raw[_KIND_OFFSET] if len(raw) > _KIND_OFFSET else 0
+    raw = raw.ljust(_SIZES.get(kind, _HEAD_SIZE), b"\0")
+    detail: NetDetail | ExecDetail | DeviceDetail | None = None
+    if kind == layout.KIND_EXEC:
+        ev = layout.ExecEvent.from_buffer_copy(raw)
+        argv_bytes = raw[_ARGV_OFFSET: _ARGV_OFFSET + min(ev.argv_len, layout.ARGV_BYTES)]
+        args = tuple(a.decode("utf-8", "replace") for a in argv_bytes.split(b"\0")[: ev.argc])
+        detail = ExecDetail(ev.ppid, ev.reason, bool(ev.script), ev.path.decode("utf-8", "replace"), args,
+                            bool(ev.argv_truncated), ev.dev, ev.ino)
+        head = ev.head
+    elif kind == layout.KIND_DEVICE:
+        dev = layout.DeviceEvent.from_buffer_copy(raw)
+        detail = DeviceDetail(dev.major, dev.minor, dev.access, dev.dev_type)
+        head = dev.head
+    elif kind in (layout.KIND_CONNECT, layout.KIND_SENDMSG, layout.KIND_SOCKET):
+        net = layout.NetEvent.from_buffer_copy(raw)
+        address = ""
+        if kind != layout.KIND_SOCKET and net.family in (AF_INET, AF_INET6):
+            addr = bytes(net.addr)
+            address = socket.inet_ntop(net.family, addr[:4] if net.family == AF_INET else addr)
+        detail = NetDetail(net.family, net.sock_type, net.port, net.protocol, address)
+        head = net.head
+    else:
+        head = layout.EventHead.from_buffer_copy(raw)
     return KernelDenial(
-        boot_ns=ev.boot_ns,
-        cgroup_id=ev.cgroup_id,
-        generation=ev.generation,
-        slot=ev.slot,
-        tgid=ev.tgid,
-        tid=ev.tid,
-        comm=ev.comm.decode("utf-8", "replace"),
-        kind=ev.kind,
-        action=ev.action,
-        family=ev.family,
-        sock_type=ev.sock_type,
-        port=ev.port,
-        protocol=ev.protocol,
-        address=address,
+        boot_ns=head.boot_ns,
+        cgroup_id=head.cgroup_id,
+        generation=head.generation,
+        slot=head.slot,
+        tgid=head.tgid,
+        tid=head.tid,
+        comm=head.comm.decode("utf-8", "replace"),
+        kind=head.kind,
+        action=head.action,
+        detail=detail,
     )

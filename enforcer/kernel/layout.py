@@ -28,12 +28,29 @@ NUM_KINDS = _C["ENF_NUM_KINDS"]
 KIND_CONNECT = _C["ENF_KIND_CONNECT"]
 KIND_SENDMSG = _C["ENF_KIND_SENDMSG"]
 KIND_SOCKET = _C["ENF_KIND_SOCKET"]
+KIND_EXEC = _C["ENF_KIND_EXEC"]
+KIND_DEVICE = _C["ENF_KIND_DEVICE"]
+MAX_EXEC_IDS = _C["ENF_MAX_EXEC_IDS"]
+MAX_EXEC_PATHS = _C["ENF_MAX_EXEC_PATHS"]
+PATH_MAX = _C["ENF_PATH_MAX"]
+ARGV_BYTES = _C["ENF_ARGV_BYTES"]
+EVENT_PATH = _C["ENF_EVENT_PATH"]
+EXEC_FILE_ALLOW = _C["ENF_EXEC_FILE_ALLOW"]
+EXEC_FILE_DENY = _C["ENF_EXEC_FILE_DENY"]
+EXEC_DIR_ALLOW = _C["ENF_EXEC_DIR_ALLOW"]
+EXEC_DIR_DENY = _C["ENF_EXEC_DIR_DENY"]
+REASON_NOT_ALLOWED = _C["ENF_REASON_NOT_ALLOWED"]
+REASON_DENIED = _C["ENF_REASON_DENIED"]
+REASON_UNNAMED = _C["ENF_REASON_UNNAMED"]
+REASON_UNRESOLVED = _C["ENF_REASON_UNRESOLVED"]
+REASON_SCRIPT = _C["ENF_REASON_SCRIPT"]
 ACTION_REFUSED = _C["ENF_ACTION_REFUSED"]
 ACTION_AUDITED = _C["ENF_ACTION_AUDITED"]
 MODE_ENFORCE = _C["ENF_MODE_ENFORCE"]
 MODE_AUDIT = _C["ENF_MODE_AUDIT"]
 VERDICT_DENY = _C["ENF_VERDICT_DENY"]
 VERDICT_ALLOW = _C["ENF_VERDICT_ALLOW"]
+VERDICT_NONE = _C["ENF_VERDICT_NONE"]
 PROTO_ANY = _C["ENF_PROTO_ANY"]
 GLOBAL_UNATTRIBUTED = _C["ENF_GLOBAL_UNATTRIBUTED"]
 GLOBAL_LOST = _C["ENF_GLOBAL_LOST"]
@@ -49,7 +66,9 @@ class Sandbox(ctypes.Structure):
         ("slot", ctypes.c_uint32),
         ("mode", ctypes.c_uint8),
         ("default_verdict", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 6),
+        ("exec_default", ctypes.c_uint8),
+        ("gpu", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 4),
     ]
 
 
@@ -80,6 +99,33 @@ class RuleSet(ctypes.Structure):
     ]
 
 
+class ExecKey(ctypes.Structure):
+    _fields_ = [
+        ("generation", ctypes.c_uint32),
+        ("dev", ctypes.c_uint32),
+        ("ino", ctypes.c_uint64),
+    ]
+
+
+class PathKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("generation_be", ctypes.c_uint32),
+        ("path", ctypes.c_char * PATH_MAX),
+    ]
+
+
+class ExecArgs(ctypes.Structure):
+    _fields_ = [
+        ("argc", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("truncated", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 7),
+        ("comm", ctypes.c_char * 16),
+        ("buf", ctypes.c_char * (2 * ARGV_BYTES)),
+    ]
+
+
 class Config(ctypes.Structure):
     _fields_ = [
         ("levels_mask", ctypes.c_uint64),
@@ -103,7 +149,7 @@ class Rate(ctypes.Structure):
     ]
 
 
-class Event(ctypes.Structure):
+class EventHead(ctypes.Structure):
     _fields_ = [
         ("boot_ns", ctypes.c_uint64),
         ("cgroup_id", ctypes.c_uint64),
@@ -114,21 +160,64 @@ class Event(ctypes.Structure):
         ("comm", ctypes.c_char * 16),
         ("kind", ctypes.c_uint8),
         ("action", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 6),
+    ]
+
+
+class NetEvent(ctypes.Structure):
+    _fields_ = [
+        ("head", EventHead),
         ("family", ctypes.c_uint8),
         ("sock_type", ctypes.c_uint8),
         ("port", ctypes.c_uint16),
         ("protocol", ctypes.c_uint16),
+        ("_pad", ctypes.c_uint16),
         ("addr", ctypes.c_uint8 * 16),
     ]
 
 
-# (map name in bpf/network.bpf.c, which side of it, mirror) for the layout test.
+class ExecEvent(ctypes.Structure):
+    _fields_ = [
+        ("head", EventHead),
+        ("ppid", ctypes.c_uint32),
+        ("reason", ctypes.c_uint8),
+        ("script", ctypes.c_uint8),
+        ("argv_truncated", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+        ("argc", ctypes.c_uint32),
+        ("argv_len", ctypes.c_uint32),
+        ("dev", ctypes.c_uint32),
+        ("_pad2", ctypes.c_uint32),
+        ("ino", ctypes.c_uint64),
+        ("path", ctypes.c_char * EVENT_PATH),
+        ("argv", ctypes.c_char * ARGV_BYTES),
+    ]
+
+
+class DeviceEvent(ctypes.Structure):
+    _fields_ = [
+        ("head", EventHead),
+        ("major", ctypes.c_uint32),
+        ("minor", ctypes.c_uint32),
+        ("access", ctypes.c_uint32),
+        ("dev_type", ctypes.c_uint32),
+    ]
+
+
+MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent))
+
+# (map name in bpf/*.c, which side of it, mirror) for the layout test.
 MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("sandboxes", "Leaf", Sandbox),
     ("rules", "Key", LpmKey),
     ("rules", "Leaf", RuleSet),
+    ("exec_ids", "Key", ExecKey),
+    ("exec_paths", "Key", PathKey),
+    ("exec_args", "Leaf", ExecArgs),
     ("config", "Leaf", Config),
     ("counters", "Leaf", Counters),
     ("rate", "Leaf", Rate),
-    ("event_layout", "Leaf", Event),
+    ("net_event_layout", "Leaf", NetEvent),
+    ("exec_event_layout", "Leaf", ExecEvent),
+    ("device_event_layout", "Leaf", DeviceEvent),
 ]

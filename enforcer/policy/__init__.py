@@ -5,6 +5,8 @@ Pure Python: nothing here touches the kernel, the network or gRPC.
 
 from enforcer.policy.errors import PolicyError
 from enforcer.policy.model import (
+    DevicePolicy,
+    ExecPolicy,
     Mode,
     NetworkPolicy,
     NetworkRule,
@@ -18,6 +20,8 @@ from enforcer.policy.model import (
 from enforcer.policy.parse import load_policy_file, parse_policy, policy_to_document, read_policy_document
 
 __all__ = [
+    "DevicePolicy",
+    "ExecPolicy",
     "Mode",
     "NetworkPolicy",
     "NetworkRule",

@@ -71,12 +71,29 @@ class NetworkPolicy:
 
 
 @dataclass(frozen=True)
+class ExecPolicy:
+    """Entries are absolute paths; one ending in "/" covers everything below that
+    directory. Deny wins over allow."""
+
+    default: Verdict = Verdict.DENY
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    gpu: Verdict = Verdict.DENY  # NVIDIA, DRI/render and AMD KFD device nodes
+
+
+@dataclass(frozen=True)
 class Policy:
     sandbox: str
     target: Target
     labels: tuple[tuple[str, str], ...] = ()  # sorted pairs, so policies compare and hash
     mode: Mode = Mode.ENFORCE
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    exec: ExecPolicy | None = None  # None: exec is not judged
+    devices: DevicePolicy = field(default_factory=DevicePolicy)
 
     @property
     def label_map(self) -> dict[str, str]:

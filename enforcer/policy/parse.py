@@ -19,6 +19,8 @@ import yaml
 
 from enforcer.policy.errors import PolicyError
 from enforcer.policy.model import (
+    DevicePolicy,
+    ExecPolicy,
     IPNetwork,
     Mode,
     NetworkPolicy,
@@ -38,9 +40,15 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_RULES = 100_000
 MAX_PORT_RANGES = 64
+MAX_EXEC_ENTRIES = 10_000
+# Longest exec entry in bytes: the kernel's path key holds ENF_PATH_MAX (bpf/enforcer.h)
+# bytes with the NUL (tests/unit/test_policy.py checks the two agree).
+MAX_EXEC_PATH = 243
 
-_TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network")
+_TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices")
 _NETWORK_FIELDS = ("default", "allow", "deny")
+_EXEC_FIELDS = ("default", "allow", "deny")
+_DEVICE_FIELDS = ("gpu",)
 _RULE_FIELDS = ("to", "ports", "protocol")
 
 
@@ -66,12 +74,16 @@ def parse_policy(doc: Any) -> Policy:
     _refuse_unknown(doc, _TOP_FIELDS, "")
     raw_network = doc.get("network")
     network = NetworkPolicy() if raw_network is None else _parse_network(raw_network, "network")
+    raw_exec = doc.get("exec")
+    raw_devices = doc.get("devices")
     return Policy(
         sandbox=_parse_sandbox_id(doc.get("sandbox"), "sandbox"),
         target=_parse_target(doc.get("target"), "target"),
         labels=_parse_labels(doc.get("labels"), "labels"),
         mode=_parse_enum(doc.get("mode", "enforce"), Mode, "mode"),
         network=network,
+        exec=None if raw_exec is None else _parse_exec(raw_exec, "exec"),
+        devices=DevicePolicy() if raw_devices is None else _parse_devices(raw_devices, "devices"),
     )
 
 
@@ -80,7 +92,7 @@ def policy_to_document(policy: Policy) -> dict[str, Any]:
     target_value: Any = policy.target.value
     if policy.target.kind is TargetKind.PID:
         target_value = int(target_value)
-    return {
+    doc: dict[str, Any] = {
         "sandbox": policy.sandbox,
         "target": {policy.target.kind.value: target_value},
         "labels": dict(policy.labels),
@@ -90,7 +102,15 @@ def policy_to_document(policy: Policy) -> dict[str, Any]:
             "allow": [_rule_to_document(r) for r in policy.network.allow],
             "deny": [_rule_to_document(r) for r in policy.network.deny],
         },
+        "devices": {"gpu": policy.devices.gpu.value},
     }
+    if policy.exec is not None:
+        doc["exec"] = {
+            "default": policy.exec.default.value,
+            "allow": list(policy.exec.allow),
+            "deny": list(policy.exec.deny),
+        }
+    return doc
 
 
 def dumps_policy(policy: Policy) -> str:
@@ -293,3 +313,46 @@ def _check_port(port: int, path: str) -> int:
     if not 1 <= port <= 65535:
         raise PolicyError(path, f"port {port} is out of range (1-65535)")
     return port
+
+
+def _parse_exec(value: Any, path: str) -> ExecPolicy:
+    _require_mapping(value, path, "an exec policy")
+    _refuse_unknown(value, _EXEC_FIELDS, path)
+    allow = _parse_exec_entries(value.get("allow"), f"{path}.allow")
+    deny = _parse_exec_entries(value.get("deny"), f"{path}.deny")
+    return ExecPolicy(
+        default=_parse_enum(value.get("default", "deny"), Verdict, f"{path}.default"),
+        allow=allow,
+        deny=deny,
+    )
+
+
+def _parse_exec_entries(value: Any, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise PolicyError(path, f"must be a list of absolute paths, got {_type_name(value)}")
+    if len(value) > MAX_EXEC_ENTRIES:
+        raise PolicyError(path, f"at most {MAX_EXEC_ENTRIES} entries, got {len(value)}")
+    return tuple(_parse_exec_path(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _parse_exec_path(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise PolicyError(path, f"must be an absolute path, got {_type_name(value)}")
+    if not value.startswith("/"):
+        raise PolicyError(path, f"{value!r} is not an absolute path")
+    if "\0" in value:
+        raise PolicyError(path, "must not contain NUL")
+    if len(value.encode()) > MAX_EXEC_PATH:
+        raise PolicyError(path, f"is longer than {MAX_EXEC_PATH} bytes")
+    body = value[1:-1] if value.endswith("/") else value[1:]
+    if value != "/" and any(part in ("", ".", "..") for part in body.split("/")):
+        raise PolicyError(path, f"{value!r} must be a plain path: no '.', '..' or empty components")
+    return value
+
+
+def _parse_devices(value: Any, path: str) -> DevicePolicy:
+    _require_mapping(value, path, "a device policy")
+    _refuse_unknown(value, _DEVICE_FIELDS, path)
+    return DevicePolicy(gpu=_parse_enum(value.get("gpu", "deny"), Verdict, f"{path}.gpu"))

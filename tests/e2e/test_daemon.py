@@ -84,7 +84,8 @@ def test_print_bpf_shows_the_generated_c():
     result = subprocess.run([sys.executable, "-m", "enforcer.cli", "daemon", "--print-bpf"],
                             capture_output=True, text=True, timeout=30, check=True)
     assert "int enf_connect4(struct bpf_sock_addr *ctx)" in result.stdout
-    assert "struct enf_event {" in result.stdout  # the shared header is inlined
+    assert "struct enf_event_head {" in result.stdout  # the shared header is inlined
+    assert "#define ENF_OFF_BPRM_FILE " in result.stdout  # BTF offsets of internal fields
 
 
 def test_optional_tcp_listener(tmp_path: Path):

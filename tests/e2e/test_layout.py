@@ -8,14 +8,14 @@ import ctypes
 import pytest
 
 from enforcer.kernel import layout
-from enforcer.kernel.network import SOURCE
+from enforcer.kernel.guard import EXEC_MODE_TRACEPOINT, bpf_source, compile_flags
 
 
 @pytest.fixture(scope="module")
 def compiled():
     from bcc import BPF
 
-    bpf = BPF(text=SOURCE.read_bytes(), cflags=[f"-I{layout.BPF_DIR}", "-Wno-unused-function"])
+    bpf = BPF(text=bpf_source().encode(), cflags=compile_flags(EXEC_MODE_TRACEPOINT))
     yield bpf
     bpf.cleanup()
 

@@ -1,7 +1,7 @@
 """The denial pipeline between the ring buffer and subscribers: decoding,
 attribution to the sandbox and its labels, sequence numbers, retention, and the
 audit log event. The ring buffer is stood in for by a queue of the same bytes
-the BPF programs write (struct enf_event)."""
+the BPF programs write (struct enf_net_event, enf_exec_event, enf_device_event)."""
 
 from __future__ import annotations
 
@@ -39,10 +39,13 @@ class RingBufferStandIn:
             self.callback(self.pending.get())
 
 
+def head(generation: int, kind: int) -> layout.EventHead:
+    return layout.EventHead(boot_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME), cgroup_id=77, generation=generation,
+                            slot=0, tgid=1234, tid=1235, comm=b"xmrig", kind=kind, action=layout.ACTION_REFUSED)
+
+
 def raw_event(generation: int, port: int, address: str = "10.0.0.1", kind: int = layout.KIND_CONNECT) -> bytes:
-    ev = layout.Event(boot_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME), cgroup_id=77, generation=generation,
-                      slot=0, tgid=1234, tid=1235, comm=b"xmrig", kind=kind, action=layout.ACTION_REFUSED,
-                      port=port, protocol=6)
+    ev = layout.NetEvent(head=head(generation, kind), port=port, protocol=6)
     addr = ipaddress.ip_address(address)
     ev.family = 2 if addr.version == 4 else 10
     ctypes.memmove(ev.addr, addr.packed, len(addr.packed))
@@ -91,6 +94,31 @@ def test_events_are_decoded_attributed_and_sequenced():
     denials = [entry for entry in logs if entry["event"] == "denial"]
     assert [(d["seq"], d["sandbox"], d["port"], d["kind"]) for d in denials] == [
         (1, "rollout-17", 3333, "DENIAL_KIND_CONNECT"), (2, "rollout-17", 22, "DENIAL_KIND_CONNECT")]
+
+
+def test_exec_and_device_denials_carry_their_details():
+    argv = b"/tmp/xmrig\0--donate-level\0" + b"1\0"
+    exec_ev = layout.ExecEvent(head=head(5, layout.KIND_EXEC), ppid=42, reason=layout.REASON_NOT_ALLOWED, script=0,
+                               argc=3, argv_len=len(argv), dev=(8 << 20) | 1, ino=1234, path=b"/tmp/xmrig")
+    ctypes.memmove(ctypes.addressof(exec_ev) + layout.ExecEvent.argv.offset, argv, len(argv))  # NULs and all
+    dev_ev = layout.DeviceEvent(head=head(5, layout.KIND_DEVICE), major=195, minor=0, access=2 | 4, dev_type=2)
+    pipeline, ring, _ = make_pipeline()
+    try:
+        with capture_logs() as logs:
+            ring.pending.put(bytes(exec_ev))
+            ring.pending.put(bytes(dev_ev))
+            events, _ = read_all(pipeline, 1, 2)
+    finally:
+        pipeline.stop()
+    ex, dev = events
+    assert ex.kind == pb.DENIAL_KIND_EXEC and ex.process.ppid == 42
+    assert (ex.exec.path, list(ex.exec.argv), ex.exec.reason) == (
+        "/tmp/xmrig", ["/tmp/xmrig", "--donate-level", "1"], pb.EXEC_REASON_NOT_ALLOWED)
+    assert (ex.exec.device, ex.exec.inode, ex.exec.argv_truncated) == ((8 << 20) | 1, 1234, False)
+    assert dev.kind == pb.DENIAL_KIND_DEVICE and (dev.device.major, dev.device.minor, dev.device.access) == (195, 0, "rw")
+    denials = [entry for entry in logs if entry["event"] == "denial"]
+    assert denials[0]["path"] == "/tmp/xmrig" and denials[0]["reason"] == "EXEC_REASON_NOT_ALLOWED"
+    assert denials[1]["major"] == 195 and denials[1]["access"] == "rw"
 
 
 def test_a_reader_behind_retention_is_told_how_many_it_missed():

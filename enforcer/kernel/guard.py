@@ -1,5 +1,6 @@
-"""Load the network programs once, attach them to sandbox cgroups, and keep the
-maps in step with the policies. See bpf/network.bpf.c for what runs in the kernel."""
+"""Load the BPF programs once, attach them to sandbox cgroups, and keep the maps
+in step with the policies. bpf/enforcer.bpf.c is what runs in the kernel:
+network.bpf.c (sockets), exec.bpf.c (exec), device.bpf.c (GPU device nodes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,16 +16,46 @@ from pathlib import Path
 from typing import TypeAlias
 
 from enforcer.cgroupfs import Cgroup
-from enforcer.kernel import layout
+from enforcer.kernel import btf, devices, layout
 
 BPF_F_ALLOW_MULTI = 2
-SOURCE = layout.BPF_DIR / "network.bpf.c"
+SOURCE = layout.BPF_DIR / "enforcer.bpf.c"
+LSM_LIST = Path("/sys/kernel/security/lsm")
+
+EXEC_MODE_LSM = "lsm"               # bprm_check_security refuses with EPERM
+EXEC_MODE_TRACEPOINT = "tracepoint"  # sched_process_exec + SIGKILL
 
 
 def bpf_source() -> str:
-    """The C that is compiled, with the shared header inlined (what --print-bpf shows)."""
-    header = layout.HEADER.read_text()
-    return SOURCE.read_text().replace('#include "enforcer.h"', header)
+    """The C that is compiled, our includes inlined: bcc rewrites tracepoint
+    arguments only in the text it is given, not in included files."""
+    return _inline(SOURCE)
+
+
+def _inline(path: Path) -> str:
+    return re.sub(r'^#include "([^"]+)"$', lambda m: _inline(layout.BPF_DIR / m.group(1)), path.read_text(), flags=re.M)
+
+
+def bpf_lsm_available() -> bool:
+    try:
+        return "bpf" in LSM_LIST.read_text().strip().split(",")
+    except OSError:
+        return False
+
+
+def compile_flags(exec_mode: str, offsets: dict[str, int] | None = None) -> list[str]:
+    """-D flags: the BTF offsets of internal fields, and the exec mode."""
+    offsets = offsets if offsets is not None else btf.exec_offsets()
+    flags = ["-Wno-unused-function"] + [f"-D{name}={value}" for name, value in offsets.items()]
+    if exec_mode == EXEC_MODE_LSM:
+        flags.append("-DENF_EXEC_LSM")
+    return flags
+
+
+def print_source(exec_mode: str) -> str:
+    """What --print-bpf shows: the defines, then the compiled text."""
+    defines = "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in compile_flags(exec_mode) if f.startswith("-D"))
+    return defines + bpf_source()
 
 
 class KernelError(RuntimeError):
@@ -45,7 +77,9 @@ class SandboxState:
     generation: int
     slot: int
     mode: int            # layout.MODE_*
-    default_verdict: int  # layout.VERDICT_*
+    default_verdict: int  # layout.VERDICT_*, for the network
+    exec_default: int = 0  # layout.VERDICT_*, or VERDICT_NONE when exec is not judged
+    gpu: int = 0           # layout.VERDICT_*
 
 
 @dataclass
@@ -56,18 +90,30 @@ class CounterTotals:
     lost: int
 
 
-class NetworkGuard:
+class SandboxGuard:
     """Owns the compiled BPF object. Not thread-safe: the daemon serialises map
     writes; the event poller only reads the ring buffer."""
 
-    def __init__(self, events_per_sec: int = 2000) -> None:
+    def __init__(self, events_per_sec: int = 2000, exec_mode: str | None = None) -> None:
         from bcc import BPF, BPFAttachType, BPFProgType
         from bcc.libbcc import lib
         from bcc.utils import get_possible_cpus
 
         self._lib = lib
         self._ncpus = len(get_possible_cpus())
-        self._bpf = BPF(text=SOURCE.read_bytes(), cflags=[f"-I{layout.BPF_DIR}", "-Wno-unused-function"])
+        offsets = btf.exec_offsets()
+        if exec_mode is None:
+            exec_mode = EXEC_MODE_LSM if bpf_lsm_available() else EXEC_MODE_TRACEPOINT
+        source = bpf_source().encode()
+        try:
+            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets))
+        except Exception:
+            if exec_mode != EXEC_MODE_LSM:
+                raise
+            # BPF-LSM listed but not loadable (lockdown, no BTF for it): the fallback.
+            exec_mode = EXEC_MODE_TRACEPOINT
+            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets))
+        self.exec_mode = exec_mode
         sock_addr = BPFProgType.CGROUP_SOCK_ADDR
         self._programs = [
             (self._bpf.load_func("enf_connect4", sock_addr, None, BPFAttachType.CGROUP_INET4_CONNECT),
@@ -81,14 +127,20 @@ class NetworkGuard:
             (self._bpf.load_func("enf_sock_create", BPFProgType.CGROUP_SOCK, None,
                                  BPFAttachType.CGROUP_INET_SOCK_CREATE),
              BPFAttachType.CGROUP_INET_SOCK_CREATE),
+            (self._bpf.load_func("enf_device", BPFProgType.CGROUP_DEVICE, None, BPFAttachType.CGROUP_DEVICE),
+             BPFAttachType.CGROUP_DEVICE),
         ]
         self._attached: dict[int, int] = {}  # cgroup id -> open fd of the cgroup directory
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
-                     ("sandboxes", "rules", "config", "counters", "rate", "globals")}
+                     ("sandboxes", "rules", "exec_ids", "exec_paths", "config", "counters", "rate", "globals",
+                      "gpu_majors")}
         self._events_per_sec = events_per_sec
         self._batch_ok = True
         self._write_config()
+        self.gpu_majors = devices.gpu_majors()
+        for major in self.gpu_majors:
+            self._update("gpu_majors", ctypes.c_uint32(major), ctypes.c_uint8(1))
 
     # ---- maps -------------------------------------------------------------
 
@@ -107,13 +159,13 @@ class NetworkGuard:
             mask |= 1 << level
         self._update("config", ctypes.c_uint32(0), layout.Config(levels_mask=mask, events_per_sec=self._events_per_sec))
 
-    def write_rules(self, entries: list[tuple[bytes, bytes]]) -> None:
-        """Entries packed by enforcer.kernel.encode (key bytes, value bytes), in
-        one BPF_MAP_UPDATE_BATCH call (half the cost of one syscall per entry)
-        where the kernel supports it for LPM tries, else one by one."""
+    def write_entries(self, map_name: str, entries: list[tuple[bytes, bytes]]) -> None:
+        """Rule entries packed by enforcer.kernel.encode (key bytes, value bytes),
+        in one BPF_MAP_UPDATE_BATCH call (half the cost of one syscall per entry)
+        where the kernel supports it, else one by one."""
         if not entries:
             return
-        fd = self._fds["rules"]
+        fd = self._fds[map_name]
         if self._batch_ok:
             keys = ctypes.create_string_buffer(b"".join(k for k, _ in entries))
             values = ctypes.create_string_buffer(b"".join(v for _, v in entries))
@@ -123,17 +175,17 @@ class NetworkGuard:
                 return
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise KernelError(f"updating BPF map rules failed: {os.strerror(err)}")
+                raise KernelError(f"updating BPF map {map_name} failed: {os.strerror(err)}")
             self._batch_ok = False  # an older kernel: fall through to single updates
         for key, value in entries:
-            self._update("rules", key, value)
+            self._update(map_name, key, value)
 
-    def delete_rules(self, keys: list[bytes]) -> None:
+    def delete_entries(self, map_name: str, keys: list[bytes]) -> None:
         """Idempotent: keys already gone are fine (batch delete stops at the first
         missing key, so what it did not reach is deleted one by one)."""
         if not keys:
             return
-        fd = self._fds["rules"]
+        fd = self._fds[map_name]
         done = 0
         if self._batch_ok:
             buffer = ctypes.create_string_buffer(b"".join(keys))
@@ -142,12 +194,27 @@ class NetworkGuard:
                 return
             done = count.value
         for key in keys[done:]:
-            self._delete("rules", key)
+            self._delete(map_name, key)
+
+    def write_rules(self, entries: dict[str, list[tuple[bytes, bytes]]]) -> None:
+        """Every map's entries of one generation; on failure nothing of them stays."""
+        written: list[str] = []
+        try:
+            for map_name, map_entries in entries.items():
+                written.append(map_name)
+                self.write_entries(map_name, map_entries)
+        except Exception:
+            self.delete_rules({name: [k for k, _ in entries[name]] for name in written})
+            raise
+
+    def delete_rules(self, keys: dict[str, list[bytes]]) -> None:
+        for map_name, map_keys in keys.items():
+            self.delete_entries(map_name, map_keys)
 
     def set_sandbox(self, cgroup: Cgroup, state: SandboxState) -> None:
         """One map update: the sandbox switches to the new generation's rules at once."""
-        value = layout.Sandbox(generation=state.generation, slot=state.slot,
-                               mode=state.mode, default_verdict=state.default_verdict)
+        value = layout.Sandbox(generation=state.generation, slot=state.slot, mode=state.mode,
+                               default_verdict=state.default_verdict, exec_default=state.exec_default, gpu=state.gpu)
         self._update("sandboxes", ctypes.c_uint64(cgroup.id), value)
 
     def reset_slot(self, slot: int) -> None:
@@ -217,7 +284,7 @@ class NetworkGuard:
     # ---- events -----------------------------------------------------------
 
     def open_events(self, on_event: Callable[[bytes], None]) -> None:
-        size = ctypes.sizeof(layout.Event)
+        size = layout.MAX_EVENT_SIZE
 
         def callback(_ctx: object, data: int, data_size: int) -> int:
             on_event(ctypes.string_at(data, min(data_size, size)))

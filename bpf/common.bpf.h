@@ -1,0 +1,126 @@
+/* Maps and helpers shared by every Enforcer program (bpf/enforcer.bpf.c
+ * includes this first). Only UAPI structs and helpers here. */
+#include <uapi/linux/bpf.h>
+#include "enforcer.h"
+
+#define ENF_AF_INET      2
+#define ENF_AF_INET6    10
+#define ENF_AF_PACKET   17
+#define ENF_SOCK_DGRAM   2
+#define ENF_SOCK_RAW     3
+#define ENF_IPPROTO_ICMP     1
+#define ENF_IPPROTO_ICMPV6  58
+#define ENF_SIGKILL      9
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the byte swaps below assume a little-endian host"
+#endif
+#define enf_be16(x) __builtin_bswap16(x)
+#define enf_be32(x) __builtin_bswap32(x)
+
+BPF_HASH(sandboxes, u64, struct enf_sandbox, ENF_MAX_SANDBOXES);
+BPF_ARRAY(config, struct enf_config, 1);
+BPF_PERCPU_ARRAY(counters, struct enf_counters, ENF_MAX_SANDBOXES);
+BPF_PERCPU_ARRAY(rate, struct enf_rate, ENF_MAX_SANDBOXES);
+BPF_PERCPU_ARRAY(globals, u64, ENF_NUM_GLOBALS);
+BPF_RINGBUF_OUTPUT(events, ENF_RINGBUF_PAGES);
+/* Never read or written: they exist so the layout test can see the event structs
+ * as bcc compiled them (a ring buffer carries no type). */
+BPF_ARRAY(net_event_layout, struct enf_net_event, 1);
+BPF_ARRAY(exec_event_layout, struct enf_exec_event, 1);
+BPF_ARRAY(device_event_layout, struct enf_device_event, 1);
+
+/* The sandbox whose cgroup is the current task's cgroup or one of its ancestors.
+ * Sandboxes never nest (the daemon refuses it), so the first hit is the only one. */
+static __always_inline struct enf_sandbox *sandbox_of_task(void)
+{
+    int zero = 0;
+    struct enf_config *cfg = config.lookup(&zero);
+    if (!cfg)
+        return 0;
+    u64 mask = cfg->levels_mask;
+#pragma unroll
+    for (int level = 1; level <= ENF_MAX_LEVEL; level++) {
+        if (!(mask >> level))
+            break;
+        if (!(mask & (1ULL << level)))
+            continue;
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id)
+            break;
+        struct enf_sandbox *sb = sandboxes.lookup(&id);
+        if (sb)
+            return sb;
+    }
+    return 0;
+}
+
+static __always_inline void count_global(int index)
+{
+    u64 *value = globals.lookup(&index);
+    if (value)
+        __sync_fetch_and_add(value, 1);
+}
+
+/* Count exactly; 1 if the denial is also to be reported, 0 if it is over the
+ * per-sandbox event budget. The verdict never depends on this: callers decide
+ * before calling it. */
+static __always_inline int count_denial(struct enf_sandbox *sb, u8 kind, u8 action)
+{
+    u32 slot = sb->slot;
+    struct enf_counters *c = counters.lookup(&slot);
+    if (!c)
+        return 0;
+    u32 k = kind & (ENF_NUM_KINDS - 1);
+    if (action == ENF_ACTION_REFUSED)
+        __sync_fetch_and_add(&c->refused[k], 1);
+    else
+        __sync_fetch_and_add(&c->audited[k], 1);
+
+    int zero = 0;
+    struct enf_config *cfg = config.lookup(&zero);
+    struct enf_rate *r = rate.lookup(&slot);
+    if (cfg && r && cfg->events_per_sec) {
+        u64 now = bpf_ktime_get_ns();
+        if (now - r->window_start_ns >= 1000000000ULL) {
+            r->window_start_ns = now;
+            r->count = 0;
+        }
+        if (r->count >= cfg->events_per_sec) {
+            __sync_fetch_and_add(&c->suppressed, 1);
+            return 0;
+        }
+        r->count++;
+    }
+    return 1;
+}
+
+static __always_inline void fill_head(struct enf_event_head *h, struct enf_sandbox *sb, u8 kind, u8 action)
+{
+    h->boot_ns = bpf_ktime_get_boot_ns();
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    h->generation = sb->generation;
+    h->slot = sb->slot;
+    u64 id = bpf_get_current_pid_tgid();
+    h->tgid = id >> 32;
+    h->tid = (u32)id;
+    bpf_get_current_comm(h->comm, sizeof(h->comm));
+    h->kind = kind;
+    h->action = action;
+}
+
+static __always_inline void send_event(struct enf_sandbox *sb, void *ev, u32 size)
+{
+    if (events.ringbuf_output(ev, size, 0) == 0)
+        return;
+    u32 slot = sb->slot;
+    struct enf_counters *c = counters.lookup(&slot);
+    if (c)
+        __sync_fetch_and_add(&c->lost, 1);
+    count_global(ENF_GLOBAL_LOST);
+}
+
+static __always_inline u8 action_of(struct enf_sandbox *sb)
+{
+    return sb->mode == ENF_MODE_AUDIT ? ENF_ACTION_AUDITED : ENF_ACTION_REFUSED;
+}

@@ -1,0 +1,8 @@
+/* Everything Enforcer runs in the kernel, compiled once at daemon start-up.
+ * The loader (enforcer/kernel/guard.py) passes the ENF_OFF_* offsets of
+ * kernel-internal fields, taken from the running kernel's BTF, and
+ * ENF_EXEC_LSM when BPF-LSM is available. */
+#include "common.bpf.h"
+#include "network.bpf.c"
+#include "exec.bpf.c"
+#include "device.bpf.c"

@@ -1,0 +1,140 @@
+"""Encode an exec policy into the exec_ids hash and the exec_paths LPM trie.
+
+Every entry is resolved when the policy is applied to the identity (device +
+inode) of the file or directory it names, symlinks followed: the kernel then
+judges the file that runs, whatever name it was called by. The same entries also
+go into a path trie, used only where no file is left to judge (the path of a #!
+script) and to refuse a denied name whose file was replaced after the apply.
+
+The dynamic loader runs any ELF it is given (``ld-linux-x86-64.so.2 /tmp/x``),
+so its identities are refused unless an allow entry names the loader file
+itself: a directory entry such as ``/usr/lib/`` does not let it run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+
+from enforcer.kernel import layout
+from enforcer.policy import ExecPolicy, PolicyError, Verdict
+
+LOADER_PATTERNS = (
+    "/lib64/ld-*.so*",
+    "/lib/ld-*.so*",
+    "/lib/*/ld-*.so*",
+    "/usr/lib64/ld-*.so*",
+    "/usr/lib/ld-*.so*",
+    "/usr/lib/*/ld-*.so*",
+)
+
+Identity = tuple[int, int]  # (kernel dev, inode)
+
+
+def kernel_dev(st_dev: int) -> int:
+    """stat()'s st_dev in the kernel's own encoding (super_block.s_dev)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def identity_of(st: os.stat_result) -> Identity:
+    return (kernel_dev(st.st_dev), st.st_ino)
+
+
+@dataclass
+class CompiledExec:
+    ids: dict[Identity, int] = field(default_factory=dict)  # identity -> layout.EXEC_* bits
+    paths: dict[bytes, int] = field(default_factory=dict)   # entry text (file entries end in NUL) -> verdict
+    loaders: list[str] = field(default_factory=list)        # loader files refused by default
+
+
+def loader_identities() -> dict[Identity, str]:
+    found: dict[Identity, str] = {}
+    for pattern in LOADER_PATTERNS:
+        for path in glob.glob(pattern):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.setdefault(identity_of(st), os.path.realpath(path))
+    return found
+
+
+def compile_exec(policy: ExecPolicy) -> CompiledExec:
+    """Raises PolicyError naming the entry when it cannot be resolved."""
+    compiled = CompiledExec()
+    deny_texts: set[bytes] = set()
+    for verdict, entries, where in ((Verdict.ALLOW, policy.allow, "exec.allow"), (Verdict.DENY, policy.deny, "exec.deny")):
+        for index, entry in enumerate(entries):
+            is_dir = entry.endswith("/")
+            st = _resolve(entry, is_dir, f"{where}[{index}]")
+            if is_dir:
+                bit = layout.EXEC_DIR_ALLOW if verdict is Verdict.ALLOW else layout.EXEC_DIR_DENY
+            else:
+                bit = layout.EXEC_FILE_ALLOW if verdict is Verdict.ALLOW else layout.EXEC_FILE_DENY
+            identity = identity_of(st)
+            compiled.ids[identity] = compiled.ids.get(identity, 0) | bit
+            text = entry.encode() if is_dir else entry.encode() + b"\0"
+            compiled.paths.setdefault(text, layout.VERDICT_ALLOW)
+            if verdict is Verdict.DENY:
+                deny_texts.add(text)
+    for text in compiled.paths:
+        if _covered_by(text, deny_texts):
+            compiled.paths[text] = layout.VERDICT_DENY
+    for identity, path in loader_identities().items():
+        if not compiled.ids.get(identity, 0) & layout.EXEC_FILE_ALLOW:
+            compiled.ids[identity] = compiled.ids.get(identity, 0) | layout.EXEC_FILE_DENY
+            compiled.loaders.append(path)
+    return compiled
+
+
+def _resolve(entry: str, is_dir: bool, where: str) -> os.stat_result:
+    try:
+        st = os.stat(entry)
+    except FileNotFoundError:
+        raise PolicyError(where, f"{entry} does not exist on this host (exec entries are resolved to files when "
+                                 "the policy is applied)") from None
+    except OSError as exc:
+        raise PolicyError(where, f"cannot resolve {entry}: {exc.strerror}") from None
+    if is_dir and not stat.S_ISDIR(st.st_mode):
+        raise PolicyError(where, f"{entry} ends with '/' but is not a directory")
+    if not is_dir and stat.S_ISDIR(st.st_mode):
+        raise PolicyError(where, f"{entry} is a directory: end it with '/' to cover the files below it")
+    if not is_dir and not stat.S_ISREG(st.st_mode):
+        raise PolicyError(where, f"{entry} is not a regular file")
+    return st
+
+
+def _covered_by(text: bytes, deny_texts: set[bytes]) -> bool:
+    """Is the entry itself denied, or below a denied directory entry?"""
+    slash = ord("/")
+    return text in deny_texts or any(text[i - 1] == slash and text[:i] in deny_texts for i in range(1, len(text)))
+
+
+# Packed straight to bytes, as in encode.py; tests/unit/test_exec_rules.py checks
+# them against the ctypes mirror.
+_ID_KEY = struct.Struct("<IIQ")
+_ID_VALUE = struct.Struct("<I")
+_PATH_HEAD = struct.Struct("<I")
+
+
+def id_key_bytes(generation: int, identity: Identity) -> bytes:
+    return _ID_KEY.pack(generation, identity[0], identity[1])
+
+
+def path_key_bytes(generation: int, text: bytes) -> bytes:
+    return (
+        _PATH_HEAD.pack(32 + 8 * len(text))
+        + generation.to_bytes(4, "big")
+        + text.ljust(layout.PATH_MAX, b"\0")
+    )
+
+
+def pack_exec(compiled: CompiledExec, generation: int) -> dict[str, list[tuple[bytes, bytes]]]:
+    return {
+        "exec_ids": [(id_key_bytes(generation, ident), _ID_VALUE.pack(bits)) for ident, bits in compiled.ids.items()],
+        "exec_paths": [(path_key_bytes(generation, text), bytes([verdict])) for text, verdict in compiled.paths.items()],
+    }
