@@ -94,6 +94,9 @@ def compile_exec(policy: ExecPolicy) -> CompiledExec:
 def _resolve(entry: str, is_dir: bool, where: str) -> os.stat_result:
     try:
         st = os.stat(entry)
+    except NotADirectoryError:
+        raise PolicyError(where, f"{entry} ends with '/' but is not a directory" if is_dir else
+                                 f"cannot resolve {entry}: a component of it is not a directory") from None
     except FileNotFoundError:
         raise PolicyError(where, f"{entry} does not exist on this host (exec entries are resolved to files when "
                                  "the policy is applied)") from None
