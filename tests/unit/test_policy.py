@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from enforcer.policy import (
+    DevicePolicy,
+    ExecPolicy,
     Mode,
     NetworkRule,
     PolicyError,
@@ -27,6 +29,12 @@ sandbox: rollout-17              # id chosen by the orchestrator
 target: {cgroup: /sys/fs/cgroup/rollouts/17}
 labels: {run: ppo-7, episode: "17"}
 mode: enforce
+exec:
+  default: deny
+  allow: [/usr/bin/python3, /usr/bin/git, /usr/lib/git-core/]
+  deny: [/usr/bin/ssh]
+devices:
+  gpu: deny
 network:
   default: deny
   allow:
@@ -59,6 +67,10 @@ def test_example_file_parses(tmp_path):
     assert policy.network.allow[0] == NetworkRule(
         ipaddress.ip_network("10.0.0.0/8"), (PortRange(443, 443), PortRange(8000, 8100)), Protocol.TCP)
     assert policy.network.allow[2].protocol is Protocol.ANY and policy.network.allow[2].ports == ()
+    assert policy.exec == ExecPolicy(Verdict.DENY, ("/usr/bin/python3", "/usr/bin/git", "/usr/lib/git-core/"),
+                                     ("/usr/bin/ssh",))
+    assert policy.devices == DevicePolicy(Verdict.DENY)
+    assert parse_policy(policy_to_document(policy)) == policy
 
 
 def test_json_file_parses_and_document_round_trips(tmp_path):
@@ -72,6 +84,17 @@ def test_defaults():
     policy = parse_policy(base())
     assert policy.mode is Mode.ENFORCE and policy.network.default is Verdict.DENY
     assert policy.network.allow == () and policy.labels == ()
+    assert policy.exec is None  # no exec section: exec is not judged
+    assert policy.devices.gpu is Verdict.DENY  # GPU only when granted
+    assert parse_policy(base(exec={})).exec == ExecPolicy(Verdict.DENY, (), ())
+
+
+def test_exec_path_limit_matches_the_kernel_key():
+    from enforcer.kernel import layout
+    from enforcer.policy.parse import MAX_EXEC_PATH
+
+    assert MAX_EXEC_PATH == layout.PATH_MAX - 1  # the key keeps the NUL of a file entry
+    assert parse_policy(base(exec={"allow": ["/" + "a" * (MAX_EXEC_PATH - 1)]})).exec is not None
 
 
 @pytest.mark.parametrize(
@@ -110,6 +133,21 @@ def test_defaults():
         (base(network={"allow": [{"to": "::1", "ports": [True]}]}), "network.allow[0].ports[0]", "must be a port"),
         (base(network={"allow": [{"to": "::1", "ports": []}]}), "network.allow[0].ports", "must not be empty"),
         (base(network={"allow": [{"to": "::1", "protocol": "icmp"}]}), "network.allow[0].protocol", "tcp, udp"),
+        (base(exec=[]), "exec", "must be an exec policy"),
+        (base(exec={"default": "sometimes"}), "exec.default", "must be one of deny, allow"),
+        (base(exec={"allow": "/usr/bin/git"}), "exec.allow", "must be a list of absolute paths"),
+        (base(exec={"allow": ["/usr/bin/git", 3]}), "exec.allow[1]", "must be an absolute path"),
+        (base(exec={"deny": ["ssh"]}), "exec.deny[0]", "not an absolute path"),
+        (base(exec={"deny": ["/usr/bin/../bin/ssh"]}), "exec.deny[0]", "must be a plain path"),
+        (base(exec={"deny": ["/usr/./bin/ssh"]}), "exec.deny[0]", "must be a plain path"),
+        (base(exec={"deny": ["//usr/bin/ssh"]}), "exec.deny[0]", "must be a plain path"),
+        (base(exec={"deny": ["/usr//bin/"]}), "exec.deny[0]", "must be a plain path"),
+        (base(exec={"deny": ["/a\0b"]}), "exec.deny[0]", "must not contain NUL"),
+        (base(exec={"allow": ["/" + "a" * 243]}), "exec.allow[0]", "longer than 243 bytes"),
+        (base(exec={"allow": ["/x"] * 10_001}), "exec.allow", "at most 10000 entries"),
+        (base(exec={"run": []}), "exec.run", "unknown field"),
+        (base(devices={"gpu": "yes"}), "devices.gpu", "must be one of deny, allow"),
+        (base(devices={"tpu": "allow"}), "devices.tpu", "unknown field"),
     ],
 )
 def test_bad_input_names_field_and_reason(doc, field, reason):

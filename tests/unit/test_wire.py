@@ -16,6 +16,9 @@ def test_round_trip():
                     "deny": [{"to": "fd00::1"}]},
     })
     assert wire.policy_from_proto(wire.policy_to_proto(policy)) == policy
+    with_exec = parse_policy({"sandbox": "s", "target": {"pid": 42}, "devices": {"gpu": "allow"},
+                              "exec": {"default": "allow", "allow": ["/usr/bin/git"], "deny": ["/usr/bin/ssh", "/tmp/"]}})
+    assert wire.policy_from_proto(wire.policy_to_proto(with_exec)) == with_exec
     for target in ({"cgroup": "/a/b"}, {"container": "ab" * 32}):
         p = parse_policy({"sandbox": "s", "target": target})
         assert wire.policy_from_proto(wire.policy_to_proto(p)) == p
@@ -38,6 +41,8 @@ def test_unspecified_enums_take_documented_defaults():
         (lambda m: m.network.allow.add(to="10.0.0.1").ports.add(first=80, last=8), "network.allow[0].ports[0]"),
         (lambda m: m.network.deny.add(to=""), "network.deny[0].to"),
         (lambda m: setattr(m.network, "default", 9), "network.default"),
+        (lambda m: m.exec.allow.append("bin/sh"), "exec.allow[0]"),
+        (lambda m: setattr(m.devices, "gpu", 7), "devices.gpu"),
     ],
 )
 def test_bad_wire_fields_are_named_like_file_fields(build, field):
