@@ -48,7 +48,7 @@ def format_denial(event: Any) -> str:
         argv = json.dumps(list(event.exec.argv)) + ("..." if event.exec.argv_truncated else "")
         what = f"{event.exec.path} ({reason}{', script' if event.exec.script else ''}) argv={argv} ppid={event.process.ppid}"
     elif event.HasField("device"):
-        what = f"device {event.device.major}:{event.device.minor} access={event.device.access}"
+        what = f"{event.device.major}:{event.device.minor} access={event.device.access}"
     else:
         what = f"socket(family={event.socket.family}, type={event.socket.type}, protocol={event.socket.protocol})"
     labels = ",".join(f"{k}={v}" for k, v in sorted(event.labels.items()))

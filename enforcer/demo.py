@@ -5,9 +5,10 @@ Builds a small world in network namespaces: a sandbox namespace, and an
 machine) that hosts an SSH server, a mining-pool-like TCP service and an
 allowed package mirror. Starts the daemon, applies an RL-sandbox policy, and
 runs the agent's actions in the sandbox: the package mirror answers, the
-reverse SSH tunnel and the pool connection are refused in the kernel, and each
-refusal streams to the "trainer" as it happens. Everything is removed at the
-end, also on Ctrl-C.
+reverse SSH tunnel and the pool connection are refused in the kernel, the miner
+binary is stopped before its first instruction, the GPU device node cannot be
+opened, and each refusal streams to the "trainer" as it happens. Everything is
+removed at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -75,6 +77,18 @@ try:
 except OSError as e:
     print(f"  miner: connect to {POOL}:3333 failed: {{e.strerror}}")
 """
+
+
+AGENT_GPU = """
+import os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_RDWR))
+    print("  opened", sys.argv[1])
+except OSError as e:
+    print(f"  open {sys.argv[1]}: {e.strerror}")
+"""
+
+NVIDIA_MAJOR = 195
 
 
 def say(text: str) -> None:
@@ -160,6 +174,15 @@ class World:
         _wait_port(MIRROR, 8080)
         return keys / "agent_key"
 
+    def make_miner_and_gpu(self) -> tuple[Path, Path]:
+        """A stand-in miner binary (a copy of true, named like the real thing) and
+        an NVIDIA device node (no GPU here: with no driver an open would be ENXIO)."""
+        miner = self.tmp / "xmrig"
+        shutil.copy2("/usr/bin/true", miner)
+        gpu = self.tmp / "nvidia0"
+        os.mknod(gpu, 0o666 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, 0))
+        return miner, gpu
+
 
 def _delete_link(name: str) -> None:
     from pyroute2 import IPRoute
@@ -214,6 +237,14 @@ def run_in_sandbox(cgroup: Path, command: list[str]) -> subprocess.CompletedProc
                           preexec_fn=lambda: move_pid(0, cgroup))
 
 
+def _tools(*names: str) -> list[str]:
+    found = [shutil.which(name) for name in names]
+    missing = [name for name, path in zip(names, found, strict=True) if path is None]
+    if missing:
+        raise RuntimeError(f"the demo needs {', '.join(missing)} (scripts/bootstrap.sh installs them)")
+    return [os.path.realpath(path) for path in found if path]
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make demo needs root (it loads BPF programs and creates namespaces)", file=sys.stderr)
@@ -228,8 +259,12 @@ def main() -> int:
         world.build_network()
         key = world.start_services()
         print(f"  internet: package mirror {MIRROR}:8080, SSH server {SSH_HOST}:22, mining pool {POOL}:3333")
+        miner_bin, gpu_node = world.make_miner_and_gpu()
+        miner_argv = [str(miner_bin), "-o", f"stratum+tcp://{POOL}:3333", "--donate-level", "1"]
 
         say("Without Enforcer, the agent's reverse tunnel and miner get through")
+        ran = subprocess.run(["ip", "netns", "exec", SANDBOX_NS, *miner_argv], timeout=30).returncode
+        print(f"  {' '.join(miner_argv)}: exited {ran} (a stand-in: a copy of true)")
         baseline = subprocess.run(["ip", "netns", "exec", SANDBOX_NS, *ssh_tunnel_command(key, "echo tunnel up")],
                                   capture_output=True, text=True, timeout=30)
         print(f"  ssh -R 2222:localhost:22 root@{SSH_HOST}: {baseline.stdout.strip() or baseline.stderr.strip()}")
@@ -253,9 +288,13 @@ def main() -> int:
                         {"to": GATEWAY, "ports": [53], "protocol": "udp"},    # the resolver
                     ],
                 },
+                # The agent's tools; `ip` is how this demo enters the sandbox's netns.
+                "exec": {"default": "deny", "allow": [os.path.realpath(sys.executable), *_tools("ssh", "ip")]},
+                "devices": {"gpu": "deny"},
             }
             applied = enf.apply(policy).applied
-            print(f"  policy applied to {applied.cgroup_path}: allow {MIRROR}:8080/tcp and {GATEWAY}:53/udp, deny the rest")
+            print(f"  policy applied to {applied.cgroup_path}: allow {MIRROR}:8080/tcp and {GATEWAY}:53/udp, deny the rest;")
+            print("  run only python3, ssh and ip; no GPU")
 
             def trainer() -> None:
                 with Enforcer(socket_path) as stream:
@@ -274,6 +313,16 @@ def main() -> int:
 
             say("The agent connects its miner to the pool (refused in the kernel)")
             print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_MINER]).stdout.rstrip())
+            time.sleep(0.3)
+
+            say("The agent starts its miner (stopped before its first instruction)")
+            started = run_in_sandbox(cgroup.path, miner_argv)
+            print(f"  {' '.join(miner_argv)}: " + ("killed by the kernel" if started.returncode == -9 else
+                                                    f"exited {started.returncode}"))
+            time.sleep(0.3)
+
+            say("The agent opens the GPU (refused in the kernel)")
+            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_GPU, str(gpu_node)]).stdout.rstrip())
             time.sleep(0.3)
 
             say("Exact counters from the kernel")

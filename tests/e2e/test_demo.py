@@ -1,6 +1,6 @@
 """`make demo` keeps doing what the README says: the tunnel and the pool
-connection refused in the kernel and reported, the mirror reachable, and
-nothing left behind."""
+connection refused in the kernel and reported, the miner binary killed before it
+runs, the GPU node refused, the mirror reachable, and nothing left behind."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def test_demo_replays_rome_and_cleans_up():
     assert "rollout-17 refused connect 10.77.0.22:22/tcp" in out and "comm=ssh" in out
     assert "rollout-17 refused connect 10.77.0.33:3333/tcp" in out
     assert "connect  refused        2" in out
+    assert "--donate-level 1: killed by the kernel" in out
+    assert "rollout-17 refused exec " in out and "/xmrig (not_allowed) argv=[" in out
+    assert "nvidia0: Operation not permitted" in out
+    assert "rollout-17 refused device 195:0 access=rw" in out
+    assert "exec     refused        1" in out and "device   refused        1" in out
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "enf-demo" not in namespaces
     links = subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
