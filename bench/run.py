@@ -6,6 +6,8 @@ the median of several rounds is reported).
       process in an unguarded cgroup vs. one guarded by a 1-rule and a
       10,000-rule policy. Targets: <= 0.4 us added at 10,000 rules (UDP);
       TCP <= 1.05x unguarded.
+  fork+exec of /bin/true from a process guarded by a 1,000-path exec policy vs.
+      an unguarded one. Target: <= 1.05x.
   ApplyPolicy latency for a 1,000-rule policy (replace), p50/p99. Target p99 <= 20 ms.
   Daemon start-up to ready (health SERVING). Target <= 2 s.
 """
@@ -29,14 +31,32 @@ from enforcer.policy import parse_policy  # noqa: E402
 from tests.e2e.conftest import DaemonProcess  # noqa: E402
 
 
-def build_connect_bench(workdir: Path) -> Path:
-    binary = workdir / "connect"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(REPO / "bench" / "connect.c"), "-lpthread"], check=True)
+def build_micro_bench(workdir: Path) -> Path:
+    binary = workdir / "micro"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(REPO / "bench" / "micro.c"), "-lpthread"], check=True)
     return binary
 
 
-def ns_per_connect(binary: Path, cgroup: Path, proto: str, count: int) -> float:
-    out = subprocess.run([str(binary), proto, str(count)], capture_output=True, text=True, check=True,
+def exec_policy(sandbox: str, cgroup: Path, workdir: Path, micro: Path, n: int) -> dict:
+    """n exec entries: the two programs the bench runs, ten directories, and files made for it."""
+    files = workdir / "exec-entries"
+    files.mkdir(exist_ok=True)
+    dirs = []
+    for i in range(10):
+        (files / f"d{i}").mkdir(exist_ok=True)
+        dirs.append(f"{files}/d{i}/")
+    paths = []
+    for i in range(n - 2 - len(dirs)):
+        path = files / f"tool-{i:04d}"
+        path.touch(mode=0o755)
+        paths.append(str(path))
+    return {"sandbox": sandbox, "target": {"cgroup": str(cgroup)},
+            "exec": {"default": "deny", "allow": [str(micro), "/usr/bin/true", *dirs, *paths]}}
+
+
+def ns_per_op(binary: Path, cgroup: Path, op: str, count: int) -> float:
+    """Run bench/micro.c's ``op`` (udp, tcp, spawn) ``count`` times in ``cgroup``."""
+    out = subprocess.run([str(binary), op, str(count)], capture_output=True, text=True, check=True,
                          preexec_fn=lambda: move_pid(0, cgroup))
     return float(out.stdout)
 
@@ -59,10 +79,11 @@ def main() -> int:
     parser.add_argument("--udp-connects", type=int, default=300_000)
     parser.add_argument("--tcp-connects", type=int, default=5_000)
     parser.add_argument("--applies", type=int, default=100)
+    parser.add_argument("--spawns", type=int, default=2_000)
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
-    binary = build_connect_bench(workdir)
+    binary = build_micro_bench(workdir)
     root = cgroup2_mount() / f"enforcer-bench-{os.getpid()}"
     groups = {name: root / name for name in ("unguarded", "rules-1", "rules-10000")}
     for path in groups.values():
@@ -89,16 +110,31 @@ def main() -> int:
             for proto, count, target in (("udp", args.udp_connects, "added <= 0.4 us at 10,000 rules"),
                                          ("tcp", args.tcp_connects, "<= 1.05x unguarded")):
                 samples: dict[str, list[float]] = {name: [] for name in groups}
-                ns_per_connect(binary, groups["unguarded"], proto, count // 10)  # warm-up
+                ns_per_op(binary, groups["unguarded"], proto, count // 10)  # warm-up
                 for _ in range(args.rounds):
                     for name, path in groups.items():
-                        samples[name].append(ns_per_connect(binary, path, proto, count))
+                        samples[name].append(ns_per_op(binary, path, proto, count))
                 base = statistics.median(samples["unguarded"])
                 print(f"\n{proto.upper()} connect(), {count} per round, median of {args.rounds} rounds ({target})")
                 for name in groups:
                     value = statistics.median(samples[name])
                     added = (value - base) / 1000
                     print(f"  {name:12} {value / 1000:8.3f} us  ratio {value / base:5.3f}  added {added:+.3f} us")
+
+            exec_group = root / "exec-1000"
+            exec_group.mkdir()
+            enf.apply(exec_policy("bench-exec", exec_group, workdir, binary, 1000))
+            spawn_groups = {"unguarded": groups["unguarded"], "exec-1000": exec_group}
+            spawns: dict[str, list[float]] = {name: [] for name in spawn_groups}
+            ns_per_op(binary, groups["unguarded"], "spawn", args.spawns // 10)  # warm-up
+            for _ in range(args.rounds):
+                for name, path in spawn_groups.items():
+                    spawns[name].append(ns_per_op(binary, path, "spawn", args.spawns))
+            base = statistics.median(spawns["unguarded"])
+            print(f"\nfork+exec /bin/true, {args.spawns} per round, median of {args.rounds} rounds (<= 1.05x unguarded)")
+            for name in spawn_groups:
+                value = statistics.median(spawns[name])
+                print(f"  {name:12} {value / 1000:8.1f} us  ratio {value / base:5.3f}  added {(value - base) / 1000:+.2f} us")
 
             print(f"\nApplyPolicy (replace) of a 1,000-rule policy, {args.applies} times (target p99 <= 20 ms)")
             apply_group = root / "apply"
@@ -117,7 +153,7 @@ def main() -> int:
                       if e["event"] == "policy_applied" and e["sandbox"] == "bench-apply"]
             print(f"  inside the daemon:      p50 {percentile(inside, 50):.2f} ms  "
                   f"p99 {percentile(inside, 99):.2f} ms  (resolve target, encode, write maps, switch)")
-            for sandbox in ("bench-1", "bench-10000", "bench-apply"):
+            for sandbox in ("bench-1", "bench-10000", "bench-apply", "bench-exec"):
                 enf.remove(sandbox)
     finally:
         daemon.stop()

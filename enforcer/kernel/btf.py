@@ -68,36 +68,45 @@ class KernelTypes:
         magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
         if magic != BTF_MAGIC:
             raise BtfError("not a little-endian BTF blob")
-        strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
-        self._by_id: dict[int, _Composite] = {}
+        self._data = data
+        self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
+        # One pass records where each struct/union and typedef is; members are
+        # decoded only for the few structs asked for (start-up time).
+        self._composites: dict[int, int] = {}  # type id -> position of its btf_type
         self._by_name: dict[str, int] = {}
-        self._typedefs: dict[int, int] = {}  # modifiers and typedefs, to see through them
+        self._typedefs: dict[int, int] = {}   # modifiers and typedefs, to see through them
         pos, end, type_id = hdr_len + type_off, hdr_len + type_off + type_len, 0
         unpack_type = struct.Struct("<III").unpack_from
+        extra = _EXTRA
         while pos < end:
             type_id += 1
             name_off, info, size_or_type = unpack_type(data, pos)
-            pos += 12
             kind = (info >> 24) & 0x1F
-            vlen = info & 0xFFFF
             try:
-                fixed, per = _EXTRA[kind]
+                fixed, per = extra[kind]
             except KeyError:
                 raise BtfError(f"unknown BTF kind {kind} at type {type_id}") from None
             if kind in (KIND_STRUCT, KIND_UNION):
-                kind_flag = info >> 31
-                members = []
-                for i in range(vlen):
-                    m_name, m_type, m_offset = unpack_type(data, pos + 12 * i)
-                    bit_offset = m_offset & 0xFFFFFF if kind_flag else m_offset
-                    members.append(_Member(_string(strings, m_name), m_type, bit_offset))
-                name = _string(strings, name_off)
-                self._by_id[type_id] = _Composite(name, size_or_type, tuple(members))
-                if name and size_or_type and name not in self._by_name:
-                    self._by_name[name] = type_id
+                self._composites[type_id] = pos
+                if name_off and size_or_type:
+                    self._by_name.setdefault(_string(self._strings, name_off), type_id)
             elif kind in (8, 9, 10, 11, 18):
                 self._typedefs[type_id] = size_or_type
-            pos += fixed + per * vlen
+            pos += 12 + fixed + per * (info & 0xFFFF)
+
+    def _composite(self, type_id: int) -> _Composite | None:
+        pos = self._composites.get(type_id)
+        if pos is None:
+            return None
+        unpack_type = struct.Struct("<III").unpack_from
+        name_off, info, size = unpack_type(self._data, pos)
+        kind_flag = info >> 31
+        members = []
+        for i in range(info & 0xFFFF):
+            m_name, m_type, m_offset = unpack_type(self._data, pos + 12 + 12 * i)
+            bit_offset = m_offset & 0xFFFFFF if kind_flag else m_offset
+            members.append(_Member(_string(self._strings, m_name), m_type, bit_offset))
+        return _Composite(_string(self._strings, name_off), size, tuple(members))
 
     @classmethod
     def running_kernel(cls) -> KernelTypes:
@@ -120,7 +129,7 @@ class KernelTypes:
         return found // 8
 
     def _find(self, type_id: int, member: str) -> int | None:
-        composite = self._by_id.get(self._resolve(type_id))
+        composite = self._composite(self._resolve(type_id))
         if composite is None:
             return None
         for m in composite.members:

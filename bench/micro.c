@@ -1,6 +1,7 @@
-/* connect() microbenchmark: N connects, prints nanoseconds per connect.
- *   connect udp N   - connect a UDP socket to 127.0.0.1:9 (no packet is sent)
- *   connect tcp N   - full TCP handshake to a local listener, then close
+/* Microbenchmarks: N operations, prints nanoseconds per operation.
+ *   micro udp N     - connect a UDP socket to 127.0.0.1:9 (no packet is sent)
+ *   micro tcp N     - full TCP handshake to a local listener, then close
+ *   micro spawn N   - fork, execve("/bin/true"), wait
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,12 +34,40 @@ static long long now_ns(void)
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static int spawn_true(long n)
+{
+    char *child_argv[] = {"/bin/true", NULL};
+    char *envp[] = {NULL};
+    for (long i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            return 1;
+        if (pid == 0) {
+            execve(child_argv[0], child_argv, envp);
+            _exit(127);
+        }
+        int status;
+        if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "spawn: child failed (status %d)\n", status);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3)
         return 2;
     int tcp = strcmp(argv[1], "tcp") == 0;
     long n = atol(argv[2]);
+    if (strcmp(argv[1], "spawn") == 0) {
+        long long start = now_ns();
+        if (spawn_true(n) != 0)
+            return 1;
+        printf("%.1f\n", (double)(now_ns() - start) / n);
+        return 0;
+    }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(9)};
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
     if (tcp) {
