@@ -113,7 +113,13 @@ static __always_inline u32 identity_flags(struct enf_sandbox *sb, void *inode, u
 
 static __always_inline void judge_file(struct enf_sandbox *sb, void *file, struct enf_judgement *j)
 {
-    void *inode = read_ptr(file, ENF_OFF_FILE_INODE);
+    /* The inode of the path's dentry, not file->f_inode: on overlayfs f_inode is
+     * the inode of the layer below, while stat() of the path (which is what the
+     * daemon resolved the policy entries with) reports the overlay's inode. On
+     * other file systems the two are the same inode. */
+    void *dentry = read_ptr(file, ENF_OFF_FILE_PATH + ENF_OFF_PATH_DENTRY);
+    void *vfsmnt = read_ptr(file, ENF_OFF_FILE_PATH + ENF_OFF_PATH_MNT);
+    void *inode = dentry ? read_ptr(dentry, ENF_OFF_DENTRY_INODE) : 0;
     if (!inode) {
         j->reason = ENF_REASON_UNRESOLVED;
         return;
@@ -128,8 +134,6 @@ static __always_inline void judge_file(struct enf_sandbox *sb, void *file, struc
         return;
     }
 
-    void *dentry = read_ptr(file, ENF_OFF_FILE_PATH + ENF_OFF_PATH_DENTRY);
-    void *vfsmnt = read_ptr(file, ENF_OFF_FILE_PATH + ENF_OFF_PATH_MNT);
     void *mnt = (char *)vfsmnt - ENF_OFF_MOUNT_MNT;
     int reached_root = 0;
     for (int i = 0; i < ENF_WALK_MAX; i++) {

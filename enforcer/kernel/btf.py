@@ -157,7 +157,6 @@ EXEC_OFFSETS = (
     ("ENF_OFF_BPRM_FILENAME", "linux_binprm", "filename"),
     ("ENF_OFF_BPRM_INTERP", "linux_binprm", "interp"),
     ("ENF_OFF_FILE_PATH", "file", "f_path"),
-    ("ENF_OFF_FILE_INODE", "file", "f_inode"),
     ("ENF_OFF_PATH_MNT", "path", "mnt"),
     ("ENF_OFF_PATH_DENTRY", "path", "dentry"),
     ("ENF_OFF_INODE_INO", "inode", "i_ino"),

@@ -35,12 +35,60 @@ Identity = tuple[int, int]  # (kernel dev, inode)
 
 
 def kernel_dev(st_dev: int) -> int:
-    """stat()'s st_dev in the kernel's own encoding (super_block.s_dev)."""
+    """A userspace dev_t in the kernel's own encoding (as in super_block.s_dev)."""
     return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
-def identity_of(st: os.stat_result) -> Identity:
-    return (kernel_dev(st.st_dev), st.st_ino)
+class SuperBlocks:
+    """Maps stat()'s st_dev to the device of the file's super_block, which is
+    what the kernel side compares. They differ where a file system reports a
+    made-up st_dev: overlayfs with layers on different file systems (a per-layer
+    pseudo device; found running the exec tests on an overlay root) and btrfs
+    subvolumes. /proc/self/mountinfo gives the super_block's device of the mount
+    a file is on; one st_dev always belongs to one super_block, so each st_dev is
+    looked up once."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, int] = {}
+        self._mounts: dict[int, int] | None = None
+
+    def identity(self, path: str, st: os.stat_result) -> Identity:
+        dev = self._known.get(st.st_dev)
+        if dev is None:
+            dev = self._lookup(path) or kernel_dev(st.st_dev)
+            self._known[st.st_dev] = dev
+        return (dev, st.st_ino)
+
+    def _lookup(self, path: str) -> int | None:
+        try:
+            fd = os.open(path, os.O_PATH)
+        except OSError:
+            return None
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                mnt_id = next((int(line.split()[1]) for line in info if line.startswith("mnt_id:")), None)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if mnt_id is None:
+            return None
+        return self._mount_devices().get(mnt_id)
+
+    def _mount_devices(self) -> dict[int, int]:
+        if self._mounts is None:
+            self._mounts = {}
+            with open("/proc/self/mountinfo") as mountinfo:
+                for line in mountinfo:
+                    fields = line.split(maxsplit=3)
+                    major, minor = fields[2].split(":")
+                    self._mounts[int(fields[0])] = (int(major) << 20) | int(minor)
+        return self._mounts
+
+
+def identity_of(path: str) -> Identity:
+    """The identity the kernel sees for ``path`` (symlinks followed)."""
+    return SuperBlocks().identity(path, os.stat(path))
 
 
 @dataclass
@@ -50,7 +98,8 @@ class CompiledExec:
     loaders: list[str] = field(default_factory=list)        # loader files refused by default
 
 
-def loader_identities() -> dict[Identity, str]:
+def loader_identities(devices: SuperBlocks | None = None) -> dict[Identity, str]:
+    devices = devices or SuperBlocks()
     found: dict[Identity, str] = {}
     for pattern in LOADER_PATTERNS:
         for path in glob.glob(pattern):
@@ -59,13 +108,14 @@ def loader_identities() -> dict[Identity, str]:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                found.setdefault(identity_of(st), os.path.realpath(path))
+                found.setdefault(devices.identity(path, st), os.path.realpath(path))
     return found
 
 
 def compile_exec(policy: ExecPolicy) -> CompiledExec:
     """Raises PolicyError naming the entry when it cannot be resolved."""
     compiled = CompiledExec()
+    devices = SuperBlocks()
     deny_texts: set[bytes] = set()
     for verdict, entries, where in ((Verdict.ALLOW, policy.allow, "exec.allow"), (Verdict.DENY, policy.deny, "exec.deny")):
         for index, entry in enumerate(entries):
@@ -75,7 +125,7 @@ def compile_exec(policy: ExecPolicy) -> CompiledExec:
                 bit = layout.EXEC_DIR_ALLOW if verdict is Verdict.ALLOW else layout.EXEC_DIR_DENY
             else:
                 bit = layout.EXEC_FILE_ALLOW if verdict is Verdict.ALLOW else layout.EXEC_FILE_DENY
-            identity = identity_of(st)
+            identity = devices.identity(entry, st)
             compiled.ids[identity] = compiled.ids.get(identity, 0) | bit
             text = entry.encode() if is_dir else entry.encode() + b"\0"
             compiled.paths.setdefault(text, layout.VERDICT_ALLOW)
@@ -84,7 +134,7 @@ def compile_exec(policy: ExecPolicy) -> CompiledExec:
     for text in compiled.paths:
         if _covered_by(text, deny_texts):
             compiled.paths[text] = layout.VERDICT_DENY
-    for identity, path in loader_identities().items():
+    for identity, path in loader_identities(devices).items():
         if not compiled.ids.get(identity, 0) & layout.EXEC_FILE_ALLOW:
             compiled.ids[identity] = compiled.ids.get(identity, 0) | layout.EXEC_FILE_DENY
             compiled.loaders.append(path)

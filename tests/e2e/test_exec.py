@@ -109,8 +109,9 @@ def test_allowed_program_runs_and_others_are_stopped_before_their_first_instruct
     assert event.exec.reason == pb.EXEC_REASON_NOT_ALLOWED and not event.exec.argv_truncated
     assert event.process.ppid == result["pid"]  # the probe forked the child that exec'd
     assert event.process.comm.startswith("python")  # the caller's name, not the refused program's
-    st = os.stat(bins / "xmrig")
-    assert (event.exec.device, event.exec.inode) == ((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino)
+    from enforcer.kernel.exec_rules import identity_of
+
+    assert (event.exec.device, event.exec.inode) == identity_of(str(bins / "xmrig"))
     stats = client.stats(sandbox_id)
     assert (stats.exec.refused, stats.exec.audited) == (1, 0)
 
@@ -244,8 +245,13 @@ def test_unnamed_files_never_run(client, apply_exec, make_cgroup, sandbox_id, bi
 
 def test_scripts_are_judged_by_their_path_and_interpreters_by_identity(
         client, apply_exec, make_cgroup, sandbox_id, tmp_path, refused):
+    """With the tracepoint the kernel has already swapped the script for its
+    interpreter, so the script is judged by the path it was called by: absolute,
+    plain and allowed, or refused. With BPF-LSM the script file passes the hook
+    itself and is judged by identity like any file."""
     from enforcer.v1 import enforcer_pb2 as pb
 
+    lsm = refused == "eperm"
     cgroup = make_cgroup()
     scripts, other = tmp_path / "scripts", tmp_path / "other"
     for directory in (scripts, other):
@@ -256,11 +262,15 @@ def test_scripts_are_judged_by_their_path_and_interpreters_by_identity(
     apply_exec(cgroup, allow=["/usr/bin/", f"{scripts}/"])
     assert outcome(cgroup, "spawn", scripts / "job.sh") == "exit:3"
     assert outcome(cgroup, "spawn", other / "job.sh") == refused
-    assert outcome(cgroup, "spawn", "./job.sh", cwd=scripts) == refused  # a relative path says nothing of where it is
+    # A relative path says nothing of where the script is (tracepoint); its identity does (LSM).
+    assert outcome(cgroup, "spawn", "./job.sh", cwd=scripts) == ("exit:3" if lsm else refused)
     # An allowed interpreter runs what it is given: the policy judged /bin/sh.
     assert outcome(cgroup, "spawn", "/bin/sh", other / "job.sh") == "exit:3"
-    events = exec_denials(client, sandbox_id, 2)
-    assert [(e.exec.reason, e.exec.script) for e in events] == [(pb.EXEC_REASON_SCRIPT, True)] * 2
+    events = exec_denials(client, sandbox_id, 1 if lsm else 2)
+    if lsm:
+        assert [(e.exec.reason, e.exec.path) for e in events] == [(pb.EXEC_REASON_NOT_ALLOWED, str(other / "job.sh"))]
+    else:
+        assert [(e.exec.reason, e.exec.script) for e in events] == [(pb.EXEC_REASON_SCRIPT, True)] * 2
 
     # The interpreter itself must be allowed: here only the scripts directory is.
     apply_exec(cgroup, allow=[f"{scripts}/"])

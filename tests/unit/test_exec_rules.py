@@ -24,6 +24,13 @@ def test_kernel_dev_is_the_super_block_encoding():
     assert kernel_dev(os.makedev(8, 300)) == (8 << 20) | 300
 
 
+def test_identity_device_comes_from_the_mount_of_the_file(tmp_path):
+    (tmp_path / "f").write_bytes(b"")
+    st = os.stat(tmp_path / "f")
+    # On a plain file system (ext4, tmpfs) the mount's device is st_dev.
+    assert identity_of(f"{tmp_path}/f") == (kernel_dev(st.st_dev), st.st_ino)
+
+
 def test_keys_match_the_mirror():
     key = layout.ExecKey.from_buffer_copy(id_key_bytes(7, (0x800001, 123456789012)))
     assert (key.generation, key.dev, key.ino) == (7, 0x800001, 123456789012)
@@ -46,10 +53,9 @@ def test_entries_resolve_to_identities_and_deny_folds_down_the_path_trie(tmp_pat
         deny=(f"{tmp_path}/tools/bad/",),
     )
     compiled = compile_exec(policy)
-    ident = identity_of
-    assert compiled.ids[ident(os.stat(tmp_path / "tools"))] == layout.EXEC_DIR_ALLOW
-    assert compiled.ids[ident(os.stat(tmp_path / "tools/bad"))] == layout.EXEC_DIR_DENY
-    assert compiled.ids[ident(os.stat(tmp_path / "alone"))] == layout.EXEC_FILE_ALLOW  # the link's target
+    assert compiled.ids[identity_of(f"{tmp_path}/tools")] == layout.EXEC_DIR_ALLOW
+    assert compiled.ids[identity_of(f"{tmp_path}/tools/bad")] == layout.EXEC_DIR_DENY
+    assert compiled.ids[identity_of(f"{tmp_path}/alone")] == layout.EXEC_FILE_ALLOW  # the link's target
     paths = compiled.paths
     assert paths[f"{tmp_path}/tools/".encode()] == layout.VERDICT_ALLOW
     assert paths[f"{tmp_path}/tools/bad/x\0".encode()] == layout.VERDICT_DENY  # below a denied directory
@@ -63,7 +69,7 @@ def test_the_loader_is_denied_unless_named_as_a_file():
     denied = compile_exec(ExecPolicy(Verdict.DENY, allow=("/usr/",)))
     assert all(denied.ids[i] & layout.EXEC_FILE_DENY for i in loaders)
     allowed = compile_exec(ExecPolicy(Verdict.DENY, allow=("/usr/", loader_path)))
-    identity = identity_of(os.stat(loader_path))
+    identity = identity_of(loader_path)
     assert allowed.ids[identity] == layout.EXEC_FILE_ALLOW
 
 
