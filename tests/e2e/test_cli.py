@@ -86,3 +86,24 @@ def test_unreachable_daemon_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"enforcer: cannot reach the daemon at unix:{tmp_path / 'none.sock'} (is `enforcer daemon` running there?)")
+
+
+def test_status_and_exec_denials_in_human_form(daemon, make_cgroup, sandbox_id, tmp_path):
+    from enforcer.kernel.guard import bpf_lsm_available
+    from tests.e2e.conftest import wait_denials
+    from tests.e2e.test_exec import PY, TRUE, outcome
+
+    status = cli(daemon, "status", check=True).stdout
+    assert ("BPF-LSM" if bpf_lsm_available() else "sched_process_exec tracepoint") in status
+    assert "gpu device majors: " in status and "195" in status
+    cg = make_cgroup()
+    file = write_policy(tmp_path / "p.yaml", {"sandbox": sandbox_id, "target": {"cgroup": str(cg)},
+                                              "exec": {"allow": [PY]}})
+    cli(daemon, "apply", str(file), check=True)
+    assert "exec(allow=1 deny=0)" in cli(daemon, "list", check=True).stdout
+    outcome(cg, "spawn", TRUE, "--flag")
+    with daemon.client() as enf:
+        wait_denials(enf, sandbox_id, 1)
+    human = cli(daemon, "denials", "--sandbox", sandbox_id, check=True).stdout
+    assert f'{sandbox_id} refused exec {TRUE} (not_allowed) argv=["{TRUE}", "--flag"] ppid=' in human
+    assert "exec     refused        1" in cli(daemon, "stats", sandbox_id, check=True).stdout
