@@ -1,10 +1,11 @@
 # The two commands a newcomer types (as root, on Debian/Ubuntu):
-#   make demo   - the ROME replay: a sandbox's reverse SSH tunnel and mining-pool
-#                 connection refused in the kernel and reported
-#   make test   - everything CI runs
+#   make demo   - the ROME replay: a sandbox's reverse SSH tunnel, mining-pool
+#                 connection, miner binary and GPU refused in the kernel and reported
+#   make test   - everything CI runs, including the exec/device tests again on a
+#                 BPF-LSM kernel under qemu (test-lsm)
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test check unit bench clean
+.PHONY: bootstrap demo test test-lsm check unit bench clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -14,6 +15,12 @@ demo: bootstrap
 
 test: bootstrap check
 	$(PY) -m pytest --require-bpf tests
+	$(MAKE) test-lsm
+
+# This kernel cannot load BPF-LSM programs: boot Debian's 6.1 kernel, which can,
+# and run the exec, device and layout tests there (about 2 minutes).
+test-lsm: bootstrap
+	scripts/lsm-vm.sh
 
 check: bootstrap
 	.venv/bin/ruff check enforcer tests bench

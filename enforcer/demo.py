@@ -317,8 +317,13 @@ def main() -> int:
 
             say("The agent starts its miner (stopped before its first instruction)")
             started = run_in_sandbox(cgroup.path, miner_argv)
-            print(f"  {' '.join(miner_argv)}: " + ("killed by the kernel" if started.returncode == -9 else
-                                                    f"exited {started.returncode}"))
+            if started.returncode == -9:
+                fate = "killed by the kernel"  # sched_process_exec + SIGKILL
+            elif "Operation not permitted" in started.stderr:
+                fate = "exec refused by the kernel (EPERM)"  # BPF-LSM
+            else:
+                fate = f"exited {started.returncode}"
+            print(f"  {' '.join(miner_argv)}: {fate}")
             time.sleep(0.3)
 
             say("The agent opens the GPU (refused in the kernel)")

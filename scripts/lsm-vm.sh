@@ -11,9 +11,12 @@
 # the Debian package registry (qemu-system-x86, busybox-static, kmod, the image).
 set -euo pipefail
 
+# The Debian 6.1 flavour whose headers the bootstrap already installed, if any.
+installed=$(ls -d /usr/src/linux-headers-6.1.*-amd64 2>/dev/null | sort -V | tail -1)
+KVER=${KVER:-${installed:+${installed#/usr/src/linux-headers-}}}
 KVER=${KVER:-6.1.0-56-amd64}
 WORK=${WORK:-/var/tmp/enforcer-lsm-vm}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}
 MEM=${MEM:-4096}
 
 say() { echo "lsm-vm: $*" >&2; }
@@ -84,6 +87,8 @@ ln -sfn /usr/src/linux-headers-$KVER \$R/lib/modules/$KVER/build
 ln -sfn /usr/src/linux-headers-${KVER%-amd64}-common \$R/lib/modules/$KVER/source
 ln -sfn $WORK/root/lib/modules/$KVER/kernel \$R/lib/modules/$KVER/kernel
 for f in \$R$WORK/root/lib/modules/$KVER/modules.*; do ln -sfn "\${f#\$R}" \$R/lib/modules/$KVER/; done
+ip link set lo up
+chroot \$R /sbin/modprobe -q veth  # the kernel's own module loader cannot see the chroot
 echo "lsm-vm: kernel \$(uname -r), LSMs: \$(cat \$R/sys/kernel/security/lsm)"
 chroot \$R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
     /bin/sh $WORK/command.sh

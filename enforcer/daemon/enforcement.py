@@ -77,7 +77,7 @@ class Enforcement:
             slot = previous.slot if previous else self._take_slot()
             generation = self._store.new_generation()
             self._store.note_generation(generation, policy)
-            entries = {"rules": encode.pack_entries(compiled, generation)}
+            entries = {layout.MAP_RULES: encode.pack_entries(compiled, generation)}
             if compiled_exec is not None:
                 entries.update(exec_rules.pack_exec(compiled_exec, generation))
             state = _sandbox_state(policy, generation, slot)
@@ -110,8 +110,8 @@ class Enforcement:
             sandbox=policy.sandbox,
             cgroup=str(cgroup.path),
             generation=generation,
-            prefixes=len(entries["rules"]),
-            exec_entries=len(entries.get("exec_ids", ())),
+            prefixes=len(entries[layout.MAP_RULES]),
+            exec_entries=len(entries.get(layout.MAP_EXEC_IDS, ())),
             apply_ms=round((time.perf_counter() - started) * 1000, 2),
             mode=policy.mode.value,
             replaced=previous is not None,

@@ -188,6 +188,7 @@ def path_key_bytes(generation: int, text: bytes) -> bytes:
 
 def pack_exec(compiled: CompiledExec, generation: int) -> dict[str, list[tuple[bytes, bytes]]]:
     return {
-        "exec_ids": [(id_key_bytes(generation, ident), _ID_VALUE.pack(bits)) for ident, bits in compiled.ids.items()],
-        "exec_paths": [(path_key_bytes(generation, text), bytes([verdict])) for text, verdict in compiled.paths.items()],
+        layout.MAP_EXEC_IDS: [(id_key_bytes(generation, ident), _ID_VALUE.pack(bits)) for ident, bits in compiled.ids.items()],
+        layout.MAP_EXEC_PATHS: [(path_key_bytes(generation, text), bytes([verdict]))
+                                for text, verdict in compiled.paths.items()],
     }

@@ -133,8 +133,8 @@ class SandboxGuard:
         self._attached: dict[int, int] = {}  # cgroup id -> open fd of the cgroup directory
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
-                     ("sandboxes", "rules", "exec_ids", "exec_paths", "config", "counters", "rate", "globals",
-                      "gpu_majors")}
+                     ("sandboxes", layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, "config", "counters",
+                      "rate", "globals", "gpu_majors")}
         self._events_per_sec = events_per_sec
         self._batch_ok = True
         self._write_config()

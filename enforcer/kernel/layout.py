@@ -56,6 +56,12 @@ GLOBAL_UNATTRIBUTED = _C["ENF_GLOBAL_UNATTRIBUTED"]
 GLOBAL_LOST = _C["ENF_GLOBAL_LOST"]
 NUM_GLOBALS = _C["ENF_NUM_GLOBALS"]
 
+# Maps that hold a generation's rules (names as in bpf/*.c): what an apply writes
+# and a replace or remove deletes.
+MAP_RULES = "rules"
+MAP_EXEC_IDS = "exec_ids"
+MAP_EXEC_PATHS = "exec_paths"
+
 # Bits of the address prefix that come before the address in an LPM key.
 LPM_KEY_HEADER_BITS = 64
 
@@ -209,10 +215,10 @@ MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent
 # (map name in bpf/*.c, which side of it, mirror) for the layout test.
 MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("sandboxes", "Leaf", Sandbox),
-    ("rules", "Key", LpmKey),
-    ("rules", "Leaf", RuleSet),
-    ("exec_ids", "Key", ExecKey),
-    ("exec_paths", "Key", PathKey),
+    (MAP_RULES, "Key", LpmKey),
+    (MAP_RULES, "Leaf", RuleSet),
+    (MAP_EXEC_IDS, "Key", ExecKey),
+    (MAP_EXEC_PATHS, "Key", PathKey),
     ("exec_args", "Leaf", ExecArgs),
     ("config", "Leaf", Config),
     ("counters", "Leaf", Counters),

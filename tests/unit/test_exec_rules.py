@@ -76,6 +76,6 @@ def test_the_loader_is_denied_unless_named_as_a_file():
 def test_packed_entries_per_map():
     compiled = compile_exec(ExecPolicy(Verdict.DENY, allow=("/usr/bin/",)))
     packed = pack_exec(compiled, 9)
-    assert set(packed) == {"exec_ids", "exec_paths"}
-    assert len(packed["exec_ids"]) == len(compiled.ids) and len(packed["exec_paths"]) == 1
-    assert all(len(k) == ctypes.sizeof(layout.ExecKey) and len(v) == 4 for k, v in packed["exec_ids"])
+    assert set(packed) == {layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS}
+    assert len(packed[layout.MAP_EXEC_IDS]) == len(compiled.ids) and len(packed[layout.MAP_EXEC_PATHS]) == 1
+    assert all(len(k) == ctypes.sizeof(layout.ExecKey) and len(v) == 4 for k, v in packed[layout.MAP_EXEC_IDS])
