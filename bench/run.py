@@ -153,6 +153,18 @@ def main() -> int:
                       if e["event"] == "policy_applied" and e["sandbox"] == "bench-apply"]
             print(f"  inside the daemon:      p50 {percentile(inside, 50):.2f} ms  "
                   f"p99 {percentile(inside, 99):.2f} ms  (resolve target, encode, write maps, switch)")
+            print(f"\nApplyPolicy (replace) of a 1,000-path exec policy, {args.applies} times (no target; "
+                  "each entry is stat-ed and resolved)")
+            exec_doc = exec_policy("bench-exec", exec_group, workdir, binary, 1000)
+            exec_latencies = []
+            for i in range(args.applies):
+                exec_doc["labels"] = {"i": str(i)}
+                policy = parse_policy(exec_doc)
+                started = time.perf_counter()
+                enf.apply(policy)
+                exec_latencies.append((time.perf_counter() - started) * 1000)
+            print(f"  RPC, client to client:  p50 {percentile(exec_latencies, 50):.2f} ms  "
+                  f"p99 {percentile(exec_latencies, 99):.2f} ms")
             for sandbox in ("bench-1", "bench-10000", "bench-apply", "bench-exec"):
                 enf.remove(sandbox)
     finally:
