@@ -80,8 +80,7 @@ mount -t securityfs securityfs \$R/sys/kernel/security
 mount -t bpf bpf \$R/sys/fs/bpf
 mount -t tracefs tracefs \$R/sys/kernel/tracing
 mount -t cgroup2 cgroup2 \$R/sys/fs/cgroup
-mount -t tmpfs tmpfs \$R/tmp
-mount -t tmpfs tmpfs \$R/run
+mount -t tmpfs tmpfs \$R/run   # not /tmp: the checkout may be there (the overlay makes it writable)
 mkdir -p \$R/lib/modules/$KVER
 ln -sfn /usr/src/linux-headers-$KVER \$R/lib/modules/$KVER/build
 ln -sfn /usr/src/linux-headers-${KVER%-amd64}-common \$R/lib/modules/$KVER/source
