@@ -108,6 +108,7 @@ static __always_inline void fill_head(struct enf_event_head *h, struct enf_sandb
     bpf_get_current_comm(h->comm, sizeof(h->comm));
     h->kind = kind;
     h->action = action;
+    h->tag = sb->tag;
 }
 
 static __always_inline void send_event(struct enf_sandbox *sb, void *ev, u32 size)

@@ -64,12 +64,14 @@
 /* sandboxes: key is the sandbox cgroup's id (u64). */
 struct enf_sandbox {
     __u32 generation;   /* selects this version's rules in the rule maps */
-    __u32 slot;         /* index into counters and rate */
+    __u32 slot;         /* index into counters, rate and escalation */
+    __u32 tag;          /* names the sandbox and its labels in events; changes with the labels */
     __u8  mode;         /* ENF_MODE_* */
     __u8  default_verdict;  /* network default, ENF_VERDICT_* */
     __u8  exec_default;     /* ENF_VERDICT_*, or ENF_VERDICT_NONE: exec is not judged */
     __u8  gpu;              /* ENF_VERDICT_*: may GPU device nodes be opened */
-    __u8  _pad[4];
+    __u8  quarantined;      /* set by escalation: every network call is refused */
+    __u8  _pad[7];
 };
 
 /* rules: LPM trie key. Everything after prefixlen is matched bit by bit, so the
@@ -153,7 +155,8 @@ struct enf_event_head {
     char  comm[16];
     __u8  kind;             /* ENF_KIND_* */
     __u8  action;           /* ENF_ACTION_* */
-    __u8  _pad[6];
+    __u8  _pad[2];
+    __u32 tag;              /* enf_sandbox.tag when the kernel refused */
 };
 
 /* ENF_KIND_CONNECT, ENF_KIND_SENDMSG, ENF_KIND_SOCKET */

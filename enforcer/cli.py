@@ -178,7 +178,7 @@ def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
 
 def cmd_denials(args: argparse.Namespace, enf: Any) -> int:
     try:
-        for event in enf.denials(sandboxes=args.sandbox or (), labels=_parse_labels(args.label), follow=args.follow):
+        for event in enf.denial_events(sandboxes=args.sandbox or (), labels=_parse_labels(args.label), follow=args.follow):
             print(_json(event) if args.json else format_denial(event), flush=True)
     except KeyboardInterrupt:
         pass

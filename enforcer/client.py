@@ -3,7 +3,7 @@
     from enforcer.client import Enforcer
     with Enforcer() as enf:
         enf.apply("policy.yaml")
-        for denial in enf.denials(sandboxes=["rollout-17"], follow=True):
+        for denial in enf.denial_events(sandboxes=["rollout-17"], follow=True):
             ...
 """
 
@@ -93,8 +93,21 @@ class Enforcer:
     def list(self) -> list[pb.AppliedPolicy]:
         return list(self._call(self._stub.ListPolicies, pb.ListPoliciesRequest()).policies)
 
-    def stats(self, sandbox: str) -> pb.SandboxStats:
-        return self._call(self._stub.GetStats, pb.GetStatsRequest(sandbox=sandbox))
+    def stats(self, sandbox: str, reset: bool = False) -> pb.SandboxStats:
+        """Exact counts since the apply or the last reset; ``reset=True`` starts a
+        new count after this one (an episode boundary)."""
+        return self._call(self._stub.GetStats, pb.GetStatsRequest(sandbox=sandbox, reset=reset))
+
+    def set_labels(self, sandbox: str, labels: Mapping[str, str] | None = None, *, replace: bool = False,
+                   **more: str) -> pb.AppliedPolicy:
+        """Labels for the sandbox's next denials (merged into the current ones
+        unless ``replace``); the rules are not re-applied."""
+        request = pb.UpdateLabelsRequest(sandbox=sandbox, labels={**(labels or {}), **more}, replace=replace)
+        return self._call(self._stub.UpdateLabels, request)
+
+    def release(self, sandbox: str) -> pb.AppliedPolicy:
+        """End an escalation's quarantine or freeze and re-arm its threshold."""
+        return self._call(self._stub.Release, pb.ReleaseRequest(sandbox=sandbox))
 
     def status(self) -> pb.DaemonStatus:
         return self._call(self._stub.GetStatus, pb.GetStatusRequest())
@@ -104,10 +117,16 @@ class Enforcer:
         sandboxes: builtins.list[str] | tuple[str, ...] = (),
         labels: Mapping[str, str] | None = None,
         follow: bool = False,
-    ) -> Iterator[pb.DenialEvent]:
-        """Retained denials, then (with follow) new ones as they happen. Closing
-        the iterator (or leaving a for loop) cancels the stream."""
-        request = pb.StreamDenialsRequest(sandboxes=list(sandboxes), labels=dict(labels or {}), follow=follow)
+        since: int = 0,
+    ) -> Iterator[pb.DenialBatch]:
+        """Batches of denials in sequence order: the retained ones from ``since``
+        (0: the oldest retained), then (with follow) new ones as they happen.
+        Resume after a reconnect with ``since=batch.next_seq`` of the last batch
+        handled: nothing is repeated or skipped while it is retained, and a
+        ``batch.gap`` says how many fell out of retention. Closing the iterator
+        (or leaving a for loop) cancels the stream."""
+        request = pb.StreamDenialsRequest(sandboxes=list(sandboxes), labels=dict(labels or {}), follow=follow,
+                                          since=since)
         stream = self._stub.StreamDenials(request, timeout=None if follow else self.timeout)
         try:
             yield from stream
@@ -116,6 +135,17 @@ class Enforcer:
                 raise EnforcerError(exc.code(), exc.details() or "") from None
         finally:
             stream.cancel()
+
+    def denial_events(
+        self,
+        sandboxes: builtins.list[str] | tuple[str, ...] = (),
+        labels: Mapping[str, str] | None = None,
+        follow: bool = False,
+        since: int = 0,
+    ) -> Iterator[pb.DenialEvent]:
+        """The denials of :meth:`denials`, one by one (gaps are only in the batches)."""
+        for batch in self.denials(sandboxes, labels, follow, since):
+            yield from batch.denials
 
     def health(self) -> str:
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=""))

@@ -298,7 +298,7 @@ def main() -> int:
 
             def trainer() -> None:
                 with Enforcer(socket_path) as stream:
-                    for event in stream.denials(sandboxes=["rollout-17"], follow=True):
+                    for event in stream.denial_events(sandboxes=["rollout-17"], follow=True):
                         print(f"  \033[31mtrainer <- denial\033[0m {format_denial(event)}", flush=True)
 
             threading.Thread(target=trainer, daemon=True).start()

@@ -8,6 +8,7 @@ written and leaves the kernel and the store exactly as they were.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -76,11 +77,13 @@ class Enforcement:
             previous = self._store.find(policy.sandbox)
             slot = previous.slot if previous else self._take_slot()
             generation = self._store.new_generation()
-            self._store.note_generation(generation, policy)
+            tag = self._store.new_tag()
+            self._store.note_tag(tag, policy.sandbox, policy.labels)
             entries = {layout.MAP_RULES: encode.pack_entries(compiled, generation)}
             if compiled_exec is not None:
                 entries.update(exec_rules.pack_exec(compiled_exec, generation))
-            state = _sandbox_state(policy, generation, slot)
+            quarantined = previous.quarantined if previous else False  # a new policy does not lift a quarantine
+            state = _sandbox_state(policy, generation, slot, tag, quarantined)
             keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
             try:
                 self._guard.write_rules(entries)
@@ -92,7 +95,12 @@ class Enforcement:
                 if previous is None:
                     self._store.release_slot(slot)
                 raise
-            record = SandboxRecord(policy, cgroup, generation, slot, keys, now_ns())
+            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), quarantined)
+            if previous is not None:  # the same slot: its counters and their baseline go on
+                record.frozen = previous.frozen
+                record.counter_base, record.counters_since_ns = previous.counter_base, previous.counters_since_ns
+            else:
+                record.counters_since_ns = record.applied_unix_ns
             self._store.put(record)
             if previous is None:
                 try:
@@ -158,10 +166,37 @@ class Enforcement:
         self._remove_locked(record.policy.sandbox)
         log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
 
-    def counters(self, sandbox: str) -> CounterTotals:
+    def update_labels(self, sandbox: str, labels: tuple[tuple[str, str], ...]) -> SandboxRecord:
+        """New labels for the sandbox's next denials: a new tag, one map update; the
+        rules are untouched. Events already in flight keep the labels they had."""
         with self._lock:
             record = self._store.get(sandbox)
-            return self._guard.read_counters(record.slot)
+            tag = self._store.new_tag()
+            self._store.note_tag(tag, sandbox, labels)
+            self._write_state(record, tag=tag, policy=dataclasses.replace(record.policy, labels=labels))
+        log.info("labels_updated", sandbox=sandbox, labels=dict(labels))
+        return record
+
+    def _write_state(self, record: SandboxRecord, *, tag: int | None = None, policy: Policy | None = None,
+                     quarantined: bool | None = None) -> None:
+        """Rewrite the sandbox's kernel entry (same rules), then the record to match."""
+        policy = policy or record.policy
+        tag = record.tag if tag is None else tag
+        quarantined = record.quarantined if quarantined is None else quarantined
+        self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag, quarantined))
+        record.policy, record.tag, record.quarantined = policy, tag, quarantined
+
+    def counters(self, sandbox: str, reset: bool = False) -> tuple[CounterTotals, int]:
+        """Exact counts since the apply or the last reset, and when that was. A reset
+        never touches the kernel's counters: it moves the baseline, so a refusal
+        counted between the read and the reset is not lost."""
+        with self._lock:
+            record = self._store.get(sandbox)
+            totals = self._guard.read_counters(record.slot)
+            counts, since = totals.minus(record.counter_base), record.counters_since_ns
+            if reset:
+                record.counter_base, record.counters_since_ns = totals, now_ns()
+            return counts, since
 
     def remove_all(self) -> None:
         for record in self._store.all():
@@ -173,10 +208,12 @@ def _verdict(verdict: Verdict) -> int:
     return layout.VERDICT_ALLOW if verdict is Verdict.ALLOW else layout.VERDICT_DENY
 
 
-def _sandbox_state(policy: Policy, generation: int, slot: int) -> SandboxState:
+def _sandbox_state(policy: Policy, generation: int, slot: int, tag: int, quarantined: bool) -> SandboxState:
     return SandboxState(
         generation=generation,
         slot=slot,
+        tag=tag,
+        quarantined=quarantined,
         mode=layout.MODE_AUDIT if policy.mode is Mode.AUDIT else layout.MODE_ENFORCE,
         default_verdict=_verdict(policy.network.default),
         exec_default=layout.VERDICT_NONE if policy.exec is None else _verdict(policy.exec.default),

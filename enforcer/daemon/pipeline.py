@@ -103,7 +103,7 @@ class DenialPipeline:
             audit.info("denial", **_audit_fields(event))
 
     def _to_proto(self, denial: KernelDenial) -> pb.DenialEvent:
-        info = self._store.generation_info(denial.generation)
+        info = self._store.tag_info(denial.tag)
         event = pb.DenialEvent(
             sandbox=info.sandbox if info else "",
             kind=_KINDS.get(denial.kind, pb.DENIAL_KIND_UNSPECIFIED),
@@ -150,17 +150,19 @@ class DenialPipeline:
         with self._cond:
             return self._next_seq - len(self._retained)
 
-    def read(self, cursor: int, timeout: float) -> tuple[list[pb.DenialEvent], int, int]:
-        """Events with seq >= cursor (waiting up to ``timeout`` for one), the next
-        cursor, and how many events before them fell out of retention."""
+    def read(self, cursor: int, timeout: float, limit: int = 1000) -> tuple[list[pb.DenialEvent], int, int]:
+        """Up to ``limit`` events with seq >= cursor (waiting up to ``timeout`` for
+        one), the cursor after them, and how many events before them fell out of
+        retention (a gap the caller must report)."""
         with self._cond:
             if cursor >= self._next_seq and timeout > 0 and not self._stopping.is_set():
                 self._cond.wait(timeout)
             first = self._next_seq - len(self._retained)
             missed = max(0, first - cursor)
             start = max(cursor, first)
-            events = list(itertools.islice(self._retained, start - first, None))
-            return events, self._next_seq, missed
+            stop = min(self._next_seq, start + limit)
+            events = list(itertools.islice(self._retained, start - first, stop - first))
+            return events, max(stop, cursor), missed
 
 
 def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:

@@ -15,7 +15,7 @@ from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
 from enforcer.kernel import layout
 from enforcer.kernel.guard import KernelError
-from enforcer.policy import PolicyError
+from enforcer.policy import PolicyError, parse_labels
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 
@@ -30,6 +30,8 @@ def applied_to_proto(record: SandboxRecord, whole_policy: bool = True) -> pb.App
         cgroup_id=record.cgroup.id,
         generation=record.generation,
         applied_unix_ns=record.applied_unix_ns,
+        quarantined=record.quarantined,
+        frozen=record.frozen,
     )
     if whole_policy:
         applied.policy.CopyFrom(wire.policy_to_proto(record.policy))
@@ -91,13 +93,25 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
             raise  # unreachable: abort raises
 
+    def UpdateLabels(self, request: pb.UpdateLabelsRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
+        self._require_sandbox(request.sandbox, context)
+        try:
+            current = {} if request.replace else self._enforcement.store.get(request.sandbox).policy.label_map
+            labels = parse_labels({**current, **dict(request.labels)}, "labels")
+            return applied_to_proto(self._enforcement.update_labels(request.sandbox, labels))
+        except PolicyError as exc:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except SandboxNotFound as exc:
+            self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        raise AssertionError("unreachable: abort raises")
+
     def ListPolicies(self, request: pb.ListPoliciesRequest, context: grpc.ServicerContext) -> pb.ListPoliciesResponse:
         return pb.ListPoliciesResponse(policies=[applied_to_proto(r) for r in self._enforcement.store.all()])
 
     def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.SandboxStats:
         self._require_sandbox(request.sandbox, context)
         try:
-            totals = self._enforcement.counters(request.sandbox)
+            totals, since_ns = self._enforcement.counters(request.sandbox, reset=request.reset)
         except SandboxNotFound as exc:
             self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
             raise
@@ -114,6 +128,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             device=kind(layout.KIND_DEVICE),
             events_suppressed=totals.suppressed,
             events_lost=totals.lost,
+            since_unix_ns=since_ns,
         )
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
@@ -124,16 +139,22 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             kernel_release=os.uname().release,
         )
 
-    def StreamDenials(self, request: pb.StreamDenialsRequest, context: grpc.ServicerContext) -> Iterator[pb.DenialEvent]:
+    def StreamDenials(self, request: pb.StreamDenialsRequest, context: grpc.ServicerContext) -> Iterator[pb.DenialBatch]:
         sandboxes = set(request.sandboxes)
         labels = dict(request.labels)
-        cursor = self._pipeline.first_retained_seq
+        cursor = request.since or self._pipeline.first_retained_seq
+        end = None if request.follow else self._pipeline.next_seq  # what is retained now
         while context.is_active() and not self._pipeline.stopping:
-            events, cursor, missed = self._pipeline.read(cursor, timeout=0.5 if request.follow else 0)
+            if end is not None and cursor >= end:
+                return
+            events, next_cursor, missed = self._pipeline.read(cursor, timeout=0.5 if request.follow else 0)
+            batch = pb.DenialBatch(next_seq=next_cursor)
             if missed:
                 log.warning("subscriber_fell_behind", missed=missed, peer=_peer(context))
-            for event in events:
-                if matches(event, sandboxes, labels):
-                    yield event
-            if not request.follow:
-                return
+                batch.gap.first_seq = cursor
+                batch.gap.last_seq = cursor + missed - 1
+                batch.gap.missed = missed
+            batch.denials.extend(e for e in events if matches(e, sandboxes, labels))
+            if batch.denials or missed:
+                yield batch
+            cursor = next_cursor

@@ -7,11 +7,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from enforcer.cgroupfs import Cgroup
+from enforcer.kernel.guard import CounterTotals
 from enforcer.policy import Policy
 
-# Events can still arrive for a generation a moment after it was replaced; keep
-# enough retired generations to name their sandbox and labels.
-RETIRED_GENERATIONS_KEPT = 4096
+# Events can still arrive under a tag a moment after it was replaced (new policy
+# or new labels); keep enough retired tags to name their sandbox and labels.
+RETIRED_TAGS_KEPT = 4096
 
 
 class ApplyConflict(Exception):
@@ -40,12 +41,17 @@ class SandboxRecord:
     cgroup: Cgroup
     generation: int
     slot: int
+    tag: int  # what the kernel stamps on this sandbox's events: its id and current labels
     rule_keys: dict[str, list[bytes]] = field(default_factory=dict)  # map -> keys of this generation, deleted on retire
     applied_unix_ns: int = 0
+    quarantined: bool = False
+    frozen: bool = False
+    counter_base: CounterTotals | None = None  # kernel totals at the last stats reset
+    counters_since_ns: int = 0
 
 
 @dataclass(frozen=True)
-class GenerationInfo:
+class TagInfo:
     sandbox: str
     labels: tuple[tuple[str, str], ...]
 
@@ -55,7 +61,8 @@ class PolicyStore:
         self._records: dict[str, SandboxRecord] = {}
         self._free_slots = list(range(max_sandboxes - 1, -1, -1))
         self._next_generation = 1
-        self._generations: OrderedDict[int, GenerationInfo] = OrderedDict()
+        self._next_tag = 1
+        self._tags: OrderedDict[int, TagInfo] = OrderedDict()
 
     def get(self, sandbox: str) -> SandboxRecord:
         try:
@@ -94,10 +101,13 @@ class PolicyStore:
 
     def new_generation(self) -> int:
         generation = self._next_generation
-        self._next_generation += 1
-        if self._next_generation >= 2**32:
-            self._next_generation = 1
+        self._next_generation = _next_u32(generation)
         return generation
+
+    def new_tag(self) -> int:
+        tag = self._next_tag
+        self._next_tag = _next_u32(tag)
+        return tag
 
     def take_slot(self) -> int:
         if not self._free_slots:
@@ -112,19 +122,24 @@ class PolicyStore:
         self._records[record.policy.sandbox] = record
         return previous
 
-    def note_generation(self, generation: int, policy: Policy) -> None:
-        """Record whom a generation's events belong to, before the kernel can emit any."""
-        self._generations[generation] = GenerationInfo(policy.sandbox, policy.labels)
-        while len(self._generations) > RETIRED_GENERATIONS_KEPT + len(self._records):
-            self._generations.popitem(last=False)
+    def note_tag(self, tag: int, sandbox: str, labels: tuple[tuple[str, str], ...]) -> None:
+        """Record whom a tag's events belong to, before the kernel can emit any."""
+        self._tags[tag] = TagInfo(sandbox, labels)
+        while len(self._tags) > RETIRED_TAGS_KEPT + len(self._records):
+            self._tags.popitem(last=False)
 
     def pop(self, sandbox: str) -> SandboxRecord:
         record = self.get(sandbox)
         del self._records[sandbox]
         return record
 
-    def generation_info(self, generation: int) -> GenerationInfo | None:
-        return self._generations.get(generation)
+    def tag_info(self, tag: int) -> TagInfo | None:
+        return self._tags.get(tag)
+
+
+def _next_u32(value: int) -> int:
+    """The next id after ``value``; 0 is never used (it means "none" in the kernel)."""
+    return value + 1 if value + 1 < 2**32 else 1
 
 
 def now_ns() -> int:

@@ -56,6 +56,7 @@ class KernelDenial(NamedTuple):
     boot_ns: int
     cgroup_id: int
     generation: int
+    tag: int
     slot: int
     tgid: int
     tid: int
@@ -94,6 +95,7 @@ def decode(raw: bytes) -> KernelDenial:
         boot_ns=head.boot_ns,
         cgroup_id=head.cgroup_id,
         generation=head.generation,
+        tag=head.tag,
         slot=head.slot,
         tgid=head.tgid,
         tid=head.tid,

@@ -76,10 +76,12 @@ class SandboxState:
 
     generation: int
     slot: int
+    tag: int             # names the sandbox and its current labels in events
     mode: int            # layout.MODE_*
     default_verdict: int  # layout.VERDICT_*, for the network
     exec_default: int = 0  # layout.VERDICT_*, or VERDICT_NONE when exec is not judged
     gpu: int = 0           # layout.VERDICT_*
+    quarantined: bool = False
 
 
 @dataclass
@@ -88,6 +90,17 @@ class CounterTotals:
     audited: list[int]
     suppressed: int
     lost: int
+
+    def minus(self, base: CounterTotals | None) -> CounterTotals:
+        """Counts since ``base`` was read (the kernel's counters only ever grow)."""
+        if base is None:
+            return self
+        return CounterTotals(
+            [a - b for a, b in zip(self.refused, base.refused, strict=True)],
+            [a - b for a, b in zip(self.audited, base.audited, strict=True)],
+            self.suppressed - base.suppressed,
+            self.lost - base.lost,
+        )
 
 
 class SandboxGuard:
@@ -213,8 +226,9 @@ class SandboxGuard:
 
     def set_sandbox(self, cgroup: Cgroup, state: SandboxState) -> None:
         """One map update: the sandbox switches to the new generation's rules at once."""
-        value = layout.Sandbox(generation=state.generation, slot=state.slot, mode=state.mode,
-                               default_verdict=state.default_verdict, exec_default=state.exec_default, gpu=state.gpu)
+        value = layout.Sandbox(generation=state.generation, slot=state.slot, tag=state.tag, mode=state.mode,
+                               default_verdict=state.default_verdict, exec_default=state.exec_default, gpu=state.gpu,
+                               quarantined=int(state.quarantined))
         self._update("sandboxes", ctypes.c_uint64(cgroup.id), value)
 
     def reset_slot(self, slot: int) -> None:

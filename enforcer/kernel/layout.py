@@ -70,11 +70,13 @@ class Sandbox(ctypes.Structure):
     _fields_ = [
         ("generation", ctypes.c_uint32),
         ("slot", ctypes.c_uint32),
+        ("tag", ctypes.c_uint32),
         ("mode", ctypes.c_uint8),
         ("default_verdict", ctypes.c_uint8),
         ("exec_default", ctypes.c_uint8),
         ("gpu", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 4),
+        ("quarantined", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 7),
     ]
 
 
@@ -166,7 +168,8 @@ class EventHead(ctypes.Structure):
         ("comm", ctypes.c_char * 16),
         ("kind", ctypes.c_uint8),
         ("action", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 6),
+        ("_pad", ctypes.c_uint8 * 2),
+        ("tag", ctypes.c_uint32),
     ]
 
 

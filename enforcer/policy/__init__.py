@@ -17,7 +17,13 @@ from enforcer.policy.model import (
     TargetKind,
     Verdict,
 )
-from enforcer.policy.parse import load_policy_file, parse_policy, policy_to_document, read_policy_document
+from enforcer.policy.parse import (
+    load_policy_file,
+    parse_labels,
+    parse_policy,
+    policy_to_document,
+    read_policy_document,
+)
 
 __all__ = [
     "DevicePolicy",
@@ -33,6 +39,7 @@ __all__ = [
     "TargetKind",
     "Verdict",
     "load_policy_file",
+    "parse_labels",
     "parse_policy",
     "policy_to_document",
     "read_policy_document",

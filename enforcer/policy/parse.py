@@ -79,7 +79,7 @@ def parse_policy(doc: Any) -> Policy:
     return Policy(
         sandbox=_parse_sandbox_id(doc.get("sandbox"), "sandbox"),
         target=_parse_target(doc.get("target"), "target"),
-        labels=_parse_labels(doc.get("labels"), "labels"),
+        labels=parse_labels(doc.get("labels"), "labels"),
         mode=_parse_enum(doc.get("mode", "enforce"), Mode, "mode"),
         network=network,
         exec=None if raw_exec is None else _parse_exec(raw_exec, "exec"),
@@ -187,7 +187,8 @@ def _parse_target(value: Any, path: str) -> Target:
     return Target(kind, raw)
 
 
-def _parse_labels(value: Any, path: str) -> tuple[tuple[str, str], ...]:
+def parse_labels(value: Any, path: str = "labels") -> tuple[tuple[str, str], ...]:
+    """Labels as the model keeps them (sorted pairs); PolicyError names the label."""
     if value is None:
         return ()
     _require_mapping(value, path, "labels")

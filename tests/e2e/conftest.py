@@ -257,7 +257,7 @@ def wait_denials(client: Any, sandbox: str, count: int, timeout: float = 10.0) -
 
     deadline = time.monotonic() + timeout
     while True:
-        events = list(client.denials(sandboxes=[sandbox]))
+        events = list(client.denial_events(sandboxes=[sandbox]))
         if len(events) >= count or time.monotonic() > deadline:
             return events
         time.sleep(0.05)

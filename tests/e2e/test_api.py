@@ -192,9 +192,9 @@ def test_stream_filters_by_sandbox_and_labels(client, make_cgroup, sandbox_id, p
     probe(a, connect(HOST4, 1))
     probe(b, connect(HOST4, 2), connect(HOST4, 3))
     assert len(wait_denials(client, sandbox_id + "-b", 2)) == 2
-    by_label = list(client.denials(labels={"episode": "2", "run": "r"}))
+    by_label = list(client.denial_events(labels={"episode": "2", "run": "r"}))
     assert [e.destination.port for e in by_label if e.sandbox.startswith(sandbox_id)] == [2, 3]
-    both = list(client.denials(sandboxes=[sandbox_id + "-a", sandbox_id + "-b"]))
+    both = list(client.denial_events(sandboxes=[sandbox_id + "-a", sandbox_id + "-b"]))
     assert [e.destination.port for e in both] == [1, 2, 3]
 
 
@@ -204,7 +204,7 @@ def test_follow_streams_new_denials_live(client, make_cgroup, sandbox_id, probe:
     cg = make_cgroup()
     client.apply(policy(sandbox_id, cg))
     received: list[Any] = []
-    stream = client.denials(sandboxes=[sandbox_id], follow=True)
+    stream = client.denial_events(sandboxes=[sandbox_id], follow=True)
 
     def consume() -> None:
         for event in stream:

@@ -16,7 +16,6 @@ from structlog.testing import capture_logs
 from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import PolicyStore
 from enforcer.kernel import layout
-from enforcer.policy import parse_policy
 from enforcer.v1 import enforcer_pb2 as pb
 
 
@@ -41,7 +40,8 @@ class RingBufferStandIn:
 
 def head(generation: int, kind: int) -> layout.EventHead:
     return layout.EventHead(boot_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME), cgroup_id=77, generation=generation,
-                            slot=0, tgid=1234, tid=1235, comm=b"xmrig", kind=kind, action=layout.ACTION_REFUSED)
+                            slot=0, tgid=1234, tid=1235, comm=b"xmrig", kind=kind, action=layout.ACTION_REFUSED,
+                            tag=generation)
 
 
 def raw_event(generation: int, port: int, address: str = "10.0.0.1", kind: int = layout.KIND_CONNECT) -> bytes:
@@ -54,8 +54,7 @@ def raw_event(generation: int, port: int, address: str = "10.0.0.1", kind: int =
 
 def make_pipeline(retention: int = 100) -> tuple[DenialPipeline, RingBufferStandIn, PolicyStore]:
     store = PolicyStore(4)
-    store.note_generation(5, parse_policy({"sandbox": "rollout-17", "target": {"pid": 1},
-                                            "labels": {"run": "ppo-7", "episode": "17"}}))
+    store.note_tag(5, "rollout-17", (("episode", "17"), ("run", "ppo-7")))
     ring = RingBufferStandIn()
     pipeline = DenialPipeline(ring, store, retention=retention)  # type: ignore[arg-type]
     pipeline.start()
