@@ -29,6 +29,8 @@ BPF_RINGBUF_OUTPUT(events, ENF_RINGBUF_PAGES);
 BPF_ARRAY(net_event_layout, struct enf_net_event, 1);
 BPF_ARRAY(exec_event_layout, struct enf_exec_event, 1);
 BPF_ARRAY(device_event_layout, struct enf_device_event, 1);
+BPF_ARRAY(escalation_event_layout, struct enf_escalation_event, 1);
+BPF_ARRAY(escalation, struct enf_escalation, ENF_MAX_SANDBOXES);
 
 /* The sandbox whose cgroup is the current task's cgroup or one of its ancestors.
  * Sandboxes never nest (the daemon refuses it), so the first hit is the only one. */
@@ -63,39 +65,6 @@ static __always_inline void count_global(int index)
         __sync_fetch_and_add(value, 1);
 }
 
-/* Count exactly; 1 if the denial is also to be reported, 0 if it is over the
- * per-sandbox event budget. The verdict never depends on this: callers decide
- * before calling it. */
-static __always_inline int count_denial(struct enf_sandbox *sb, u8 kind, u8 action)
-{
-    u32 slot = sb->slot;
-    struct enf_counters *c = counters.lookup(&slot);
-    if (!c)
-        return 0;
-    u32 k = kind & (ENF_NUM_KINDS - 1);
-    if (action == ENF_ACTION_REFUSED)
-        __sync_fetch_and_add(&c->refused[k], 1);
-    else
-        __sync_fetch_and_add(&c->audited[k], 1);
-
-    int zero = 0;
-    struct enf_config *cfg = config.lookup(&zero);
-    struct enf_rate *r = rate.lookup(&slot);
-    if (cfg && r && cfg->events_per_sec) {
-        u64 now = bpf_ktime_get_ns();
-        if (now - r->window_start_ns >= 1000000000ULL) {
-            r->window_start_ns = now;
-            r->count = 0;
-        }
-        if (r->count >= cfg->events_per_sec) {
-            __sync_fetch_and_add(&c->suppressed, 1);
-            return 0;
-        }
-        r->count++;
-    }
-    return 1;
-}
-
 static __always_inline void fill_head(struct enf_event_head *h, struct enf_sandbox *sb, u8 kind, u8 action)
 {
     h->boot_ns = bpf_ktime_get_boot_ns();
@@ -125,4 +94,73 @@ static __always_inline void send_event(struct enf_sandbox *sb, void *ev, u32 siz
 static __always_inline u8 action_of(struct enf_sandbox *sb)
 {
     return sb->mode == ENF_MODE_AUDIT ? ENF_ACTION_AUDITED : ENF_ACTION_REFUSED;
+}
+
+/* The escalation window: fires once, on the denial that makes `after` denials
+ * within `within` ns. Quarantine is done here, before the next call is judged;
+ * freeze and kill are done by the daemon on the event (or, if the ring buffer
+ * lost it, when it polls `fired`). */
+static __always_inline void escalate(struct enf_sandbox *sb, u32 slot, u8 action)
+{
+    u32 after = sb->escalate_after;
+    if (!after || after > ENF_ESCALATE_MAX)
+        return;
+    struct enf_escalation *e = escalation.lookup(&slot);
+    if (!e || e->fired)
+        return;
+    u64 index = __sync_fetch_and_add(&e->count, 1);
+    u64 now = bpf_ktime_get_ns();
+    e->times[index & (ENF_ESCALATE_MAX - 1)] = now;
+    if (index + 1 < after)
+        return;
+    u64 first = e->times[(index + 1 - after) & (ENF_ESCALATE_MAX - 1)];
+    if (now - first > sb->escalate_within_ns)
+        return;
+    if (__sync_val_compare_and_swap(&e->fired, 0, index + 1) != 0)
+        return;  /* another CPU fired it */
+    u8 acted = action == ENF_ACTION_REFUSED;
+    if (acted && sb->escalate_action == ENF_ESCALATE_QUARANTINE)
+        sb->quarantined = 1;
+    struct enf_escalation_event ev = {};
+    fill_head(&ev.head, sb, ENF_KIND_ESCALATION, action);
+    ev.count = index + 1;
+    ev.within_ns = sb->escalate_within_ns;
+    ev.after = after;
+    ev.escalate_action = sb->escalate_action;
+    ev.acted = acted;
+    send_event(sb, &ev, sizeof(ev));
+}
+
+/* Count exactly; 1 if the denial is also to be reported, 0 if it is over the
+ * per-sandbox event budget. The verdict never depends on this: callers decide
+ * before calling it. */
+static __always_inline int count_denial(struct enf_sandbox *sb, u8 kind, u8 action)
+{
+    u32 slot = sb->slot;
+    struct enf_counters *c = counters.lookup(&slot);
+    if (!c)
+        return 0;
+    u32 k = kind & (ENF_NUM_KINDS - 1);
+    if (action == ENF_ACTION_REFUSED)
+        __sync_fetch_and_add(&c->refused[k], 1);
+    else
+        __sync_fetch_and_add(&c->audited[k], 1);
+    escalate(sb, slot, action);
+
+    int zero = 0;
+    struct enf_config *cfg = config.lookup(&zero);
+    struct enf_rate *r = rate.lookup(&slot);
+    if (cfg && r && cfg->events_per_sec) {
+        u64 now = bpf_ktime_get_ns();
+        if (now - r->window_start_ns >= 1000000000ULL) {
+            r->window_start_ns = now;
+            r->count = 0;
+        }
+        if (r->count >= cfg->events_per_sec) {
+            __sync_fetch_and_add(&c->suppressed, 1);
+            return 0;
+        }
+        r->count++;
+    }
+    return 1;
 }

@@ -22,13 +22,19 @@
 #define ENF_EVENT_PATH      256      /* bytes of the executed path in an exec denial */
 #define ENF_WALK_MAX        64       /* parent directories and mounts walked from an executed file */
 #define ENF_MAX_MAJOR       4096     /* device majors are 12 bits */
+#define ENF_ESCALATE_MAX    256      /* largest escalation threshold (a power of two) */
 
 #define ENF_KIND_CONNECT 1
 #define ENF_KIND_SENDMSG 2
 #define ENF_KIND_SOCKET  3
 #define ENF_KIND_EXEC    4
 #define ENF_KIND_DEVICE  5
+#define ENF_KIND_ESCALATION 6  /* not a denial: the escalation fired (not counted by kind) */
 #define ENF_NUM_KINDS    8   /* a power of two above the largest kind */
+
+#define ENF_ESCALATE_QUARANTINE 1
+#define ENF_ESCALATE_FREEZE     2
+#define ENF_ESCALATE_KILL       3
 
 #define ENF_ACTION_REFUSED 1
 #define ENF_ACTION_AUDITED 2
@@ -66,12 +72,22 @@ struct enf_sandbox {
     __u32 generation;   /* selects this version's rules in the rule maps */
     __u32 slot;         /* index into counters, rate and escalation */
     __u32 tag;          /* names the sandbox and its labels in events; changes with the labels */
+    __u32 escalate_after;       /* denials that fire the escalation; 0: none */
+    __u64 escalate_within_ns;   /* ... when they fall within this window */
     __u8  mode;         /* ENF_MODE_* */
     __u8  default_verdict;  /* network default, ENF_VERDICT_* */
     __u8  exec_default;     /* ENF_VERDICT_*, or ENF_VERDICT_NONE: exec is not judged */
     __u8  gpu;              /* ENF_VERDICT_*: may GPU device nodes be opened */
     __u8  quarantined;      /* set by escalation: every network call is refused */
-    __u8  _pad[7];
+    __u8  escalate_action;  /* ENF_ESCALATE_* */
+    __u8  _pad[2];
+};
+
+/* escalation: per slot, the times of the last ENF_ESCALATE_MAX denials. */
+struct enf_escalation {
+    __u64 count;        /* denials so far (refused or audited) */
+    __u64 fired;        /* 0, or the count at which the escalation fired */
+    __u64 times[ENF_ESCALATE_MAX];
 };
 
 /* rules: LPM trie key. Everything after prefixlen is matched bit by bit, so the
@@ -185,6 +201,17 @@ struct enf_exec_event {
     __u64 ino;
     char  path[ENF_EVENT_PATH];   /* as the caller passed it */
     char  argv[ENF_ARGV_BYTES];   /* NUL-separated */
+};
+
+/* ENF_KIND_ESCALATION */
+struct enf_escalation_event {
+    struct enf_event_head head;
+    __u64 count;            /* the denial that fired it */
+    __u64 within_ns;
+    __u32 after;
+    __u8  escalate_action;  /* ENF_ESCALATE_* */
+    __u8  acted;            /* 0 in audit mode */
+    __u8  _pad[2];
 };
 
 /* ENF_KIND_DEVICE */

@@ -174,3 +174,8 @@ def remove_cgroup(path: Path, timeout: float = 5.0) -> None:
 def move_pid(pid: int, cgroup: Path) -> None:
     """Move a process (0: the caller) into a cgroup."""
     (cgroup / "cgroup.procs").write_text(str(pid))
+
+
+def write_control(cgroup: Cgroup, name: str, value: str) -> None:
+    """Write a cgroup control file (cgroup.freeze, cgroup.kill)."""
+    (cgroup.path / name).write_text(value)

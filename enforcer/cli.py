@@ -47,6 +47,11 @@ def format_denial(event: Any) -> str:
         reason = pb.ExecReason.Name(event.exec.reason).removeprefix("EXEC_REASON_").lower()
         argv = json.dumps(list(event.exec.argv)) + ("..." if event.exec.argv_truncated else "")
         what = f"{event.exec.path} ({reason}{', script' if event.exec.script else ''}) argv={argv} ppid={event.process.ppid}"
+    elif event.HasField("escalation"):
+        esc = event.escalation
+        verb = "" if esc.acted else "would be "
+        what = (f"{esc.after} denials within {esc.within_seconds:g}s: {verb}"
+                f"{pb.EscalationAction.Name(esc.action).removeprefix('ESCALATION_ACTION_').lower()}")
     elif event.HasField("device"):
         what = f"{event.device.major}:{event.device.minor} access={event.device.access}"
     else:
@@ -97,6 +102,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                 socket_path=args.socket or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
                 listen=args.listen,
                 events_per_sec=args.events_per_sec,
+                retention=args.retention,
             )
         )
     except StartupError as exc:
@@ -131,8 +137,10 @@ def cmd_list(args: argparse.Namespace, enf: Any) -> int:
         print("no policies applied")
     for applied in policies:
         p = applied.policy
+        state = " QUARANTINED" if applied.quarantined else ""
+        state += " FROZEN" if applied.frozen else ""
         print(
-            f"{p.sandbox:24} {applied.cgroup_path}  mode={'audit' if p.mode == 2 else 'enforce'} "
+            f"{p.sandbox:24} {applied.cgroup_path}  mode={'audit' if p.mode == 2 else 'enforce'}{state} "
             f"allow={len(p.network.allow)} deny={len(p.network.deny)}"
             + (f" exec(allow={len(p.exec.allow)} deny={len(p.exec.deny)})" if p.HasField("exec") else "")
         )
@@ -145,8 +153,21 @@ def cmd_get(args: argparse.Namespace, enf: Any) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, enf: Any) -> int:
-    stats = enf.stats(args.sandbox)
+    stats = enf.stats(args.sandbox, reset=args.reset)
     print(_json(stats) if args.json else format_stats(stats), flush=True)
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace, enf: Any) -> int:
+    applied = enf.set_labels(args.sandbox, _parse_labels(args.pairs), replace=args.replace)
+    labels = ",".join(f"{k}={v}" for k, v in sorted(applied.policy.labels.items()))
+    print(f"sandbox {args.sandbox}: labels {labels or '(none)'} for its next denials")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace, enf: Any) -> int:
+    enf.release(args.sandbox)
+    print(f"released sandbox {args.sandbox}: no quarantine, not frozen, escalation re-armed")
     return 0
 
 
@@ -178,8 +199,13 @@ def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
 
 def cmd_denials(args: argparse.Namespace, enf: Any) -> int:
     try:
-        for event in enf.denial_events(sandboxes=args.sandbox or (), labels=_parse_labels(args.label), follow=args.follow):
-            print(_json(event) if args.json else format_denial(event), flush=True)
+        for batch in enf.denials(sandboxes=args.sandbox or (), labels=_parse_labels(args.label), follow=args.follow,
+                                 since=args.since):
+            if batch.HasField("gap"):
+                print(f"enforcer: {batch.gap.missed} denials (#{batch.gap.first_seq}-#{batch.gap.last_seq}) fell out "
+                      "of the daemon's retention before they were read", file=sys.stderr, flush=True)
+            for event in batch.denials:
+                print(_json(event) if args.json else format_denial(event), flush=True)
     except KeyboardInterrupt:
         pass
     return 0
@@ -244,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--listen", help="also serve gRPC on this host:port (plaintext; prefer the Unix socket)")
     daemon.add_argument("--events-per-sec", type=int, default=2000,
                         help="denial events reported per sandbox per CPU per second (counters stay exact; 0: no limit)")
+    daemon.add_argument("--retention", type=int, default=65536,
+                        help="denials kept for subscribers that connect or resume later (default 65536)")
     daemon.add_argument("--print-bpf", action="store_true", help="print the BPF C that would be loaded, and exit")
 
     apply = command("apply", "apply (create or replace) a policy from a YAML/JSON file")
@@ -262,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats = command("stats", "a sandbox's denial counters, from the kernel")
     stats.add_argument("sandbox")
     stats.add_argument("--json", action="store_true")
+    stats.add_argument("--reset", action="store_true", help="count from zero after this read (an episode boundary)")
+
+    labels = command("labels", "set the labels of a sandbox's next denials (no re-apply)")
+    labels.add_argument("sandbox")
+    labels.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
+    labels.add_argument("--replace", action="store_true", help="these are all the labels (default: merge)")
+
+    release = command("release", "lift an escalation: end a quarantine, thaw, re-arm")
+    release.add_argument("sandbox")
 
     status = command("status", "how the daemon enforces on this kernel (exec mode, GPU majors)")
     status.add_argument("--json", action="store_true")
@@ -270,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     denials.add_argument("--sandbox", action="append", help="only this sandbox (repeatable)")
     denials.add_argument("--label", action="append", default=[], help="only denials with KEY=VALUE (repeatable)")
     denials.add_argument("--follow", "-f", action="store_true")
+    denials.add_argument("--since", type=int, default=0, metavar="SEQ", help="start at this sequence number")
     denials.add_argument("--json", action="store_true")
 
     run = command("run", "run a command in a fresh cgroup under a policy")
@@ -286,6 +324,8 @@ COMMANDS = {
     "get": cmd_get,
     "stats": cmd_stats,
     "status": cmd_status,
+    "labels": cmd_labels,
+    "release": cmd_release,
     "denials": cmd_denials,
     "run": cmd_run,
 }

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from enforcer.policy import Mode, NetworkRule, Policy, Protocol, TargetKind, Verdict, parse_policy
+from enforcer.policy import EscalationAction, Mode, NetworkRule, Policy, Protocol, TargetKind, Verdict, parse_policy
 from enforcer.v1 import enforcer_pb2 as pb
 
 _MODES = {Mode.ENFORCE: pb.MODE_ENFORCE, Mode.AUDIT: pb.MODE_AUDIT}
 _VERDICTS = {Verdict.DENY: pb.VERDICT_DENY, Verdict.ALLOW: pb.VERDICT_ALLOW}
 _PROTOCOLS = {Protocol.ANY: pb.PROTOCOL_ANY, Protocol.TCP: pb.PROTOCOL_TCP, Protocol.UDP: pb.PROTOCOL_UDP}
+
+_ESCALATIONS = {
+    EscalationAction.QUARANTINE: pb.ESCALATION_ACTION_QUARANTINE,
+    EscalationAction.FREEZE: pb.ESCALATION_ACTION_FREEZE,
+    EscalationAction.KILL: pb.ESCALATION_ACTION_KILL,
+}
+_ESCALATION_NAMES = {number: action.value for action, number in _ESCALATIONS.items()}
 
 _MODE_NAMES = {pb.MODE_UNSPECIFIED: "enforce", pb.MODE_ENFORCE: "enforce", pb.MODE_AUDIT: "audit"}
 _VERDICT_NAMES = {pb.VERDICT_UNSPECIFIED: "deny", pb.VERDICT_DENY: "deny", pb.VERDICT_ALLOW: "allow"}
@@ -42,6 +49,10 @@ def policy_to_proto(policy: Policy) -> pb.Policy:
             for r in rule.ports:
                 wire_rule.ports.add(first=r.first, last=r.last)
     msg.devices.gpu = _VERDICTS[policy.devices.gpu]
+    if policy.escalate is not None:
+        msg.escalate.after = policy.escalate.after
+        msg.escalate.within_seconds = policy.escalate.within
+        msg.escalate.action = _ESCALATIONS[policy.escalate.action]
     if policy.exec is not None:
         msg.exec.default = _VERDICTS[policy.exec.default]
         msg.exec.allow.extend(policy.exec.allow)
@@ -76,6 +87,12 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
             "default": _VERDICT_NAMES.get(msg.exec.default, f"<enum value {msg.exec.default}>"),
             "allow": list(msg.exec.allow),
             "deny": list(msg.exec.deny),
+        }
+    if msg.HasField("escalate"):
+        doc["escalate"] = {
+            "after": msg.escalate.after,
+            "within": msg.escalate.within_seconds,
+            "action": _ESCALATION_NAMES.get(msg.escalate.action, f"<enum value {msg.escalate.action}>"),
         }
     if msg.HasField("devices"):
         doc["devices"] = {"gpu": _VERDICT_NAMES.get(msg.devices.gpu, f"<enum value {msg.devices.gpu}>")}

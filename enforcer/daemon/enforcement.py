@@ -16,11 +16,21 @@ from dataclasses import dataclass
 
 import structlog
 
-from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target
+from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target, write_control
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
 from enforcer.kernel import encode, exec_rules, layout
+from enforcer.kernel.events import EscalationDetail, KernelDenial
 from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
-from enforcer.policy import Mode, Policy, Verdict
+from enforcer.policy import EscalationAction, Mode, Policy, Verdict
+
+ESCALATE_CODES = {
+    EscalationAction.QUARANTINE: layout.ESCALATE_QUARANTINE,
+    EscalationAction.FREEZE: layout.ESCALATE_FREEZE,
+    EscalationAction.KILL: layout.ESCALATE_KILL,
+}
+# A fired escalation whose event has not arrived after this long was lost with a
+# full ring buffer: act on it from the map instead.
+ESCALATION_EVENT_GRACE_NS = 1_000_000_000
 
 log = structlog.get_logger("enforcer.enforcement")
 
@@ -82,7 +92,9 @@ class Enforcement:
             entries = {layout.MAP_RULES: encode.pack_entries(compiled, generation)}
             if compiled_exec is not None:
                 entries.update(exec_rules.pack_exec(compiled_exec, generation))
-            quarantined = previous.quarantined if previous else False  # a new policy does not lift a quarantine
+            # A new policy does not lift a quarantine (Release does), whether or not
+            # the daemon has seen the kernel set it yet.
+            quarantined = previous is not None and (previous.quarantined or self._guard.kernel_quarantined(cgroup.id))
             state = _sandbox_state(policy, generation, slot, tag, quarantined)
             keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
             try:
@@ -96,8 +108,9 @@ class Enforcement:
                     self._store.release_slot(slot)
                 raise
             record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), quarantined)
-            if previous is not None:  # the same slot: its counters and their baseline go on
+            if previous is not None:  # the same slot: its counters, baseline and escalation go on
                 record.frozen = previous.frozen
+                record.escalation_handled = previous.escalation_handled
                 record.counter_base, record.counters_since_ns = previous.counter_base, previous.counters_since_ns
             else:
                 record.counters_since_ns = record.applied_unix_ns
@@ -182,9 +195,76 @@ class Enforcement:
         """Rewrite the sandbox's kernel entry (same rules), then the record to match."""
         policy = policy or record.policy
         tag = record.tag if tag is None else tag
-        quarantined = record.quarantined if quarantined is None else quarantined
+        if quarantined is None:  # keep a quarantine the kernel set that we have not seen yet
+            quarantined = record.quarantined or self._guard.kernel_quarantined(record.cgroup.id)
         self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag, quarantined))
         record.policy, record.tag, record.quarantined = policy, tag, quarantined
+
+    def release(self, sandbox: str) -> SandboxRecord:
+        """Lift an escalation: thaw, end the quarantine, re-arm the threshold."""
+        with self._lock:
+            record = self._store.get(sandbox)
+            self._guard.reset_escalation(record.slot)
+            if record.frozen and record.cgroup.still_exists():
+                write_control(record.cgroup, "cgroup.freeze", "0")
+            record.frozen = False
+            record.escalation_handled = record.escalation_seen_ns = 0
+            self._write_state(record, quarantined=False)
+        log.info("sandbox_released", sandbox=sandbox)
+        return record
+
+    def on_escalation(self, denial: KernelDenial) -> None:
+        """The kernel reported an escalation: carry out what only userspace can."""
+        detail = denial.detail
+        assert isinstance(detail, EscalationDetail)
+        with self._lock:
+            record = self._store.by_slot(denial.slot)
+            if record is None or record.escalation_handled == detail.fired_at or record.policy.escalate is None:
+                return
+            self._act(record, detail)
+
+    def lost_escalations(self) -> list[KernelDenial]:
+        """Escalations the kernel fired whose event never came (ring buffer full):
+        act on them now, and return a stand-in event for each to report."""
+        found = []
+        now = time.monotonic_ns()
+        with self._lock:
+            for record in self._store.all():
+                if record.policy.escalate is None:
+                    continue
+                fired = self._guard.escalation_fired(record.slot)
+                if not fired or fired == record.escalation_handled:
+                    continue
+                if not record.escalation_seen_ns:
+                    record.escalation_seen_ns = now
+                    continue
+                if now - record.escalation_seen_ns < ESCALATION_EVENT_GRACE_NS:
+                    continue
+                escalate = record.policy.escalate
+                acted = record.policy.mode is Mode.ENFORCE
+                detail = EscalationDetail(fired, round(escalate.within * 1e9), escalate.after,
+                                          ESCALATE_CODES[escalate.action], acted)
+                self._act(record, detail)
+                found.append(KernelDenial(time.clock_gettime_ns(time.CLOCK_BOOTTIME), record.cgroup.id,
+                                          record.generation, record.tag, record.slot, 0, 0, "",
+                                          layout.KIND_ESCALATION,
+                                          layout.ACTION_REFUSED if acted else layout.ACTION_AUDITED, detail))
+        return found
+
+    def _act(self, record: SandboxRecord, detail: EscalationDetail) -> None:
+        record.escalation_handled = detail.fired_at
+        record.escalation_seen_ns = 0
+        action = record.policy.escalate.action if record.policy.escalate else None
+        if detail.acted and record.cgroup.still_exists():
+            if action is EscalationAction.QUARANTINE:
+                record.quarantined = True  # the kernel already refuses everything
+            elif action is EscalationAction.FREEZE:
+                write_control(record.cgroup, "cgroup.freeze", "1")
+                record.frozen = True
+            elif action is EscalationAction.KILL:
+                write_control(record.cgroup, "cgroup.kill", "1")
+        log.warning("escalation", sandbox=record.policy.sandbox, action=action.value if action else None,
+                    acted=detail.acted, denials=detail.fired_at)
 
     def counters(self, sandbox: str, reset: bool = False) -> tuple[CounterTotals, int]:
         """Exact counts since the apply or the last reset, and when that was. A reset
@@ -209,11 +289,15 @@ def _verdict(verdict: Verdict) -> int:
 
 
 def _sandbox_state(policy: Policy, generation: int, slot: int, tag: int, quarantined: bool) -> SandboxState:
+    escalate = policy.escalate
     return SandboxState(
         generation=generation,
         slot=slot,
         tag=tag,
         quarantined=quarantined,
+        escalate_after=escalate.after if escalate else 0,
+        escalate_within_ns=round(escalate.within * 1e9) if escalate else 0,
+        escalate_action=ESCALATE_CODES[escalate.action] if escalate else 0,
         mode=layout.MODE_AUDIT if policy.mode is Mode.AUDIT else layout.MODE_ENFORCE,
         default_verdict=_verdict(policy.network.default),
         exec_default=layout.VERDICT_NONE if policy.exec is None else _verdict(policy.exec.default),

@@ -12,12 +12,13 @@ import itertools
 import threading
 import time
 from collections import deque
+from typing import Protocol
 
 import structlog
 
 from enforcer.daemon.store import PolicyStore
 from enforcer.kernel import layout
-from enforcer.kernel.events import DeviceDetail, ExecDetail, KernelDenial, NetDetail, decode
+from enforcer.kernel.events import DeviceDetail, EscalationDetail, ExecDetail, KernelDenial, NetDetail, decode
 from enforcer.kernel.guard import SandboxGuard
 from enforcer.v1 import enforcer_pb2 as pb
 
@@ -30,7 +31,19 @@ _KINDS = {
     layout.KIND_SOCKET: pb.DENIAL_KIND_SOCKET,
     layout.KIND_EXEC: pb.DENIAL_KIND_EXEC,
     layout.KIND_DEVICE: pb.DENIAL_KIND_DEVICE,
+    layout.KIND_ESCALATION: pb.DENIAL_KIND_ESCALATION,
 }
+_ESCALATION_ACTIONS = {
+    layout.ESCALATE_QUARANTINE: pb.ESCALATION_ACTION_QUARANTINE,
+    layout.ESCALATE_FREEZE: pb.ESCALATION_ACTION_FREEZE,
+    layout.ESCALATE_KILL: pb.ESCALATION_ACTION_KILL,
+}
+ESCALATION_POLL_S = 0.25
+
+
+class EscalationHandler(Protocol):
+    def on_escalation(self, denial: KernelDenial) -> None: ...
+    def lost_escalations(self) -> list[KernelDenial]: ...
 _REASONS = {
     layout.REASON_NOT_ALLOWED: pb.EXEC_REASON_NOT_ALLOWED,
     layout.REASON_DENIED: pb.EXEC_REASON_DENIED,
@@ -49,8 +62,11 @@ def boot_to_unix_offset_ns() -> int:
 
 
 class DenialPipeline:
-    def __init__(self, guard: SandboxGuard, store: PolicyStore, retention: int = 65536) -> None:
+    def __init__(self, guard: SandboxGuard, store: PolicyStore, retention: int = 65536,
+                 escalations: EscalationHandler | None = None) -> None:
         self._guard = guard
+        self._escalations = escalations
+        self._last_escalation_poll = 0.0
         self._store = store
         self._pending: list[bytes] = []
         self._retained: deque[pb.DenialEvent] = deque(maxlen=retention)
@@ -86,12 +102,25 @@ class DenialPipeline:
                 # The callback holds this list's append; it runs on this thread only.
                 batch = list(self._pending)
                 self._pending.clear()
-                self._publish(batch)
+                self._publish([decode(raw) for raw in batch])
+            if self._escalations and time.monotonic() - self._last_escalation_poll >= ESCALATION_POLL_S:
+                self._last_escalation_poll = time.monotonic()
+                try:
+                    lost = self._escalations.lost_escalations()
+                except Exception:
+                    log.exception("escalation_poll_failed")
+                    lost = []
+                if lost:
+                    self._publish(lost)
 
-    def _publish(self, batch: list[bytes]) -> None:
+    def _publish(self, denials: list[KernelDenial]) -> None:
         events = []
-        for raw in batch:
-            denial = decode(raw)
+        for denial in denials:
+            if denial.kind == layout.KIND_ESCALATION and self._escalations:
+                try:
+                    self._escalations.on_escalation(denial)
+                except Exception:
+                    log.exception("escalation_failed")
             events.append(self._to_proto(denial))
         with self._cond:
             for event in events:
@@ -135,6 +164,12 @@ class DenialPipeline:
             event.exec.script = detail.script
             event.exec.device = detail.dev
             event.exec.inode = detail.ino
+        elif isinstance(detail, EscalationDetail):
+            event.escalation.action = _ESCALATION_ACTIONS.get(detail.action, pb.ESCALATION_ACTION_UNSPECIFIED)
+            event.escalation.after = detail.after
+            event.escalation.within_seconds = detail.within_ns / 1e9
+            event.escalation.acted = detail.acted
+            event.escalation.denials = detail.fired_at
         elif isinstance(detail, DeviceDetail):
             event.device.major = detail.major
             event.device.minor = detail.minor
@@ -179,6 +214,9 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
     if event.HasField("exec"):
         fields.update(ppid=event.process.ppid, path=event.exec.path, argv=list(event.exec.argv),
                       reason=pb.ExecReason.Name(event.exec.reason), script=event.exec.script)
+    elif event.HasField("escalation"):
+        fields.update(escalation=pb.EscalationAction.Name(event.escalation.action), after=event.escalation.after,
+                      within_seconds=event.escalation.within_seconds, acted=event.escalation.acted)
     elif event.HasField("device"):
         fields.update(major=event.device.major, minor=event.device.minor, access=event.device.access)
     elif event.HasField("socket"):

@@ -73,7 +73,7 @@ def run_daemon(config: DaemonConfig) -> int:
     tracefs_ready()
     guard = SandboxGuard(events_per_sec=config.events_per_sec)
     enforcement = Enforcement(guard)
-    pipeline = DenialPipeline(guard, enforcement.store, retention=config.retention)
+    pipeline = DenialPipeline(guard, enforcement.store, retention=config.retention, escalations=enforcement)
     pipeline.start()
     # Everything loaded so far lives as long as the daemon: keep it out of the
     # collector, and collect less often, so a large apply is not stalled by a

@@ -105,6 +105,14 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         raise AssertionError("unreachable: abort raises")
 
+    def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
+        self._require_sandbox(request.sandbox, context)
+        try:
+            return applied_to_proto(self._enforcement.release(request.sandbox))
+        except SandboxNotFound as exc:
+            self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        raise AssertionError("unreachable: abort raises")
+
     def ListPolicies(self, request: pb.ListPoliciesRequest, context: grpc.ServicerContext) -> pb.ListPoliciesResponse:
         return pb.ListPoliciesResponse(policies=[applied_to_proto(r) for r in self._enforcement.store.all()])
 

@@ -48,6 +48,8 @@ class SandboxRecord:
     frozen: bool = False
     counter_base: CounterTotals | None = None  # kernel totals at the last stats reset
     counters_since_ns: int = 0
+    escalation_handled: int = 0  # the kernel's `fired` count already acted on (0: none)
+    escalation_seen_ns: int = 0  # when a fired escalation was first seen without its event
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,9 @@ class PolicyStore:
         record = self.get(sandbox)
         del self._records[sandbox]
         return record
+
+    def by_slot(self, slot: int) -> SandboxRecord | None:
+        return next((r for r in self._records.values() if r.slot == slot), None)
 
     def tag_info(self, tag: int) -> TagInfo | None:
         return self._tags.get(tag)

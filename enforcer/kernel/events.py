@@ -22,6 +22,7 @@ _SIZES = {
     layout.KIND_SOCKET: ctypes.sizeof(layout.NetEvent),
     layout.KIND_EXEC: ctypes.sizeof(layout.ExecEvent),
     layout.KIND_DEVICE: ctypes.sizeof(layout.DeviceEvent),
+    layout.KIND_ESCALATION: ctypes.sizeof(layout.EscalationEvent),
 }
 
 
@@ -51,6 +52,14 @@ class DeviceDetail(NamedTuple):
     dev_type: int
 
 
+class EscalationDetail(NamedTuple):
+    fired_at: int    # the denial count that fired it
+    within_ns: int
+    after: int
+    action: int      # layout.ESCALATE_*
+    acted: bool      # False in audit mode
+
+
 class KernelDenial(NamedTuple):
     # NamedTuples and inet_ntop: this runs once per event on the drain thread.
     boot_ns: int
@@ -63,13 +72,13 @@ class KernelDenial(NamedTuple):
     comm: str
     kind: int
     action: int
-    detail: NetDetail | ExecDetail | DeviceDetail | None
+    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | None
 
 
 def decode(raw: bytes) -> KernelDenial:
     kind = raw[_KIND_OFFSET] if len(raw) > _KIND_OFFSET else 0
     raw = raw.ljust(_SIZES.get(kind, _HEAD_SIZE), b"\0")
-    detail: NetDetail | ExecDetail | DeviceDetail | None = None
+    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | None = None
     if kind == layout.KIND_EXEC:
         ev = layout.ExecEvent.from_buffer_copy(raw)
         argv_bytes = raw[_ARGV_OFFSET: _ARGV_OFFSET + min(ev.argv_len, layout.ARGV_BYTES)]
@@ -77,6 +86,10 @@ def decode(raw: bytes) -> KernelDenial:
         detail = ExecDetail(ev.ppid, ev.reason, bool(ev.script), ev.path.decode("utf-8", "replace"), args,
                             bool(ev.argv_truncated), ev.dev, ev.ino)
         head = ev.head
+    elif kind == layout.KIND_ESCALATION:
+        esc = layout.EscalationEvent.from_buffer_copy(raw)
+        detail = EscalationDetail(esc.count, esc.within_ns, esc.after, esc.escalate_action, bool(esc.acted))
+        head = esc.head
     elif kind == layout.KIND_DEVICE:
         dev = layout.DeviceEvent.from_buffer_copy(raw)
         detail = DeviceDetail(dev.major, dev.minor, dev.access, dev.dev_type)

@@ -82,6 +82,9 @@ class SandboxState:
     exec_default: int = 0  # layout.VERDICT_*, or VERDICT_NONE when exec is not judged
     gpu: int = 0           # layout.VERDICT_*
     quarantined: bool = False
+    escalate_after: int = 0  # 0: no escalation
+    escalate_within_ns: int = 0
+    escalate_action: int = 0  # layout.ESCALATE_*
 
 
 @dataclass
@@ -147,7 +150,7 @@ class SandboxGuard:
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
                      ("sandboxes", layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, "config", "counters",
-                      "rate", "globals", "gpu_majors")}
+                      "rate", "globals", "gpu_majors", "escalation")}
         self._events_per_sec = events_per_sec
         self._batch_ok = True
         self._write_config()
@@ -228,14 +231,35 @@ class SandboxGuard:
         """One map update: the sandbox switches to the new generation's rules at once."""
         value = layout.Sandbox(generation=state.generation, slot=state.slot, tag=state.tag, mode=state.mode,
                                default_verdict=state.default_verdict, exec_default=state.exec_default, gpu=state.gpu,
-                               quarantined=int(state.quarantined))
+                               quarantined=int(state.quarantined), escalate_after=state.escalate_after,
+                               escalate_within_ns=state.escalate_within_ns, escalate_action=state.escalate_action)
         self._update("sandboxes", ctypes.c_uint64(cgroup.id), value)
+
+    def kernel_quarantined(self, cgroup_id: int) -> bool:
+        """Has the kernel quarantined this sandbox (escalation) since we last wrote it?"""
+        value = layout.Sandbox()
+        if self._lib.bpf_lookup_elem(self._fds["sandboxes"], ctypes.byref(ctypes.c_uint64(cgroup_id)),
+                                     ctypes.byref(value)) < 0:
+            return False
+        return bool(value.quarantined)
 
     def reset_slot(self, slot: int) -> None:
         zero_counters = (layout.Counters * self._ncpus)()
         zero_rate = (layout.Rate * self._ncpus)()
         self._update("counters", ctypes.c_uint32(slot), zero_counters)
         self._update("rate", ctypes.c_uint32(slot), zero_rate)
+        self.reset_escalation(slot)
+
+    def reset_escalation(self, slot: int) -> None:
+        self._update("escalation", ctypes.c_uint32(slot), layout.Escalation())
+
+    def escalation_fired(self, slot: int) -> int:
+        """0, or the denial count at which the slot's escalation fired."""
+        value = layout.Escalation()
+        if self._lib.bpf_lookup_elem(self._fds["escalation"], ctypes.byref(ctypes.c_uint32(slot)),
+                                     ctypes.byref(value)) < 0:
+            return 0
+        return int(value.fired)
 
     def read_counters(self, slot: int) -> CounterTotals:
         per_cpu = (layout.Counters * self._ncpus)()

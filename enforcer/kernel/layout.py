@@ -30,6 +30,11 @@ KIND_SENDMSG = _C["ENF_KIND_SENDMSG"]
 KIND_SOCKET = _C["ENF_KIND_SOCKET"]
 KIND_EXEC = _C["ENF_KIND_EXEC"]
 KIND_DEVICE = _C["ENF_KIND_DEVICE"]
+KIND_ESCALATION = _C["ENF_KIND_ESCALATION"]
+ESCALATE_MAX = _C["ENF_ESCALATE_MAX"]
+ESCALATE_QUARANTINE = _C["ENF_ESCALATE_QUARANTINE"]
+ESCALATE_FREEZE = _C["ENF_ESCALATE_FREEZE"]
+ESCALATE_KILL = _C["ENF_ESCALATE_KILL"]
 MAX_EXEC_IDS = _C["ENF_MAX_EXEC_IDS"]
 MAX_EXEC_PATHS = _C["ENF_MAX_EXEC_PATHS"]
 PATH_MAX = _C["ENF_PATH_MAX"]
@@ -71,12 +76,23 @@ class Sandbox(ctypes.Structure):
         ("generation", ctypes.c_uint32),
         ("slot", ctypes.c_uint32),
         ("tag", ctypes.c_uint32),
+        ("escalate_after", ctypes.c_uint32),
+        ("escalate_within_ns", ctypes.c_uint64),
         ("mode", ctypes.c_uint8),
         ("default_verdict", ctypes.c_uint8),
         ("exec_default", ctypes.c_uint8),
         ("gpu", ctypes.c_uint8),
         ("quarantined", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 7),
+        ("escalate_action", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class Escalation(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("fired", ctypes.c_uint64),
+        ("times", ctypes.c_uint64 * ESCALATE_MAX),
     ]
 
 
@@ -203,6 +219,18 @@ class ExecEvent(ctypes.Structure):
     ]
 
 
+class EscalationEvent(ctypes.Structure):
+    _fields_ = [
+        ("head", EventHead),
+        ("count", ctypes.c_uint64),
+        ("within_ns", ctypes.c_uint64),
+        ("after", ctypes.c_uint32),
+        ("escalate_action", ctypes.c_uint8),
+        ("acted", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 2),
+    ]
+
+
 class DeviceEvent(ctypes.Structure):
     _fields_ = [
         ("head", EventHead),
@@ -213,7 +241,7 @@ class DeviceEvent(ctypes.Structure):
     ]
 
 
-MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent))
+MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent, EscalationEvent))
 
 # (map name in bpf/*.c, which side of it, mirror) for the layout test.
 MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
@@ -229,4 +257,6 @@ MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("net_event_layout", "Leaf", NetEvent),
     ("exec_event_layout", "Leaf", ExecEvent),
     ("device_event_layout", "Leaf", DeviceEvent),
+    ("escalation_event_layout", "Leaf", EscalationEvent),
+    ("escalation", "Leaf", Escalation),
 ]

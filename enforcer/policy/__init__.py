@@ -6,6 +6,8 @@ Pure Python: nothing here touches the kernel, the network or gRPC.
 from enforcer.policy.errors import PolicyError
 from enforcer.policy.model import (
     DevicePolicy,
+    Escalation,
+    EscalationAction,
     ExecPolicy,
     Mode,
     NetworkPolicy,
@@ -27,6 +29,8 @@ from enforcer.policy.parse import (
 
 __all__ = [
     "DevicePolicy",
+    "Escalation",
+    "EscalationAction",
     "ExecPolicy",
     "Mode",
     "NetworkPolicy",

@@ -85,6 +85,21 @@ class DevicePolicy:
     gpu: Verdict = Verdict.DENY  # NVIDIA, DRI/render and AMD KFD device nodes
 
 
+class EscalationAction(enum.Enum):
+    QUARANTINE = "quarantine"  # every network call refused, in the kernel
+    FREEZE = "freeze"          # cgroup.freeze
+    KILL = "kill"              # cgroup.kill
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Fires once when ``after`` denials fall within ``within`` seconds."""
+
+    after: int
+    within: float
+    action: EscalationAction
+
+
 @dataclass(frozen=True)
 class Policy:
     sandbox: str
@@ -94,6 +109,7 @@ class Policy:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     exec: ExecPolicy | None = None  # None: exec is not judged
     devices: DevicePolicy = field(default_factory=DevicePolicy)
+    escalate: Escalation | None = None
 
     @property
     def label_map(self) -> dict[str, str]:

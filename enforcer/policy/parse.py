@@ -20,6 +20,8 @@ import yaml
 from enforcer.policy.errors import PolicyError
 from enforcer.policy.model import (
     DevicePolicy,
+    Escalation,
+    EscalationAction,
     ExecPolicy,
     IPNetwork,
     Mode,
@@ -44,8 +46,14 @@ MAX_EXEC_ENTRIES = 10_000
 # Longest exec entry in bytes: the kernel's path key holds ENF_PATH_MAX (bpf/enforcer.h)
 # bytes with the NUL (tests/unit/test_policy.py checks the two agree).
 MAX_EXEC_PATH = 243
+# Largest escalation threshold: the kernel keeps the times of the last ENF_ESCALATE_MAX
+# denials (bpf/enforcer.h; tests/unit/test_policy.py checks the two agree).
+MAX_ESCALATE_AFTER = 256
+MAX_ESCALATE_WITHIN = 86_400.0
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-_TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices")
+_TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices", "escalate")
+_ESCALATE_FIELDS = ("after", "within", "action")
 _NETWORK_FIELDS = ("default", "allow", "deny")
 _EXEC_FIELDS = ("default", "allow", "deny")
 _DEVICE_FIELDS = ("gpu",)
@@ -76,6 +84,7 @@ def parse_policy(doc: Any) -> Policy:
     network = NetworkPolicy() if raw_network is None else _parse_network(raw_network, "network")
     raw_exec = doc.get("exec")
     raw_devices = doc.get("devices")
+    raw_escalate = doc.get("escalate")
     return Policy(
         sandbox=_parse_sandbox_id(doc.get("sandbox"), "sandbox"),
         target=_parse_target(doc.get("target"), "target"),
@@ -84,6 +93,7 @@ def parse_policy(doc: Any) -> Policy:
         network=network,
         exec=None if raw_exec is None else _parse_exec(raw_exec, "exec"),
         devices=DevicePolicy() if raw_devices is None else _parse_devices(raw_devices, "devices"),
+        escalate=None if raw_escalate is None else _parse_escalation(raw_escalate, "escalate"),
     )
 
 
@@ -104,6 +114,9 @@ def policy_to_document(policy: Policy) -> dict[str, Any]:
         },
         "devices": {"gpu": policy.devices.gpu.value},
     }
+    if policy.escalate is not None:
+        doc["escalate"] = {"after": policy.escalate.after, "within": f"{policy.escalate.within:g}s",
+                           "action": policy.escalate.action.value}
     if policy.exec is not None:
         doc["exec"] = {
             "default": policy.exec.default.value,
@@ -209,7 +222,7 @@ def parse_labels(value: Any, path: str = "labels") -> tuple[tuple[str, str], ...
 
 
 _ENUM_MEMBERS: dict[Any, dict[str, Any]] = {
-    enum_type: {m.value: m for m in enum_type} for enum_type in (Mode, Verdict, Protocol)
+    enum_type: {m.value: m for m in enum_type} for enum_type in (Mode, Verdict, Protocol, EscalationAction)
 }
 
 
@@ -357,3 +370,35 @@ def _parse_devices(value: Any, path: str) -> DevicePolicy:
     _require_mapping(value, path, "a device policy")
     _refuse_unknown(value, _DEVICE_FIELDS, path)
     return DevicePolicy(gpu=_parse_enum(value.get("gpu", "deny"), Verdict, f"{path}.gpu"))
+
+
+def _parse_escalation(value: Any, path: str) -> Escalation:
+    _require_mapping(value, path, "an escalation")
+    _refuse_unknown(value, _ESCALATE_FIELDS, path)
+    after = value.get("after")
+    if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= MAX_ESCALATE_AFTER:
+        raise PolicyError(f"{path}.after", f"must be a whole number of denials from 1 to {MAX_ESCALATE_AFTER}, "
+                                           f"got {after!r}")
+    if "action" not in value:
+        raise PolicyError(f"{path}.action", "is required (one of quarantine, freeze, kill)")
+    return Escalation(
+        after=after,
+        within=_parse_duration(value.get("within"), f"{path}.within"),
+        action=_parse_enum(value["action"], EscalationAction, f"{path}.action"),
+    )
+
+
+def _parse_duration(value: Any, path: str) -> float:
+    """Seconds, as a number or a string with a unit: 500ms, 10s, 2m, 1h."""
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*", value)
+        if match:
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None:
+        raise PolicyError(path, f"must be a duration such as 10s, 500ms, 2m (or seconds as a number), got {value!r}")
+    if not 0 < seconds <= MAX_ESCALATE_WITHIN:
+        raise PolicyError(path, f"must be more than 0 and at most {MAX_ESCALATE_WITHIN:g}s, got {value!r}")
+    return seconds
