@@ -2,6 +2,9 @@
  *   micro udp N     - connect a UDP socket to 127.0.0.1:9 (no packet is sent)
  *   micro tcp N     - full TCP handshake to a local listener, then close
  *   micro spawn N   - fork, execve("/bin/true"), wait
+ *   micro refuse RATE SECONDS - sendto 127.0.0.1:9 at RATE per second (0: as fast as
+ *                   possible) for SECONDS; prints how many calls were made. Under
+ *                   a policy that refuses it, each call is one denial.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -55,8 +58,37 @@ static int spawn_true(long n)
     return 0;
 }
 
+static long refuse_paced(long rate, double seconds)
+{
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(9)};
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    long long start = now_ns(), end = start + (long long)(seconds * 1e9);
+    long sent = 0;
+    for (;;) {
+        long long now = now_ns();
+        if (now >= end)
+            break;
+        if (rate > 0) {
+            long long due = start + sent * 1000000000LL / rate;
+            if (now < due) {
+                struct timespec pause = {0, (long)(due - now < 1000000 ? due - now : 1000000)};
+                nanosleep(&pause, NULL);
+                continue;
+            }
+        }
+        sendto(s, "x", 1, 0, (struct sockaddr *)&addr, sizeof(addr));
+        sent++;
+    }
+    return sent;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "refuse") == 0) {
+        printf("%ld\n", refuse_paced(atol(argv[2]), atof(argv[3])));
+        return 0;
+    }
     if (argc != 3)
         return 2;
     int tcp = strcmp(argv[1], "tcp") == 0;

@@ -9,6 +9,11 @@ the median of several rounds is reported).
   fork+exec of /bin/true from a process guarded by a 1,000-path exec policy vs.
       an unguarded one. Target: <= 1.05x.
   ApplyPolicy latency for a 1,000-rule policy (replace), p50/p99. Target p99 <= 20 ms.
+  Denial stream to one follow=True client (daemon with --events-per-sec 0): a
+      sandbox refused as fast as it can go (delivered/s, target >= 50,000), at
+      20,000/s for 5 s (target: nothing lost), and at 1,000/s (kernel-to-client
+      latency, target p99 <= 50 ms); delivered + reported lost must equal the
+      kernel's count.
   Daemon start-up to ready (health SERVING). Target <= 2 s.
 """
 
@@ -20,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +74,78 @@ def rules_policy(sandbox: str, cgroup: Path, n: int) -> dict:
     return {"sandbox": sandbox, "target": {"cgroup": str(cgroup)}, "network": {"default": "deny", "allow": allow}}
 
 
+def measure_stream(binary: Path, socket_path: str, cgroup: Path, rate: int, seconds: float) -> dict[str, float]:
+    """Refuse at ``rate``/s (0: flat out) in ``cgroup`` while one client follows the
+    stream; what the client got, what the kernel counted, and the latencies."""
+    from enforcer.client import Enforcer
+
+    sandbox = cgroup.name
+    latencies: list[int] = []
+    times: list[float] = []
+    delivered = [0]
+    skipped = [0]  # fell out of retention before this client read them (gap records)
+    stop = threading.Event()
+    with Enforcer(socket_path) as enf:
+        enf.apply({"sandbox": sandbox, "target": {"cgroup": str(cgroup)}})  # default deny: every sendto refused
+        def follow() -> None:
+            with Enforcer(socket_path) as stream:
+                for batch in stream.denials(sandboxes=[sandbox], follow=True):
+                    now_wall, now_mono = time.time_ns(), time.monotonic()
+                    for event in batch.denials:
+                        latencies.append(now_wall - event.time_unix_ns)
+                    delivered[0] += len(batch.denials)
+                    skipped[0] += batch.gap.missed
+                    times.append(now_mono)
+                    if stop.is_set():
+                        return
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        time.sleep(0.3)
+        subprocess.run([str(binary), "refuse", str(rate), str(seconds)], check=True, capture_output=True,
+                       preexec_fn=lambda: move_pid(0, cgroup))
+        deadline = time.monotonic() + 30
+        while True:
+            stats = enf.stats(sandbox)
+            if delivered[0] + skipped[0] + stats.events_lost >= stats.sendmsg.refused or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        stop.set()
+        enf.remove(sandbox)
+    span = (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    return {
+        "refused": stats.sendmsg.refused,
+        "delivered": delivered[0],
+        "lost": stats.events_lost,
+        "skipped": skipped[0],
+        "per_second": delivered[0] / span if span and span > 0 else float("nan"),
+        "p50_ms": percentile([v / 1e6 for v in latencies], 50) if latencies else float("nan"),
+        "p99_ms": percentile([v / 1e6 for v in latencies], 99) if latencies else float("nan"),
+    }
+
+
+def print_stream_results(binary: Path, workdir: Path, root: Path) -> None:
+    daemon = DaemonProcess(workdir / "stream")
+    (workdir / "stream").mkdir()
+    daemon.extra = ("--events-per-sec", "0")
+    daemon.start()
+    try:
+        print("\nDenial stream to one following client (--events-per-sec 0)")
+        for name, rate, seconds, target in (("flat-out", 0, 1.0, "delivered >= 50,000/s"),
+                                            ("20000/s", 20_000, 5.0, "nothing lost"),
+                                            ("1000/s", 1_000, 5.0, "p99 <= 50 ms")):
+            cgroup = root / f"stream-{name.replace('/', '-per-')}"
+            cgroup.mkdir()
+            r = measure_stream(binary, daemon.socket, cgroup, rate, seconds)
+            exact = "yes" if r["delivered"] + r["lost"] == r["refused"] else "NO"
+            print(f"  {name:9} refused {r['refused']:>9,}  delivered {r['delivered']:>9,}  lost {r['lost']:>9,}  "
+                  f"skipped {r['skipped']:,}  "
+                  f"delivered+lost==kernel: {exact}  {r['per_second']:>9,.0f}/s  "
+                  f"latency p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms  ({target})")
+    finally:
+        daemon.stop()
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -99,6 +177,8 @@ def main() -> int:
         startups.append(time.monotonic() - started)
         proc.stop()
     print(f"  {' '.join(f'{s:.2f}s' for s in startups)}  median {statistics.median(startups):.2f} s  (target <= 2 s)")
+
+    print_stream_results(binary, workdir, root)
 
     daemon = DaemonProcess(workdir)
     daemon.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class SandboxRecord:
 class TagInfo:
     sandbox: str
     labels: tuple[tuple[str, str], ...]
+
+    @functools.cached_property
+    def label_map(self) -> dict[str, str]:
+        """Built once per tag: every event of the tag carries it (do not mutate)."""
+        return dict(self.labels)
 
 
 class PolicyStore:

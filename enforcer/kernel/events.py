@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import socket
+import struct
 from typing import NamedTuple
 
 from enforcer.kernel import layout
@@ -24,6 +25,13 @@ _SIZES = {
     layout.KIND_DEVICE: ctypes.sizeof(layout.DeviceEvent),
     layout.KIND_ESCALATION: ctypes.sizeof(layout.EscalationEvent),
 }
+
+
+# Network events are nearly all of a flood: decode them with one struct unpack
+# (tests/unit/test_events.py checks this format against the ctypes mirror).
+_NET_EVENT = struct.Struct("<QQIIII16sBB2xIBBHH2x16s")
+assert _NET_EVENT.size == ctypes.sizeof(layout.NetEvent)
+_NET_KINDS = (layout.KIND_CONNECT, layout.KIND_SENDMSG, layout.KIND_SOCKET)
 
 
 class NetDetail(NamedTuple):
@@ -77,6 +85,8 @@ class KernelDenial(NamedTuple):
 
 def decode(raw: bytes) -> KernelDenial:
     kind = raw[_KIND_OFFSET] if len(raw) > _KIND_OFFSET else 0
+    if kind in _NET_KINDS and len(raw) >= _NET_EVENT.size:
+        return _decode_net(raw)
     raw = raw.ljust(_SIZES.get(kind, _HEAD_SIZE), b"\0")
     detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | None = None
     if kind == layout.KIND_EXEC:
@@ -117,3 +127,17 @@ def decode(raw: bytes) -> KernelDenial:
         action=head.action,
         detail=detail,
     )
+
+
+def _decode_net(raw: bytes) -> KernelDenial:
+    (boot_ns, cgroup_id, generation, slot, tgid, tid, comm, kind, action, tag,
+     family, sock_type, port, protocol, addr) = _NET_EVENT.unpack_from(raw)
+    address = ""
+    if kind != layout.KIND_SOCKET:
+        if family == AF_INET:
+            address = socket.inet_ntop(AF_INET, addr[:4])
+        elif family == AF_INET6:
+            address = socket.inet_ntop(AF_INET6, addr)
+    return KernelDenial(boot_ns, cgroup_id, generation, tag, slot, tgid, tid,
+                        comm.split(b"\0", 1)[0].decode("utf-8", "replace"), kind, action,
+                        NetDetail(family, sock_type, port, protocol, address))

@@ -321,12 +321,14 @@ class SandboxGuard:
 
     # ---- events -----------------------------------------------------------
 
-    def open_events(self, on_event: Callable[[bytes], None]) -> None:
+    def open_events(self, on_event: Callable[[bytes], bool]) -> None:
+        """``on_event`` gets each record's bytes and returns whether it wants more
+        in this poll: a producer faster than the consumer would otherwise keep one
+        poll going (and its records piling up in memory) for as long as it lasts."""
         size = layout.MAX_EVENT_SIZE
 
         def callback(_ctx: object, data: int, data_size: int) -> int:
-            on_event(ctypes.string_at(data, min(data_size, size)))
-            return 0
+            return 0 if on_event(ctypes.string_at(data, min(data_size, size))) else -1
 
         self._bpf["events"].open_ring_buffer(callback)
 

@@ -24,7 +24,7 @@ class RingBufferStandIn:
         self.pending: queue.Queue[bytes] = queue.Queue()
         self.callback: Callable[[bytes], None] | None = None
 
-    def open_events(self, on_event: Callable[[bytes], None]) -> None:
+    def open_events(self, on_event: Callable[[bytes], bool]) -> None:
         self.callback = on_event
 
     def poll_events(self, timeout_ms: int) -> None:
