@@ -23,7 +23,7 @@ test-lsm: bootstrap
 	scripts/lsm-vm.sh
 
 check: bootstrap
-	.venv/bin/ruff check enforcer tests bench
+	.venv/bin/ruff check enforcer tests bench examples
 	.venv/bin/mypy enforcer
 
 unit: bootstrap

@@ -58,6 +58,20 @@ def to_wire_policy(policy: PolicyLike) -> pb.Policy:
     return wire.policy_to_proto(parse_policy(policy))
 
 
+def labels_request(sandbox: str, labels: Mapping[str, str] | None, replace: bool,
+                   more: Mapping[str, str]) -> pb.UpdateLabelsRequest:
+    return pb.UpdateLabelsRequest(sandbox=sandbox, labels={**(labels or {}), **more}, replace=replace)
+
+
+def stream_request(sandboxes: builtins.list[str] | tuple[str, ...], labels: Mapping[str, str] | None, follow: bool,
+                   since: int) -> pb.StreamDenialsRequest:
+    return pb.StreamDenialsRequest(sandboxes=list(sandboxes), labels=dict(labels or {}), follow=follow, since=since)
+
+
+def not_ready(address: str, timeout: float) -> EnforcerError:
+    return EnforcerError(grpc.StatusCode.UNAVAILABLE, f"daemon at {address} not ready after {timeout}s")
+
+
 class Enforcer:
     def __init__(self, address: str | None = None, timeout: float = 10.0) -> None:
         self.address = grpc_target(socket_path(address))
@@ -102,8 +116,7 @@ class Enforcer:
                    **more: str) -> pb.AppliedPolicy:
         """Labels for the sandbox's next denials (merged into the current ones
         unless ``replace``); the rules are not re-applied."""
-        request = pb.UpdateLabelsRequest(sandbox=sandbox, labels={**(labels or {}), **more}, replace=replace)
-        return self._call(self._stub.UpdateLabels, request)
+        return self._call(self._stub.UpdateLabels, labels_request(sandbox, labels, replace, more))
 
     def release(self, sandbox: str) -> pb.AppliedPolicy:
         """End an escalation's quarantine or freeze and re-arm its threshold."""
@@ -125,8 +138,7 @@ class Enforcer:
         handled: nothing is repeated or skipped while it is retained, and a
         ``batch.gap`` says how many fell out of retention. Closing the iterator
         (or leaving a for loop) cancels the stream."""
-        request = pb.StreamDenialsRequest(sandboxes=list(sandboxes), labels=dict(labels or {}), follow=follow,
-                                          since=since)
+        request = stream_request(sandboxes, labels, follow, since)
         stream = self._stub.StreamDenials(request, timeout=None if follow else self.timeout)
         try:
             yield from stream
@@ -160,5 +172,5 @@ class Enforcer:
             except EnforcerError:
                 pass
             if time.monotonic() > deadline:
-                raise EnforcerError(grpc.StatusCode.UNAVAILABLE, f"daemon at {self.address} not ready after {timeout}s")
+                raise not_ready(self.address, timeout)
             time.sleep(0.05)

@@ -133,6 +133,8 @@ def test_a_reader_behind_retention_is_told_how_many_it_missed():
         pipeline.stop()
     assert missed == 2
     assert [e.seq for e in events] == [3, 4, 5] and next_cursor == 6
+    pipeline_events, cursor, _ = pipeline.read(3, timeout=0, limit=2)  # batches are bounded
+    assert [e.seq for e in pipeline_events] == [3, 4] and cursor == 5
 
 
 def test_unknown_generation_is_kept_unattributed_not_dropped():

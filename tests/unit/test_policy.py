@@ -89,6 +89,19 @@ def test_defaults():
     assert parse_policy(base(exec={})).exec == ExecPolicy(Verdict.DENY, (), ())
 
 
+def test_escalation_durations_and_round_trip():
+    from enforcer.policy import Escalation, EscalationAction
+    from enforcer.policy.parse import MAX_ESCALATE_AFTER
+
+    for text, seconds in (("500ms", 0.5), ("10s", 10.0), ("2m", 120.0), ("1h", 3600.0), (7, 7.0), (1.5, 1.5)):
+        policy = parse_policy(base(escalate={"after": 20, "within": text, "action": "freeze"}))
+        assert policy.escalate == Escalation(20, seconds, EscalationAction.FREEZE)
+        assert parse_policy(policy_to_document(policy)) == policy
+    from enforcer.kernel import layout
+
+    assert MAX_ESCALATE_AFTER == layout.ESCALATE_MAX
+
+
 def test_exec_path_limit_matches_the_kernel_key():
     from enforcer.kernel import layout
     from enforcer.policy.parse import MAX_EXEC_PATH
@@ -147,6 +160,11 @@ def test_exec_path_limit_matches_the_kernel_key():
         (base(exec={"allow": ["/x"] * 10_001}), "exec.allow", "at most 10000 entries"),
         (base(exec={"run": []}), "exec.run", "unknown field"),
         (base(devices={"gpu": "yes"}), "devices.gpu", "must be one of deny, allow"),
+        (base(escalate=[]), "escalate", "must be an escalation"),
+        (base(escalate={"after": 3, "within": "1s", "action": "kill", "x": 1}), "escalate.x", "unknown field"),
+        (base(escalate={"after": True, "within": "1s", "action": "kill"}), "escalate.after", "whole number"),
+        (base(escalate={"after": 3, "within": "1 day", "action": "kill"}), "escalate.within", "a duration"),
+        (base(escalate={"after": 3, "within": 90_000, "action": "kill"}), "escalate.within", "at most 86400s"),
         (base(devices={"tpu": "allow"}), "devices.tpu", "unknown field"),
     ],
 )

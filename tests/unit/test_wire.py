@@ -17,7 +17,8 @@ def test_round_trip():
     })
     assert wire.policy_from_proto(wire.policy_to_proto(policy)) == policy
     with_exec = parse_policy({"sandbox": "s", "target": {"pid": 42}, "devices": {"gpu": "allow"},
-                              "exec": {"default": "allow", "allow": ["/usr/bin/git"], "deny": ["/usr/bin/ssh", "/tmp/"]}})
+                              "exec": {"default": "allow", "allow": ["/usr/bin/git"], "deny": ["/usr/bin/ssh", "/tmp/"]},
+                              "escalate": {"after": 20, "within": "10s", "action": "quarantine"}})
     assert wire.policy_from_proto(wire.policy_to_proto(with_exec)) == with_exec
     for target in ({"cgroup": "/a/b"}, {"container": "ab" * 32}):
         p = parse_policy({"sandbox": "s", "target": target})
@@ -43,6 +44,7 @@ def test_unspecified_enums_take_documented_defaults():
         (lambda m: setattr(m.network, "default", 9), "network.default"),
         (lambda m: m.exec.allow.append("bin/sh"), "exec.allow[0]"),
         (lambda m: setattr(m.devices, "gpu", 7), "devices.gpu"),
+        (lambda m: setattr(m.escalate, "after", 0), "escalate.after"),
     ],
 )
 def test_bad_wire_fields_are_named_like_file_fields(build, field):
