@@ -24,7 +24,7 @@ say() { echo "lsm-vm: $*" >&2; }
 [ "$(id -u)" = 0 ] || { say "needs root"; exit 1; }
 if [ $# -eq 0 ]; then
     set -- .venv/bin/python -m pytest -q -p no:cacheprovider --require-bpf \
-        tests/e2e/test_exec.py tests/e2e/test_devices.py tests/e2e/test_layout.py
+        tests/e2e/test_exec.py tests/e2e/test_devices.py tests/e2e/test_layout.py tests/e2e/test_trainer.py
 fi
 
 need=()
