@@ -238,3 +238,31 @@ def test_bad_escalations_are_refused_by_field(client, make_cgroup, sandbox_id, e
     with pytest.raises(PolicyError) as refused:
         client.apply(policy(sandbox_id, make_cgroup(), escalate=escalate))
     assert refused.value.field == field
+
+
+def test_a_subscriber_that_stops_reading_slows_no_one(tmp_path, make_cgroup, sandbox_id, probe):
+    """A follower that stops reading (its gRPC flow-control window fills) holds up
+    neither the kernel drain nor another subscriber."""
+    import threading
+
+    proc = DaemonProcess(tmp_path, "--events-per-sec", "0")
+    proc.start()
+    release = threading.Event()
+    try:
+        with proc.client() as enf, proc.client() as stalled:
+            cgroup = make_cgroup()
+            enf.apply(policy(sandbox_id, cgroup))
+
+            def read_one_batch_then_stall() -> None:
+                for _batch in stalled.denials(sandboxes=[sandbox_id], follow=True):
+                    release.wait(60)
+                    return
+
+            threading.Thread(target=read_one_batch_then_stall, daemon=True).start()
+            refuse(probe, cgroup, 20_000)
+            assert wait_for(lambda: sum(len(b.denials) for b in enf.denials(sandboxes=[sandbox_id])) == 20_000,
+                            timeout=30)
+            assert enf.stats(sandbox_id).events_lost == 0
+    finally:
+        release.set()
+        assert proc.stop() == 0
