@@ -12,6 +12,7 @@ import dataclasses
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -21,7 +22,7 @@ from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore,
 from enforcer.kernel import encode, exec_rules, layout
 from enforcer.kernel.events import EscalationDetail, KernelDenial
 from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
-from enforcer.policy import EscalationAction, Mode, Policy, Verdict
+from enforcer.policy import EscalationAction, Mode, Policy, Verdict, parse_labels
 
 ESCALATE_CODES = {
     EscalationAction.QUARANTINE: layout.ESCALATE_QUARANTINE,
@@ -179,11 +180,14 @@ class Enforcement:
         self._remove_locked(record.policy.sandbox)
         log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
 
-    def update_labels(self, sandbox: str, labels: tuple[tuple[str, str], ...]) -> SandboxRecord:
-        """New labels for the sandbox's next denials: a new tag, one map update; the
-        rules are untouched. Events already in flight keep the labels they had."""
+    def update_labels(self, sandbox: str, given: Mapping[str, str], replace: bool = False) -> SandboxRecord:
+        """New labels for the sandbox's next denials (merged into the current ones
+        unless ``replace``): a new tag, one map update; the rules are untouched.
+        Events already in flight keep the labels they had. PolicyError names a bad label."""
         with self._lock:
             record = self._store.get(sandbox)
+            current = {} if replace else record.policy.label_map
+            labels = parse_labels({**current, **given}, "labels")
             tag = self._store.new_tag()
             self._store.note_tag(tag, sandbox, labels)
             self._write_state(record, tag=tag, policy=dataclasses.replace(record.policy, labels=labels))

@@ -15,7 +15,7 @@ from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
 from enforcer.kernel import layout
 from enforcer.kernel.guard import KernelError
-from enforcer.policy import PolicyError, parse_labels
+from enforcer.policy import PolicyError
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 
@@ -96,9 +96,8 @@ class EnforcerService(pb_grpc.EnforcerServicer):
     def UpdateLabels(self, request: pb.UpdateLabelsRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
         self._require_sandbox(request.sandbox, context)
         try:
-            current = {} if request.replace else self._enforcement.store.get(request.sandbox).policy.label_map
-            labels = parse_labels({**current, **dict(request.labels)}, "labels")
-            return applied_to_proto(self._enforcement.update_labels(request.sandbox, labels))
+            return applied_to_proto(self._enforcement.update_labels(request.sandbox, dict(request.labels),
+                                                                    replace=request.replace))
         except PolicyError as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SandboxNotFound as exc:
