@@ -23,7 +23,9 @@ say() { echo "lsm-vm: $*" >&2; }
 
 [ "$(id -u)" = 0 ] || { say "needs root"; exit 1; }
 if [ $# -eq 0 ]; then
-    set -- .venv/bin/python -m pytest -q -p no:cacheprovider --require-bpf \
+    # (the map-capacity test writes 280,000 entries: minutes under emulation, and
+    # nothing in it depends on the kernel's LSM)
+    set -- .venv/bin/python -m pytest -q -p no:cacheprovider --require-bpf -k "not full_exec_maps" \
         tests/e2e/test_exec.py tests/e2e/test_devices.py tests/e2e/test_layout.py tests/e2e/test_trainer.py
 fi
 

@@ -14,7 +14,7 @@ from enforcer.daemon.enforcement import Enforcement
 from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
 from enforcer.kernel import layout
-from enforcer.kernel.guard import KernelError
+from enforcer.kernel.guard import KernelError, MapFull
 from enforcer.policy import PolicyError
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
@@ -69,7 +69,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ApplyConflict as exc:
             self._abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except CapacityExhausted as exc:
+        except (CapacityExhausted, MapFull) as exc:
             self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except KernelError as exc:
             log.error("apply_failed", error=str(exc))

@@ -62,6 +62,19 @@ class KernelError(RuntimeError):
     pass
 
 
+class MapFull(KernelError):
+    """A rule map has no room for a generation's entries (all sandboxes share it)."""
+
+
+def _map_error(name: str, err: int) -> KernelError:
+    if err in (errno.E2BIG, errno.ENOSPC):
+        limit = {layout.MAP_RULES: layout.MAX_PREFIXES, layout.MAP_EXEC_IDS: layout.MAX_EXEC_IDS,
+                 layout.MAP_EXEC_PATHS: layout.MAX_EXEC_PATHS}.get(name)
+        room = f" ({limit:,} entries over all sandboxes)" if limit else ""
+        return MapFull(f"BPF map {name} is full{room}: remove or shrink other policies")
+    return KernelError(f"updating BPF map {name} failed: {os.strerror(err)}")
+
+
 # A map key or value: a ctypes structure from layout.py, or bytes packed by encode.py.
 MapBytes: TypeAlias = "ctypes._CData | bytes"
 
@@ -162,8 +175,7 @@ class SandboxGuard:
 
     def _update(self, name: str, key: MapBytes, value: MapBytes) -> None:
         if self._lib.bpf_update_elem(self._fds[name], _pointer(key), _pointer(value), 0) < 0:
-            err = ctypes.get_errno()
-            raise KernelError(f"updating BPF map {name} failed: {os.strerror(err)}")
+            raise _map_error(name, ctypes.get_errno())
 
     def _delete(self, name: str, key: MapBytes) -> None:
         # A missing key is fine: deletes are idempotent clean-up.
@@ -191,7 +203,7 @@ class SandboxGuard:
                 return
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise KernelError(f"updating BPF map {map_name} failed: {os.strerror(err)}")
+                raise _map_error(map_name, err)
             self._batch_ok = False  # an older kernel: fall through to single updates
         for key, value in entries:
             self._update(map_name, key, value)

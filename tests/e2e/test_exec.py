@@ -356,3 +356,38 @@ def test_status_names_the_exec_enforcement_in_use(client):
     status = client.status()
     assert status.exec_enforcement == ("lsm" if bpf_lsm_available() else "tracepoint")
     assert {195, 226} <= set(status.gpu_majors)
+
+
+def test_full_exec_maps_refuse_the_apply_as_resource_exhausted_and_change_nothing(client, make_cgroup, sandbox_id,
+                                                                                   tmp_path):
+    """exec_paths holds 262,144 entries over all sandboxes: the 14th policy of
+    20,000 entries does not fit. It is refused whole; the others keep working."""
+    from enforcer.client import EnforcerError
+
+    files = tmp_path / "many"
+    files.mkdir()
+    paths = []
+    for i in range(20_000):
+        path = files / f"t{i:05d}"
+        path.touch()
+        paths.append(str(path))
+    applied = []
+    try:
+        with pytest.raises(EnforcerError) as full:
+            for i in range(20):
+                name = f"{sandbox_id[:80]}-{i}"
+                client.apply({"sandbox": name, "target": {"cgroup": str(make_cgroup(f"c{i}"))},
+                              "exec": {"allow": paths[:10_000], "deny": paths[10_000:]}})
+                applied.append(name)
+        assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "exec_" in full.value.details and "is full" in full.value.details
+        assert len(applied) == 13
+        listed = {p.policy.sandbox for p in client.list()}
+        assert set(applied) <= listed and f"{sandbox_id[:80]}-13" not in listed
+        client.remove(applied.pop())  # room again once a policy goes
+        client.apply({"sandbox": f"{sandbox_id[:80]}-13", "target": {"cgroup": str(make_cgroup("retry"))},
+                      "exec": {"allow": paths[:10_000], "deny": paths[10_000:]}})
+        applied.append(f"{sandbox_id[:80]}-13")
+    finally:
+        for name in applied:
+            client.remove(name)
