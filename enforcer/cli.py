@@ -18,7 +18,13 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from enforcer.settings import DEFAULT_SOCKET, SOCKET_ENV
+from enforcer.settings import (
+    DEFAULT_AUDIT_KEEP,
+    DEFAULT_AUDIT_LOG,
+    DEFAULT_AUDIT_MAX_BYTES,
+    DEFAULT_SOCKET,
+    SOCKET_ENV,
+)
 
 # The per-kind counter fields of SandboxStats, in display order.
 STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device")
@@ -103,6 +109,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                 listen=args.listen,
                 events_per_sec=args.events_per_sec,
                 retention=args.retention,
+                audit_log=args.audit_log,
+                audit_max_bytes=args.audit_max_bytes,
+                audit_keep=args.audit_keep,
             )
         )
     except StartupError as exc:
@@ -272,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="denial events reported per sandbox per CPU per second (counters stay exact; 0: no limit)")
     daemon.add_argument("--retention", type=int, default=65536,
                         help="denials kept for subscribers that connect or resume later (default 65536)")
+    daemon.add_argument("--audit-log", default=DEFAULT_AUDIT_LOG,
+                        help=f"JSON-lines audit log of denials, escalations and policy changes (default {DEFAULT_AUDIT_LOG})")
+    daemon.add_argument("--audit-max-bytes", type=int, default=DEFAULT_AUDIT_MAX_BYTES,
+                        help="rotate the audit log when it would grow past this (default 100 MiB)")
+    daemon.add_argument("--audit-keep", type=int, default=DEFAULT_AUDIT_KEEP,
+                        help=f"rotated audit logs kept (default {DEFAULT_AUDIT_KEEP})")
     daemon.add_argument("--print-bpf", action="store_true", help="print the BPF C that would be loaded, and exit")
 
     apply = command("apply", "apply (create or replace) a policy from a YAML/JSON file")

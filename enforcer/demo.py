@@ -222,7 +222,8 @@ def daemon(world: World) -> Iterator[str]:
     socket_path = str(world.tmp / "enforcer.sock")
     log = open(world.tmp / "daemon.log", "wb")  # noqa: SIM115 - closed by the world
     world.undo.append(log.close)
-    world.spawn([sys.executable, "-m", "enforcer.cli", "daemon", "--socket", socket_path], stdout=log, stderr=log)
+    world.spawn([sys.executable, "-m", "enforcer.cli", "daemon", "--socket", socket_path,
+                 "--audit-log", str(world.tmp / "audit.jsonl")], stdout=log, stderr=log)
     from enforcer.client import Enforcer
 
     with Enforcer(socket_path) as enf:

@@ -21,3 +21,8 @@ def grpc_target(address: str) -> str:
     if address.startswith("/") or address.startswith("."):
         return f"unix:{os.path.abspath(address)}"
     return address
+
+# The daemon's audit log (enforcer daemon --audit-log/--audit-max-bytes/--audit-keep).
+DEFAULT_AUDIT_LOG = "/var/log/enforcer/audit.jsonl"
+DEFAULT_AUDIT_MAX_BYTES = 100 * 1024 * 1024
+DEFAULT_AUDIT_KEEP = 10

@@ -1,15 +1,25 @@
-"""structlog set-up: JSON lines, one event per line, with a timestamp and level."""
+"""structlog set-up: JSON lines, one event per line, with a timestamp and level.
+Operational events go to stderr; the audit logger's events go to the audit log."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
+from enforcer.daemon.audit import AUDIT_LOGGER, AuditFile
 
-def configure(stream: TextIO = sys.stderr, level: int = logging.INFO) -> None:
+
+def configure(stream: TextIO = sys.stderr, level: int = logging.INFO, audit: AuditFile | None = None) -> None:
+    operational = structlog.WriteLogger(stream)
+
+    def logger_for(*args: Any) -> Any:
+        if audit is not None and args and args[0] == AUDIT_LOGGER:
+            return audit
+        return operational
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -19,6 +29,6 @@ def configure(stream: TextIO = sys.stderr, level: int = logging.INFO) -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=logger_for,
         cache_logger_on_first_use=True,
     )

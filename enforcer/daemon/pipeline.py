@@ -16,6 +16,7 @@ from typing import Protocol
 
 import structlog
 
+from enforcer.daemon.audit import AUDIT_LOGGER
 from enforcer.daemon.store import PolicyStore
 from enforcer.kernel import layout
 from enforcer.kernel.events import DeviceDetail, EscalationDetail, ExecDetail, KernelDenial, NetDetail, decode
@@ -23,7 +24,7 @@ from enforcer.kernel.guard import SandboxGuard
 from enforcer.v1 import enforcer_pb2 as pb
 
 log = structlog.get_logger("enforcer.pipeline")
-audit = structlog.get_logger("enforcer.audit")
+audit = structlog.get_logger(AUDIT_LOGGER)
 
 _KINDS = {
     layout.KIND_CONNECT: pb.DENIAL_KIND_CONNECT,

@@ -20,11 +20,13 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from enforcer.daemon.audit import AuditFile, AuditLogError
 from enforcer.daemon.enforcement import Enforcement
+from enforcer.daemon.logs import configure
 from enforcer.daemon.pipeline import DenialPipeline
 from enforcer.daemon.service import EnforcerService
 from enforcer.kernel.guard import SandboxGuard, tracefs_ready
-from enforcer.settings import MAX_MESSAGE_BYTES
+from enforcer.settings import DEFAULT_AUDIT_KEEP, DEFAULT_AUDIT_LOG, DEFAULT_AUDIT_MAX_BYTES, MAX_MESSAGE_BYTES
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 
@@ -43,6 +45,9 @@ class DaemonConfig:
     listen: str | None = None       # host:port for TCP, None for Unix socket only
     events_per_sec: int = 2000       # per sandbox per CPU, in the kernel
     retention: int = 65536           # denials kept for new subscribers
+    audit_log: str = DEFAULT_AUDIT_LOG
+    audit_max_bytes: int = DEFAULT_AUDIT_MAX_BYTES
+    audit_keep: int = DEFAULT_AUDIT_KEEP
 
 
 def _claim_socket(path: Path) -> None:
@@ -70,6 +75,11 @@ def run_daemon(config: DaemonConfig) -> int:
         raise StartupError("the daemon must run as root (it loads BPF programs)")
     socket_path = Path(config.socket_path)
     _claim_socket(socket_path)
+    try:
+        audit_log = AuditFile(config.audit_log, config.audit_max_bytes, config.audit_keep)
+    except AuditLogError as exc:
+        raise StartupError(str(exc)) from exc
+    configure(audit=audit_log)
     tracefs_ready()
     guard = SandboxGuard(events_per_sec=config.events_per_sec)
     enforcement = Enforcement(guard)
@@ -89,7 +99,7 @@ def run_daemon(config: DaemonConfig) -> int:
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_EnforcerServicer_to_server(EnforcerService(enforcement, pipeline), server)
+    pb_grpc.add_EnforcerServicer_to_server(EnforcerService(enforcement, pipeline, audit_log), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -120,6 +130,7 @@ def run_daemon(config: DaemonConfig) -> int:
         "daemon_ready",
         socket=str(socket_path),
         listen=config.listen,
+        audit_log=str(audit_log.path),
         pid=os.getpid(),
         startup_seconds=round(time.monotonic() - started, 3),
     )
@@ -133,5 +144,6 @@ def run_daemon(config: DaemonConfig) -> int:
     guard.close()
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
-    log.info("daemon_stopped")
+    log.info("daemon_stopped", audit_records=audit_log.records, audit_write_failures=audit_log.failures)
+    audit_log.close()
     return 0

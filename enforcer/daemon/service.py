@@ -3,6 +3,8 @@ enforcer.policy and enforcer.daemon.enforcement; this only translates."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 
@@ -10,16 +12,18 @@ import grpc
 import structlog
 
 from enforcer import wire
+from enforcer.daemon.audit import AUDIT_LOGGER, AuditFile
 from enforcer.daemon.enforcement import Enforcement
 from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
 from enforcer.kernel import layout
 from enforcer.kernel.guard import KernelError, MapFull
-from enforcer.policy import PolicyError
+from enforcer.policy import Policy, PolicyError, policy_to_document
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("enforcer.service")
+audit = structlog.get_logger(AUDIT_LOGGER)
 
 
 def applied_to_proto(record: SandboxRecord, whole_policy: bool = True) -> pb.AppliedPolicy:
@@ -44,10 +48,17 @@ def _peer(context: grpc.ServicerContext) -> str:
     return str(context.peer())
 
 
+def policy_digest(policy: Policy) -> str:
+    """sha256 of the policy's canonical document: names a version in the audit log."""
+    canonical = json.dumps(policy_to_document(policy), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class EnforcerService(pb_grpc.EnforcerServicer):
-    def __init__(self, enforcement: Enforcement, pipeline: DenialPipeline) -> None:
+    def __init__(self, enforcement: Enforcement, pipeline: DenialPipeline, audit_log: AuditFile | None = None) -> None:
         self._enforcement = enforcement
         self._pipeline = pipeline
+        self._audit_log = audit_log
 
     def _abort(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
         log.info("request_refused", code=code.name, reason=message, peer=_peer(context))
@@ -74,15 +85,21 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         except KernelError as exc:
             log.error("apply_failed", error=str(exc))
             self._abort(context, grpc.StatusCode.INTERNAL, f"kernel refused the policy: {exc}")
-        return pb.ApplyPolicyResponse(applied=applied_to_proto(result.record, whole_policy=False),
-                                      replaced=result.replaced)
+        record = result.record
+        audit.info("policy_applied", sandbox=policy.sandbox, replaced=result.replaced, generation=record.generation,
+                   cgroup=str(record.cgroup.path), mode=policy.mode.value, labels=policy.label_map,
+                   policy_sha256=policy_digest(policy), client=_peer(context))
+        return pb.ApplyPolicyResponse(applied=applied_to_proto(record, whole_policy=False), replaced=result.replaced)
 
     def RemovePolicy(self, request: pb.RemovePolicyRequest, context: grpc.ServicerContext) -> pb.RemovePolicyResponse:
         self._require_sandbox(request.sandbox, context)
         try:
-            self._enforcement.remove(request.sandbox)
+            record = self._enforcement.remove(request.sandbox)
         except SandboxNotFound as exc:
             self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+        audit.info("policy_removed", sandbox=request.sandbox, generation=record.generation,
+                   policy_sha256=policy_digest(record.policy), client=_peer(context))
         return pb.RemovePolicyResponse()
 
     def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
@@ -96,8 +113,10 @@ class EnforcerService(pb_grpc.EnforcerServicer):
     def UpdateLabels(self, request: pb.UpdateLabelsRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
         self._require_sandbox(request.sandbox, context)
         try:
-            return applied_to_proto(self._enforcement.update_labels(request.sandbox, dict(request.labels),
-                                                                    replace=request.replace))
+            record = self._enforcement.update_labels(request.sandbox, dict(request.labels), replace=request.replace)
+            audit.info("labels_updated", sandbox=request.sandbox, labels=record.policy.label_map,
+                       client=_peer(context))
+            return applied_to_proto(record)
         except PolicyError as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SandboxNotFound as exc:
@@ -107,7 +126,9 @@ class EnforcerService(pb_grpc.EnforcerServicer):
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
         self._require_sandbox(request.sandbox, context)
         try:
-            return applied_to_proto(self._enforcement.release(request.sandbox))
+            record = self._enforcement.release(request.sandbox)
+            audit.info("sandbox_released", sandbox=request.sandbox, client=_peer(context))
+            return applied_to_proto(record)
         except SandboxNotFound as exc:
             self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         raise AssertionError("unreachable: abort raises")
@@ -144,6 +165,9 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             gpu_majors=sorted(self._enforcement.gpu_majors),
             sandboxes=len(self._enforcement.store.all()),
             kernel_release=os.uname().release,
+            audit_log=str(self._audit_log.path) if self._audit_log else "",
+            audit_records=self._audit_log.records if self._audit_log else 0,
+            audit_write_failures=self._audit_log.failures if self._audit_log else 0,
         )
 
     def StreamDenials(self, request: pb.StreamDenialsRequest, context: grpc.ServicerContext) -> Iterator[pb.DenialBatch]:

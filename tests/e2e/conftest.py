@@ -96,6 +96,7 @@ class DaemonProcess:
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.socket = str(workdir / "enforcer.sock")
         self.log_path = workdir / "daemon.log"
+        self.audit_path = workdir / "audit.jsonl"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -104,7 +105,8 @@ class DaemonProcess:
 
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enforcer.cli", "daemon", "--socket", self.socket, *self.extra],
+            [sys.executable, "-m", "enforcer.cli", "daemon", "--socket", self.socket,
+             "--audit-log", str(self.audit_path), *self.extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
