@@ -193,6 +193,8 @@ def cmd_status(args: argparse.Namespace, enf: Any) -> int:
     print(f"gpu device majors: {', '.join(str(m) for m in status.gpu_majors)}")
     print(f"sandboxes: {status.sandboxes}")
     print(f"kernel: {status.kernel_release}")
+    print(f"audit log: {status.audit_log} ({status.audit_records} records written, "
+          f"{status.audit_write_failures} failed)")
     return 0
 
 

@@ -96,6 +96,7 @@ def test_status_and_exec_denials_in_human_form(daemon, make_cgroup, sandbox_id, 
     status = cli(daemon, "status", check=True).stdout
     assert ("BPF-LSM" if bpf_lsm_available() else "sched_process_exec tracepoint") in status
     assert "gpu device majors: " in status and "195" in status
+    assert f"audit log: {daemon.audit_path} (" in status and " 0 failed)" in status
     cg = make_cgroup()
     file = write_policy(tmp_path / "p.yaml", {"sandbox": sandbox_id, "target": {"cgroup": str(cg)},
                                               "exec": {"allow": [PY]}})
