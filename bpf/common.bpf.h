@@ -120,7 +120,7 @@ static __always_inline void escalate(struct enf_sandbox *sb, u32 slot, u8 action
         return;  /* another CPU fired it */
     u8 acted = action == ENF_ACTION_REFUSED;
     if (acted && sb->escalate_action == ENF_ESCALATE_QUARANTINE)
-        sb->quarantined = 1;
+        e->quarantined = 1;
     struct enf_escalation_event ev = {};
     fill_head(&ev.head, sb, ENF_KIND_ESCALATION, action);
     ev.count = index + 1;
@@ -129,6 +129,16 @@ static __always_inline void escalate(struct enf_sandbox *sb, u32 slot, u8 action
     ev.escalate_action = sb->escalate_action;
     ev.acted = acted;
     send_event(sb, &ev, sizeof(ev));
+}
+
+/* Only sandboxes with an escalation pay for the lookup. */
+static __always_inline int quarantined(struct enf_sandbox *sb)
+{
+    if (!sb->escalate_after)
+        return 0;
+    u32 slot = sb->slot;
+    struct enf_escalation *e = escalation.lookup(&slot);
+    return e && e->quarantined;
 }
 
 /* Count exactly; 1 if the denial is also to be reported, 0 if it is over the

@@ -78,15 +78,17 @@ struct enf_sandbox {
     __u8  default_verdict;  /* network default, ENF_VERDICT_* */
     __u8  exec_default;     /* ENF_VERDICT_*, or ENF_VERDICT_NONE: exec is not judged */
     __u8  gpu;              /* ENF_VERDICT_*: may GPU device nodes be opened */
-    __u8  quarantined;      /* set by escalation: every network call is refused */
     __u8  escalate_action;  /* ENF_ESCALATE_* */
-    __u8  _pad[2];
+    __u8  _pad[3];
 };
 
-/* escalation: per slot, the times of the last ENF_ESCALATE_MAX denials. */
+/* escalation: per slot, the times of the last ENF_ESCALATE_MAX denials. Written
+ * only by the kernel (and zeroed by the daemon on release or a new sandbox), so
+ * rewriting the sandbox entry (relabel, replace) can never lift a quarantine. */
 struct enf_escalation {
     __u64 count;        /* denials so far (refused or audited) */
     __u64 fired;        /* 0, or the count at which the escalation fired */
+    __u64 quarantined;  /* 1: every network call of the sandbox is refused */
     __u64 times[ENF_ESCALATE_MAX];
 };
 

@@ -52,7 +52,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct enf_lpm_key 
     u8 proto = (u8)ctx->protocol;
     key->generation_be = enf_be32(sb->generation);
     key->family_be = enf_be32((u32)family);
-    if (!sb->quarantined && judge(sb, key, port, proto))
+    if (!quarantined(sb) && judge(sb, key, port, proto))
         return 1;
 
     u8 action = action_of(sb);

@@ -93,10 +93,7 @@ class Enforcement:
             entries = {layout.MAP_RULES: encode.pack_entries(compiled, generation)}
             if compiled_exec is not None:
                 entries.update(exec_rules.pack_exec(compiled_exec, generation))
-            # A new policy does not lift a quarantine (Release does), whether or not
-            # the daemon has seen the kernel set it yet.
-            quarantined = previous is not None and (previous.quarantined or self._guard.kernel_quarantined(cgroup.id))
-            state = _sandbox_state(policy, generation, slot, tag, quarantined)
+            state = _sandbox_state(policy, generation, slot, tag)
             keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
             try:
                 self._guard.write_rules(entries)
@@ -108,9 +105,9 @@ class Enforcement:
                 if previous is None:
                     self._store.release_slot(slot)
                 raise
-            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), quarantined)
+            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns())
             if previous is not None:  # the same slot: its counters, baseline and escalation go on
-                record.frozen = previous.frozen
+                record.quarantined, record.frozen = previous.quarantined, previous.frozen
                 record.escalation_handled = previous.escalation_handled
                 record.counter_base, record.counters_since_ns = previous.counter_base, previous.counters_since_ns
             else:
@@ -190,30 +187,22 @@ class Enforcement:
             labels = parse_labels({**current, **given}, "labels")
             tag = self._store.new_tag()
             self._store.note_tag(tag, sandbox, labels)
-            self._write_state(record, tag=tag, policy=dataclasses.replace(record.policy, labels=labels))
+            policy = dataclasses.replace(record.policy, labels=labels)
+            # The rules stay; a quarantine is not in this entry (the kernel keeps it per slot).
+            self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag))
+            record.policy, record.tag = policy, tag
         log.info("labels_updated", sandbox=sandbox, labels=dict(labels))
         return record
-
-    def _write_state(self, record: SandboxRecord, *, tag: int | None = None, policy: Policy | None = None,
-                     quarantined: bool | None = None) -> None:
-        """Rewrite the sandbox's kernel entry (same rules), then the record to match."""
-        policy = policy or record.policy
-        tag = record.tag if tag is None else tag
-        if quarantined is None:  # keep a quarantine the kernel set that we have not seen yet
-            quarantined = record.quarantined or self._guard.kernel_quarantined(record.cgroup.id)
-        self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag, quarantined))
-        record.policy, record.tag, record.quarantined = policy, tag, quarantined
 
     def release(self, sandbox: str) -> SandboxRecord:
         """Lift an escalation: thaw, end the quarantine, re-arm the threshold."""
         with self._lock:
             record = self._store.get(sandbox)
-            self._guard.reset_escalation(record.slot)
+            self._guard.reset_escalation(record.slot)  # ends a quarantine, re-arms the threshold
             if record.frozen and record.cgroup.still_exists():
                 write_control(record.cgroup, "cgroup.freeze", "0")
-            record.frozen = False
+            record.quarantined = record.frozen = False
             record.escalation_handled = record.escalation_seen_ns = 0
-            self._write_state(record, quarantined=False)
         log.info("sandbox_released", sandbox=sandbox)
         return record
 
@@ -292,13 +281,12 @@ def _verdict(verdict: Verdict) -> int:
     return layout.VERDICT_ALLOW if verdict is Verdict.ALLOW else layout.VERDICT_DENY
 
 
-def _sandbox_state(policy: Policy, generation: int, slot: int, tag: int, quarantined: bool) -> SandboxState:
+def _sandbox_state(policy: Policy, generation: int, slot: int, tag: int) -> SandboxState:
     escalate = policy.escalate
     return SandboxState(
         generation=generation,
         slot=slot,
         tag=tag,
-        quarantined=quarantined,
         escalate_after=escalate.after if escalate else 0,
         escalate_within_ns=round(escalate.within * 1e9) if escalate else 0,
         escalate_action=ESCALATE_CODES[escalate.action] if escalate else 0,

@@ -94,7 +94,6 @@ class SandboxState:
     default_verdict: int  # layout.VERDICT_*, for the network
     exec_default: int = 0  # layout.VERDICT_*, or VERDICT_NONE when exec is not judged
     gpu: int = 0           # layout.VERDICT_*
-    quarantined: bool = False
     escalate_after: int = 0  # 0: no escalation
     escalate_within_ns: int = 0
     escalate_action: int = 0  # layout.ESCALATE_*
@@ -243,17 +242,9 @@ class SandboxGuard:
         """One map update: the sandbox switches to the new generation's rules at once."""
         value = layout.Sandbox(generation=state.generation, slot=state.slot, tag=state.tag, mode=state.mode,
                                default_verdict=state.default_verdict, exec_default=state.exec_default, gpu=state.gpu,
-                               quarantined=int(state.quarantined), escalate_after=state.escalate_after,
+                               escalate_after=state.escalate_after,
                                escalate_within_ns=state.escalate_within_ns, escalate_action=state.escalate_action)
         self._update("sandboxes", ctypes.c_uint64(cgroup.id), value)
-
-    def kernel_quarantined(self, cgroup_id: int) -> bool:
-        """Has the kernel quarantined this sandbox (escalation) since we last wrote it?"""
-        value = layout.Sandbox()
-        if self._lib.bpf_lookup_elem(self._fds["sandboxes"], ctypes.byref(ctypes.c_uint64(cgroup_id)),
-                                     ctypes.byref(value)) < 0:
-            return False
-        return bool(value.quarantined)
 
     def reset_slot(self, slot: int) -> None:
         zero_counters = (layout.Counters * self._ncpus)()

@@ -82,9 +82,8 @@ class Sandbox(ctypes.Structure):
         ("default_verdict", ctypes.c_uint8),
         ("exec_default", ctypes.c_uint8),
         ("gpu", ctypes.c_uint8),
-        ("quarantined", ctypes.c_uint8),
         ("escalate_action", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 2),
+        ("_pad", ctypes.c_uint8 * 3),
     ]
 
 
@@ -92,6 +91,7 @@ class Escalation(ctypes.Structure):
     _fields_ = [
         ("count", ctypes.c_uint64),
         ("fired", ctypes.c_uint64),
+        ("quarantined", ctypes.c_uint64),
         ("times", ctypes.c_uint64 * ESCALATE_MAX),
     ]
 
