@@ -38,6 +38,10 @@ def _print_json(message: Any) -> None:
     print(_json(message), flush=True)
 
 
+def _labels_text(labels: Any) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def format_denial(event: Any) -> str:
     from enforcer.v1 import enforcer_pb2 as pb
     from enforcer.wire import PROTOCOL_NAMES
@@ -62,7 +66,7 @@ def format_denial(event: Any) -> str:
         what = f"{event.device.major}:{event.device.minor} access={event.device.access}"
     else:
         what = f"socket(family={event.socket.family}, type={event.socket.type}, protocol={event.socket.protocol})"
-    labels = ",".join(f"{k}={v}" for k, v in sorted(event.labels.items()))
+    labels = _labels_text(event.labels)
     return (
         f"{when:%Y-%m-%dT%H:%M:%S.%f}Z #{event.seq} {event.sandbox} {action} {kind} {what} "
         f"pid={event.process.pid} comm={event.process.comm}" + (f" labels={labels}" if labels else "")
@@ -94,9 +98,9 @@ def _summary(stats: Any) -> str:
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     if args.print_bpf:
-        from enforcer.kernel.guard import EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT, bpf_lsm_available, print_source
+        from enforcer.kernel.guard import print_source
 
-        print(print_source(EXEC_MODE_LSM if bpf_lsm_available() else EXEC_MODE_TRACEPOINT))
+        print(print_source())
         return 0
     from enforcer.daemon.logs import configure
     from enforcer.daemon.server import DaemonConfig, StartupError, run_daemon
@@ -169,7 +173,7 @@ def cmd_stats(args: argparse.Namespace, enf: Any) -> int:
 
 def cmd_labels(args: argparse.Namespace, enf: Any) -> int:
     applied = enf.set_labels(args.sandbox, _parse_labels(args.pairs), replace=args.replace)
-    labels = ",".join(f"{k}={v}" for k, v in sorted(applied.policy.labels.items()))
+    labels = _labels_text(applied.policy.labels)
     print(f"sandbox {args.sandbox}: labels {labels or '(none)'} for its next denials")
     return 0
 

@@ -43,19 +43,27 @@ def bpf_lsm_available() -> bool:
         return False
 
 
-def compile_flags(exec_mode: str, offsets: dict[str, int] | None = None) -> list[str]:
-    """-D flags: the BTF offsets of internal fields, and the exec mode."""
+def default_exec_mode() -> str:
+    return EXEC_MODE_LSM if bpf_lsm_available() else EXEC_MODE_TRACEPOINT
+
+
+def compile_defines(exec_mode: str, offsets: dict[str, int] | None = None) -> dict[str, str]:
+    """The macros the loader passes: the BTF offsets of internal fields, and the exec mode."""
     offsets = offsets if offsets is not None else btf.exec_offsets()
-    flags = ["-Wno-unused-function"] + [f"-D{name}={value}" for name, value in offsets.items()]
+    defines = {name: str(value) for name, value in offsets.items()}
     if exec_mode == EXEC_MODE_LSM:
-        flags.append("-DENF_EXEC_LSM")
-    return flags
+        defines["ENF_EXEC_LSM"] = "1"
+    return defines
 
 
-def print_source(exec_mode: str) -> str:
+def compile_flags(exec_mode: str, offsets: dict[str, int] | None = None) -> list[str]:
+    return ["-Wno-unused-function"] + [f"-D{name}={value}" for name, value in compile_defines(exec_mode, offsets).items()]
+
+
+def print_source(exec_mode: str | None = None) -> str:
     """What --print-bpf shows: the defines, then the compiled text."""
-    defines = "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in compile_flags(exec_mode) if f.startswith("-D"))
-    return defines + bpf_source()
+    defines = compile_defines(exec_mode or default_exec_mode())
+    return "".join(f"#define {name} {value}\n" for name, value in defines.items()) + bpf_source()
 
 
 class KernelError(RuntimeError):
@@ -130,8 +138,7 @@ class SandboxGuard:
         self._lib = lib
         self._ncpus = len(get_possible_cpus())
         offsets = btf.exec_offsets()
-        if exec_mode is None:
-            exec_mode = EXEC_MODE_LSM if bpf_lsm_available() else EXEC_MODE_TRACEPOINT
+        exec_mode = exec_mode or default_exec_mode()
         source = bpf_source().encode()
         try:
             self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets))
