@@ -12,12 +12,12 @@ import itertools
 import threading
 import time
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from enforcer.daemon.audit import AUDIT_LOGGER
-from enforcer.daemon.store import PolicyStore
+from enforcer.daemon.store import PolicyStore, TagInfo
 from enforcer.kernel import layout
 from enforcer.kernel.events import DeviceDetail, EscalationDetail, ExecDetail, KernelDenial, NetDetail, decode
 from enforcer.kernel.guard import SandboxGuard
@@ -125,82 +125,44 @@ class DenialPipeline:
                     self._publish(lost)
 
     def _publish(self, denials: list[KernelDenial]) -> None:
+        infos = [self._store.tag_info(d.tag) for d in denials]  # once per event, for the stream and the log
         events = []
-        for denial in denials:
+        for denial, info in zip(denials, infos, strict=True):
             if denial.kind == layout.KIND_ESCALATION and self._escalations:
                 try:
                     self._escalations.on_escalation(denial)
                 except Exception:
                     log.exception("escalation_failed")
-            events.append(self._to_proto(denial))
+            events.append(self._to_proto(denial, info))
         with self._cond:
             for event in events:
                 event.seq = self._next_seq
                 self._next_seq += 1
                 self._retained.append(event)
             self._cond.notify_all()
-        for denial, event in zip(denials, events, strict=True):
+        for denial, info, event in zip(denials, infos, events, strict=True):
             detail = denial.detail
             if isinstance(detail, NetDetail) and denial.kind != layout.KIND_SOCKET:
                 # The flood case, from the decoded tuple (reading the proto back costs more).
-                audit.info("denial", seq=event.seq, sandbox=event.sandbox, labels=self._labels_of(denial.tag),
+                audit.info("denial", seq=event.seq, sandbox=event.sandbox, labels=info.label_map if info else {},
                            kind=_KIND_NAMES[denial.kind], action=_ACTION_NAMES.get(denial.action, ""),
                            pid=denial.tgid, comm=denial.comm, address=detail.address, port=detail.port)
             else:
                 audit.info("denial", **_audit_fields(event))
 
-    def _labels_of(self, tag: int) -> dict[str, str]:
-        info = self._store.tag_info(tag)
-        return info.label_map if info else {}
-
-    def _to_proto(self, denial: KernelDenial) -> pb.DenialEvent:
-        info = self._store.tag_info(denial.tag)
-        process = pb.Process(pid=denial.tgid, tid=denial.tid, comm=denial.comm, cgroup_id=denial.cgroup_id)
+    def _to_proto(self, denial: KernelDenial, info: TagInfo | None) -> pb.DenialEvent:
+        # One constructor call per message: about half the cost of setting fields one by one.
         detail = denial.detail
-        if isinstance(detail, NetDetail) and denial.kind != layout.KIND_SOCKET:
-            # The flood case: one constructor call (about half the cost of setting fields).
-            return pb.DenialEvent(
-                sandbox=info.sandbox if info else "",
-                labels=info.label_map if info else None,
-                kind=_KINDS.get(denial.kind, pb.DENIAL_KIND_UNSPECIFIED),
-                action=_ACTIONS.get(denial.action, pb.ACTION_UNSPECIFIED),
-                time_unix_ns=denial.boot_ns + self._offset_ns,
-                process=process,
-                destination=pb.Destination(address=detail.address, port=detail.port,
-                                           protocol=_PROTOCOLS.get(detail.protocol, pb.PROTOCOL_UNSPECIFIED)),
-            )
-        event = pb.DenialEvent(
+        return pb.DenialEvent(
             sandbox=info.sandbox if info else "",
             labels=info.label_map if info else None,
             kind=_KINDS.get(denial.kind, pb.DENIAL_KIND_UNSPECIFIED),
             action=_ACTIONS.get(denial.action, pb.ACTION_UNSPECIFIED),
             time_unix_ns=denial.boot_ns + self._offset_ns,
-            process=process,
+            process=pb.Process(pid=denial.tgid, tid=denial.tid, comm=denial.comm, cgroup_id=denial.cgroup_id,
+                               ppid=detail.ppid if isinstance(detail, ExecDetail) else 0),
+            **_detail_fields(denial.kind, detail),
         )
-        if isinstance(detail, NetDetail):
-            event.socket.family = detail.family
-            event.socket.type = detail.sock_type
-            event.socket.protocol = detail.protocol
-        elif isinstance(detail, ExecDetail):
-            event.process.ppid = detail.ppid
-            event.exec.path = detail.path
-            event.exec.argv.extend(detail.argv)
-            event.exec.argv_truncated = detail.argv_truncated
-            event.exec.reason = _REASONS.get(detail.reason, pb.EXEC_REASON_UNSPECIFIED)
-            event.exec.script = detail.script
-            event.exec.device = detail.dev
-            event.exec.inode = detail.ino
-        elif isinstance(detail, EscalationDetail):
-            event.escalation.action = _ESCALATION_ACTIONS.get(detail.action, pb.ESCALATION_ACTION_UNSPECIFIED)
-            event.escalation.after = detail.after
-            event.escalation.within_seconds = detail.within_ns / 1e9
-            event.escalation.acted = detail.acted
-            event.escalation.denials = detail.fired_at
-        elif isinstance(detail, DeviceDetail):
-            event.device.major = detail.major
-            event.device.minor = detail.minor
-            event.device.access = "".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit)
-        return event
 
     @property
     def next_seq(self) -> int:
@@ -224,6 +186,27 @@ class DenialPipeline:
             stop = min(self._next_seq, start + limit)
             events = list(itertools.islice(self._retained, start - first, stop - first))
             return events, max(stop, cursor), missed
+
+
+def _detail_fields(kind: int, detail: object) -> dict[str, Any]:
+    """The kind-specific part of a DenialEvent, as constructor arguments."""
+    if isinstance(detail, NetDetail):
+        if kind == layout.KIND_SOCKET:
+            return {"socket": pb.SocketInfo(family=detail.family, type=detail.sock_type, protocol=detail.protocol)}
+        return {"destination": pb.Destination(address=detail.address, port=detail.port,
+                                              protocol=_PROTOCOLS.get(detail.protocol, pb.PROTOCOL_UNSPECIFIED))}
+    if isinstance(detail, ExecDetail):
+        return {"exec": pb.ExecInfo(path=detail.path, argv=detail.argv, argv_truncated=detail.argv_truncated,
+                                    reason=_REASONS.get(detail.reason, pb.EXEC_REASON_UNSPECIFIED),
+                                    script=detail.script, device=detail.dev, inode=detail.ino)}
+    if isinstance(detail, EscalationDetail):
+        return {"escalation": pb.EscalationInfo(
+            action=_ESCALATION_ACTIONS.get(detail.action, pb.ESCALATION_ACTION_UNSPECIFIED), after=detail.after,
+            within_seconds=detail.within_ns / 1e9, acted=detail.acted, denials=detail.fired_at)}
+    if isinstance(detail, DeviceDetail):
+        return {"device": pb.DeviceInfo(major=detail.major, minor=detail.minor,
+                                        access="".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit))}
+    return {}
 
 
 def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
