@@ -92,6 +92,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 /* ---- judging the file ------------------------------------------------------ */
 
 struct enf_judgement {
+    const char *filename;  /* bprm->filename: the path as the caller passed it */
     u32 flags;    /* ENF_EXEC_* bits found for the file and its directories */
     u32 dev;
     u64 ino;
@@ -215,6 +216,7 @@ static __always_inline int path_is_plain(struct enf_path_key *key)
 /* The decision for one exec. Returns 1 to allow, 0 to refuse; fills j. */
 static __always_inline int judge_exec(struct enf_sandbox *sb, void *bprm, struct enf_judgement *j, u8 *script)
 {
+    j->filename = read_ptr(bprm, ENF_OFF_BPRM_FILENAME);  /* judged below, and reported */
     void *file = read_ptr(bprm, ENF_OFF_BPRM_FILE);
     if (!file) {
         j->reason = ENF_REASON_UNRESOLVED;
@@ -228,7 +230,7 @@ static __always_inline int judge_exec(struct enf_sandbox *sb, void *bprm, struct
     if (j->reason)
         return 0;
 
-    const char *filename = read_ptr(bprm, ENF_OFF_BPRM_FILENAME);
+    const char *filename = j->filename;
     struct enf_path_key *key = path_key(sb, filename);
     u8 by_name = key ? path_verdict(key) : 0;
     if (by_name == ENF_VERDICT_DENY) {
@@ -275,9 +277,8 @@ static __always_inline void report_exec(struct enf_sandbox *sb, void *bprm, stru
     void *parent = read_ptr(task, ENF_OFF_TASK_REAL_PARENT);
     ev->ppid = 0;
     bpf_probe_read_kernel(&ev->ppid, sizeof(ev->ppid), (char *)parent + ENF_OFF_TASK_TGID);
-    const char *filename = read_ptr(bprm, ENF_OFF_BPRM_FILENAME);
     ev->path[0] = 0;
-    bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), filename);
+    bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), j->filename);
 
     struct enf_exec_args *a = exec_args.lookup(&caller_tid);
     if (a) {
