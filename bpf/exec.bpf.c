@@ -259,8 +259,8 @@ static __always_inline int judge_exec(struct enf_sandbox *sb, void *bprm, struct
     return 0;
 }
 
-static __always_inline void report_exec(struct enf_sandbox *sb, void *bprm, struct enf_judgement *j,
-                                        u8 script, u8 action, u32 caller_tid)
+static __always_inline void report_exec(struct enf_sandbox *sb, struct enf_judgement *j, u8 script, u8 action,
+                                        u32 caller_tid)
 {
     if (!count_denial(sb, ENF_KIND_EXEC, action))
         return;
@@ -312,7 +312,7 @@ LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
         return 0;
     u8 action = action_of(sb);
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    report_exec(sb, bprm, &j, script, action, tid);
+    report_exec(sb, &j, script, action, tid);
     return action == ENF_ACTION_REFUSED ? -ENF_EPERM : 0;
 }
 #else
@@ -331,7 +331,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         u8 action = action_of(sb);
         if (action == ENF_ACTION_REFUSED)
             bpf_send_signal(ENF_SIGKILL);
-        report_exec(sb, bprm, &j, script, action, caller_tid);
+        report_exec(sb, &j, script, action, caller_tid);
     }
     exec_args.delete(&caller_tid);
     return 0;
