@@ -90,7 +90,6 @@ def identity_of(path: str) -> Identity:
 class CompiledExec:
     ids: dict[Identity, int] = field(default_factory=dict)  # identity -> layout.EXEC_* bits
     paths: dict[bytes, int] = field(default_factory=dict)   # entry text (file entries end in NUL) -> verdict
-    loaders: list[str] = field(default_factory=list)        # loader files refused by default
 
 
 def loader_identities(devices: SuperBlocks | None = None) -> dict[Identity, str]:
@@ -164,10 +163,9 @@ def compile_exec(policy: ExecPolicy) -> CompiledExec:
     for text in compiled.paths:
         if _covered_by(text, deny_texts):
             compiled.paths[text] = layout.VERDICT_DENY
-    for identity, path in _loaders.get(devices).items():
+    for identity in _loaders.get(devices):
         if not compiled.ids.get(identity, 0) & layout.EXEC_FILE_ALLOW:
             compiled.ids[identity] = compiled.ids.get(identity, 0) | layout.EXEC_FILE_DENY
-            compiled.loaders.append(path)
     return compiled
 
 
