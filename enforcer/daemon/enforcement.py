@@ -23,6 +23,7 @@ from enforcer.kernel import encode, exec_rules, layout
 from enforcer.kernel.events import EscalationDetail, KernelDenial
 from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
 from enforcer.policy import EscalationAction, Mode, Policy, Verdict, parse_labels
+from enforcer.wire import policy_digest
 
 ESCALATE_CODES = {
     EscalationAction.QUARANTINE: layout.ESCALATE_QUARANTINE,
@@ -77,7 +78,7 @@ class Enforcement:
     def gpu_majors(self) -> list[int]:
         return list(self._guard.gpu_majors)
 
-    def apply(self, policy: Policy) -> ApplyResult:
+    def apply(self, policy: Policy, digest: str = "") -> ApplyResult:
         started = time.perf_counter()
         cgroup = resolve_target(policy.target, self._mount)
         # Both may refuse the policy: before any change.
@@ -105,7 +106,7 @@ class Enforcement:
                 if previous is None:
                     self._store.release_slot(slot)
                 raise
-            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns())
+            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), digest)
             if previous is not None:  # the same slot: its counters, baseline and escalation go on
                 record.quarantined, record.frozen = previous.quarantined, previous.frozen
                 record.escalation_handled = previous.escalation_handled
@@ -190,7 +191,7 @@ class Enforcement:
             policy = dataclasses.replace(record.policy, labels=labels)
             # The rules stay; a quarantine is not in this entry (the kernel keeps it per slot).
             self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag))
-            record.policy, record.tag = policy, tag
+            record.policy, record.tag, record.policy_sha256 = policy, tag, policy_digest(policy)
         log.info("labels_updated", sandbox=sandbox, labels=dict(labels))
         return record
 

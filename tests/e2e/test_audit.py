@@ -27,8 +27,8 @@ def wait_for_denials(enf: Any, sandbox: str, count: int, timeout: float = 30) ->
 
 
 def test_policy_changes_and_denials_are_recorded(daemon, client, make_cgroup, sandbox_id, probe):
-    from enforcer.daemon.service import policy_digest
     from enforcer.policy import parse_policy
+    from enforcer.wire import policy_digest
 
     cgroup = make_cgroup()
     doc = policy(sandbox_id, cgroup)
