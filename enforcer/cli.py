@@ -267,6 +267,36 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
             cgroup.path.parent.rmdir()
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from enforcer import export
+
+    try:
+        selection = export.RecordFilter(
+            since=export.parse_time(args.since, "--since") if args.since else None,
+            until=export.parse_time(args.until, "--until") if args.until else None,
+            sandboxes=set(args.sandbox), kinds=set(args.kind))
+        files = export.log_files(Path(args.audit_log))
+        # Written to a temporary file beside --output and renamed: a failed
+        # export (a torn record) never leaves a file that looks complete.
+        target = Path(args.output) if args.output else None
+        partial = target.with_name(f".{target.name}.partial") if target else None
+        with (open(partial, "w", encoding="utf-8") if partial else contextlib.nullcontext(sys.stdout)) as out:
+            summary = export.export(export.read_records(files), selection, args.format, out)
+        if target and partial:
+            partial.replace(target)
+    except export.ExportError as exc:
+        if args.output:
+            Path(args.output).with_name(f".{Path(args.output).name}.partial").unlink(missing_ok=True)
+        print(f"enforcer: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"enforcer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    note = f"; {summary.not_mappable} policy records have no OCSF class and were left out" if summary.not_mappable else ""
+    print(f"enforcer: exported {summary.written} records from {len(files)} files{note}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="enforcer", description="eBPF network, exec and device policy enforcer for AI-agent sandboxes"
@@ -331,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     denials.add_argument("--since", type=int, default=0, metavar="SEQ", help="start at this sequence number")
     denials.add_argument("--json", action="store_true")
 
+    export = command("export", "audit log records (rotated and .gz files too) as jsonl, OCSF or CSV; reads files only")
+    export.add_argument("--audit-log", default=DEFAULT_AUDIT_LOG, help=f"the audit log (default {DEFAULT_AUDIT_LOG})")
+    export.add_argument("--since", help="from this time: ISO 8601 (UTC unless given) or a duration ago (15m, 2h, 7d)")
+    export.add_argument("--until", help="up to this time, same forms")
+    export.add_argument("--sandbox", action="append", default=[], help="only this sandbox (repeatable)")
+    export.add_argument("--kind", action="append", default=[],
+                        help="only connect|sendmsg|socket|exec|device|escalation|policy (repeatable)")
+    export.add_argument("--format", default="jsonl", choices=("jsonl", "ocsf", "csv"))
+    export.add_argument("--output", "-o", help="write here instead of stdout")
+
     run = command("run", "run a command in a fresh cgroup under a policy")
     run.add_argument("--policy", required=True)
     run.add_argument("--sandbox", help="sandbox id (default: the policy's)")
@@ -356,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command_name == "daemon":
         return cmd_daemon(args)
+    if args.command_name == "export":
+        return cmd_export(args)
     from enforcer.client import Enforcer, EnforcerError
     from enforcer.policy import PolicyError
 

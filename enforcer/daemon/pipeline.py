@@ -62,6 +62,7 @@ _ACTIONS = {layout.ACTION_REFUSED: pb.ACTION_REFUSED, layout.ACTION_AUDITED: pb.
 _KIND_NAMES = {kind: pb.DenialKind.Name(number) for kind, number in _KINDS.items()}
 _ACTION_NAMES = {action: pb.Action.Name(number) for action, number in _ACTIONS.items()}
 _PROTOCOLS = {6: pb.PROTOCOL_TCP, 17: pb.PROTOCOL_UDP}
+_PROTOCOL_NUMBERS = {wire: number for number, wire in _PROTOCOLS.items()}
 
 
 def boot_to_unix_offset_ns() -> int:
@@ -146,7 +147,8 @@ class DenialPipeline:
                 # The flood case, from the decoded tuple (reading the proto back costs more).
                 audit.info("denial", seq=event.seq, sandbox=event.sandbox, labels=info.label_map if info else {},
                            kind=_KIND_NAMES[denial.kind], action=_ACTION_NAMES.get(denial.action, ""),
-                           pid=denial.tgid, comm=denial.comm, address=detail.address, port=detail.port)
+                           pid=denial.tgid, comm=denial.comm, address=detail.address, port=detail.port,
+                           protocol=detail.protocol, time_unix_ns=event.time_unix_ns)
             else:
                 audit.info("denial", **_audit_fields(event))
 
@@ -219,6 +221,7 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
         "action": pb.Action.Name(event.action),
         "pid": event.process.pid,
         "comm": event.process.comm,
+        "time_unix_ns": event.time_unix_ns,
     }
     if event.HasField("exec"):
         fields.update(ppid=event.process.ppid, path=event.exec.path, argv=list(event.exec.argv),
@@ -231,7 +234,8 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
     elif event.HasField("socket"):
         fields.update(family=event.socket.family, type=event.socket.type, protocol=event.socket.protocol)
     else:
-        fields.update(address=event.destination.address, port=event.destination.port)
+        fields.update(address=event.destination.address, port=event.destination.port,
+                      protocol=_PROTOCOL_NUMBERS.get(event.destination.protocol, 0))
     return fields
 
 

@@ -1,16 +1,19 @@
-"""The audit log on disk: what it records, rotation under load losing nothing,
+"""The audit log on disk: what it records, rotation under load losing nothing
+(and exported back whole),
 and a full disk that is reported and counted while enforcement goes on."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import HOST4, DaemonProcess
 from tests.e2e.test_network import policy, sendto
+from tests.unit.test_export import assert_valid_ocsf
 
 
 def records(log: Path) -> list[dict[str, Any]]:
@@ -67,8 +70,26 @@ def test_rotation_under_load_loses_no_record(tmp_path, make_cgroup, sandbox_id, 
     rotated = list(tmp_path.glob("audit.jsonl.*"))
     assert len(rotated) >= 10  # ~230 bytes a record: it rotated many times under load
     assert all(p.stat().st_size <= 200_000 for p in rotated)
-    denials = [r for r in records(proc.audit_path) if r["event"] == "denial"]
+    everything = records(proc.audit_path)
+    denials = [r for r in everything if r["event"] == "denial"]
     assert [r["seq"] for r in denials] == list(range(1, 20_001))
+
+    # Export reads it all back, also after logrotate-style compression of the older files.
+    for old in sorted(rotated, key=lambda p: int(p.suffix[1:]))[len(rotated) // 2:]:
+        subprocess.run(["gzip", str(old)], check=True)
+    exported = export_cli(proc.audit_path)
+    assert [json.loads(line) for line in exported.splitlines()] == everything
+    ocsf = [json.loads(line) for line in export_cli(proc.audit_path, "--format", "ocsf", "--kind", "sendmsg").splitlines()]
+    assert [int(e["metadata"]["uid"]) for e in ocsf] == list(range(1, 20_001))
+    assert {(e["class_uid"], e["disposition"], e["dst_endpoint"]["port"]) for e in ocsf} == {(4001, "Blocked", 9)}
+    for event in ocsf[::500]:
+        assert_valid_ocsf(event)
+
+
+def export_cli(log: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "enforcer.cli", "export", "--audit-log", str(log), *args],
+                          capture_output=True, text=True, check=True)
+    return done.stdout
 
 
 def test_a_full_disk_is_reported_and_counted_and_enforcement_goes_on(tmp_path, make_cgroup, sandbox_id, probe):
