@@ -18,19 +18,68 @@
 #define enf_be16(x) __builtin_bswap16(x)
 #define enf_be32(x) __builtin_bswap32(x)
 
-BPF_HASH(sandboxes, u64, struct enf_sandbox, ENF_MAX_SANDBOXES);
-BPF_ARRAY(config, struct enf_config, 1);
-BPF_PERCPU_ARRAY(counters, struct enf_counters, ENF_MAX_SANDBOXES);
-BPF_PERCPU_ARRAY(rate, struct enf_rate, ENF_MAX_SANDBOXES);
-BPF_PERCPU_ARRAY(globals, u64, ENF_NUM_GLOBALS);
-BPF_RINGBUF_OUTPUT(events, ENF_RINGBUF_PAGES);
+/* State maps are pinned in bpffs under ENF_MAPS_DIR (the loader names a
+ * directory per map layout), so that they, and the enforcement reading them,
+ * outlive the daemon; a restarted daemon compiled with the same layout gets the
+ * same maps back. Without ENF_MAPS_DIR (the layout test) nothing is pinned. */
+#ifdef ENF_MAPS_DIR
+#define ENF_STATE_TABLE(type, key, leaf, name, entries, flags) \
+    BPF_TABLE_PINNED(type, key, leaf, name, entries, ENF_MAPS_DIR "/" #name, flags)
+#define ENF_RINGBUF_SECTION "maps/ringbuf:" ENF_MAPS_DIR "/events"
+#else
+#define ENF_STATE_TABLE(type, key, leaf, name, entries, flags) BPF_F_TABLE(type, key, leaf, name, entries, flags)
+#define ENF_RINGBUF_SECTION "maps/ringbuf"
+#endif
+
+ENF_STATE_TABLE("hash", u64, struct enf_sandbox, sandboxes, ENF_MAX_SANDBOXES, 0);
+ENF_STATE_TABLE("array", u32, struct enf_config, config, 1, 0);
+ENF_STATE_TABLE("percpu_array", u32, struct enf_counters, counters, ENF_MAX_SANDBOXES, 0);
+ENF_STATE_TABLE("percpu_array", u32, struct enf_rate, rate, ENF_MAX_SANDBOXES, 0);
+ENF_STATE_TABLE("percpu_array", u32, u64, globals, ENF_NUM_GLOBALS, 0);
+ENF_STATE_TABLE("array", u32, struct enf_escalation, escalation, ENF_MAX_SANDBOXES, 0);
+
+/* BPF_RINGBUF_OUTPUT, in a section that can carry a pin path. */
+struct events_table_t {
+    int key;
+    u32 leaf;
+    int (*ringbuf_output) (void *, u64, u64);
+    void* (*ringbuf_reserve) (u64);
+    void (*ringbuf_discard) (void *, u64);
+    void (*ringbuf_submit) (void *, u64);
+    u32 max_entries;
+};
+__attribute__((section(ENF_RINGBUF_SECTION)))
+struct events_table_t events = { .max_entries = ENF_RINGBUF_PAGES * PAGE_SIZE };
+
+/* Which loaded build's tracepoint and LSM programs act: each build's carry its
+ * ENF_BUILD, and only the one named in the pinned `active` map does anything.
+ * A restarted daemon attaches its programs beside the old ones, then hands
+ * over with one map write: at every moment one build enforces, never none.
+ * (An exec judged at the very instant of the write can be judged by both: the
+ * old build's program read the map before it, the new one's after.) cgroup
+ * programs do not need this: they are swapped atomically. The map's layout
+ * never changes, so builds of different layouts could hand over too. */
+#ifndef ENF_BUILD
+#define ENF_BUILD 0
+#endif
+#ifdef ENF_ACTIVE_PATH
+BPF_TABLE_PINNED("array", u32, u32, active, 1, ENF_ACTIVE_PATH);
+#else
+BPF_ARRAY(active, u32, 1);
+#endif
+
+static __always_inline int enf_active(void)
+{
+    int zero = 0;
+    u32 *build = active.lookup(&zero);
+    return build && *build == ENF_BUILD;
+}
 /* Never read or written: they exist so the layout test can see the event structs
  * as bcc compiled them (a ring buffer carries no type). */
 BPF_ARRAY(net_event_layout, struct enf_net_event, 1);
 BPF_ARRAY(exec_event_layout, struct enf_exec_event, 1);
 BPF_ARRAY(device_event_layout, struct enf_device_event, 1);
 BPF_ARRAY(escalation_event_layout, struct enf_escalation_event, 1);
-BPF_ARRAY(escalation, struct enf_escalation, ENF_MAX_SANDBOXES);
 
 /* The sandbox whose cgroup is the current task's cgroup or one of its ancestors.
  * Sandboxes never nest (the daemon refuses it), so the first hit is the only one. */

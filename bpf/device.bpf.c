@@ -8,7 +8,7 @@
  * to whatever else decides (other device programs, file permissions).
  */
 
-BPF_ARRAY(gpu_majors, u8, ENF_MAX_MAJOR);
+ENF_STATE_TABLE("array", u32, u8, gpu_majors, ENF_MAX_MAJOR, 0);
 
 #define ENF_DEVCG_DEV_CHAR 2
 

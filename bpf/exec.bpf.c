@@ -20,9 +20,11 @@
 
 #define ENF_EPERM 1
 
-BPF_F_TABLE("hash", struct enf_exec_key, u32, exec_ids, ENF_MAX_EXEC_IDS, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("lpm_trie", struct enf_path_key, u8, exec_paths, ENF_MAX_EXEC_PATHS, BPF_F_NO_PREALLOC);
-BPF_TABLE("lru_hash", u32, struct enf_exec_args, exec_args, 4096);
+ENF_STATE_TABLE("hash", struct enf_exec_key, u32, exec_ids, ENF_MAX_EXEC_IDS, BPF_F_NO_PREALLOC);
+ENF_STATE_TABLE("lpm_trie", struct enf_path_key, u8, exec_paths, ENF_MAX_EXEC_PATHS, BPF_F_NO_PREALLOC);
+/* Shared across builds too: argv captured by one build is found by the other
+ * when a hand-over falls between an execve and its judgement. */
+ENF_STATE_TABLE("lru_hash", u32, struct enf_exec_args, exec_args, 4096, 0);
 BPF_PERCPU_ARRAY(exec_args_scratch, struct enf_exec_args, 1);
 BPF_PERCPU_ARRAY(exec_event_scratch, struct enf_exec_event, 1);
 BPF_PERCPU_ARRAY(path_key_scratch, struct enf_path_key, 1);
@@ -79,12 +81,16 @@ static __always_inline void capture_argv(const char *const *argv)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
+    if (!enf_active())
+        return 0;
     capture_argv((const char *const *)args->argv);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 {
+    if (!enf_active())
+        return 0;
     capture_argv((const char *const *)args->argv);
     return 0;
 }
@@ -303,6 +309,8 @@ struct linux_binprm;
 
 LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 {
+    if (!enf_active())
+        return 0;
     struct enf_sandbox *sb = sandbox_of_task();
     if (!sb || sb->exec_default == ENF_VERDICT_NONE)
         return 0;
@@ -319,6 +327,8 @@ LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 /* args: struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm */
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
+    if (!enf_active())
+        return 0;
     struct enf_sandbox *sb = sandbox_of_task();
     if (!sb || sb->exec_default == ENF_VERDICT_NONE)
         return 0;

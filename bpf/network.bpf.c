@@ -11,7 +11,7 @@
  * Only UAPI structs and helpers: no kernel-internal layout is read here.
  */
 
-BPF_LPM_TRIE(rules, struct enf_lpm_key, struct enf_rule_set, ENF_MAX_PREFIXES);
+ENF_STATE_TABLE("lpm_trie", struct enf_lpm_key, struct enf_rule_set, rules, ENF_MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
 /* 1: allowed by the rules (or the default), 0: refused. */
 static __always_inline int judge(struct enf_sandbox *sb, struct enf_lpm_key *key, u16 port, u8 proto)
@@ -97,6 +97,8 @@ static __always_inline int decide6(struct bpf_sock_addr *ctx, u8 kind)
     return decide(ctx, &key, ENF_AF_INET6, kind);
 }
 
+/* cgroup programs need no enf_active(): a restarted daemon swaps them in
+ * atomically (BPF_F_REPLACE), so each cgroup runs one build's at a time. */
 int enf_connect4(struct bpf_sock_addr *ctx) { return decide4(ctx, ENF_KIND_CONNECT); }
 int enf_connect6(struct bpf_sock_addr *ctx) { return decide6(ctx, ENF_KIND_CONNECT); }
 int enf_sendmsg4(struct bpf_sock_addr *ctx) { return decide4(ctx, ENF_KIND_SENDMSG); }
@@ -142,7 +144,7 @@ int enf_sock_create(struct bpf_sock *sk)
  * it is killed before socket() returns a descriptor. */
 TRACEPOINT_PROBE(syscalls, sys_enter_socket)
 {
-    if (args->family != ENF_AF_PACKET)
+    if (args->family != ENF_AF_PACKET || !enf_active())
         return 0;
     struct enf_sandbox *sb = sandbox_of_task();
     if (!sb)

@@ -23,6 +23,7 @@ from enforcer.settings import (
     DEFAULT_AUDIT_LOG,
     DEFAULT_AUDIT_MAX_BYTES,
     DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
     SOCKET_ENV,
 )
 
@@ -103,21 +104,27 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         print(print_source())
         return 0
     from enforcer.daemon.logs import configure
-    from enforcer.daemon.server import DaemonConfig, StartupError, run_daemon
+    from enforcer.daemon.server import DaemonConfig, StartupError, run_daemon, run_uninstall
 
     configure()
+    config = DaemonConfig(
+        socket_path=args.socket or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
+        listen=args.listen,
+        events_per_sec=args.events_per_sec,
+        retention=args.retention,
+        audit_log=args.audit_log,
+        audit_max_bytes=args.audit_max_bytes,
+        audit_keep=args.audit_keep,
+        state_dir=args.state_dir,
+        pin_dir=args.pin_dir,
+    )
     try:
-        return run_daemon(
-            DaemonConfig(
-                socket_path=args.socket or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
-                listen=args.listen,
-                events_per_sec=args.events_per_sec,
-                retention=args.retention,
-                audit_log=args.audit_log,
-                audit_max_bytes=args.audit_max_bytes,
-                audit_keep=args.audit_keep,
-            )
-        )
+        if args.uninstall:
+            for line in run_uninstall(config):
+                print(f"removed {line}")
+            print("enforcement ended: no sandbox is guarded until a daemon applies policies again")
+            return 0
+        return run_daemon(config)
     except StartupError as exc:
         print(f"enforcer daemon: {exc}", file=sys.stderr)
         return 1
@@ -323,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rotate the audit log when it would grow past this (default 100 MiB)")
     daemon.add_argument("--audit-keep", type=int, default=DEFAULT_AUDIT_KEEP,
                         help=f"rotated audit logs kept (default {DEFAULT_AUDIT_KEEP})")
+    daemon.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                        help=f"applied policies, kept across restarts (default {DEFAULT_STATE_DIR})")
+    daemon.add_argument("--pin-dir", help="bpffs directory of the pinned programs and maps (default <bpffs>/enforcer)")
+    daemon.add_argument("--uninstall", action="store_true",
+                        help="end enforcement: detach and unpin everything daemons left, forget saved policies")
     daemon.add_argument("--print-bpf", action="store_true", help="print the BPF C that would be loaded, and exit")
 
     apply = command("apply", "apply (create or replace) a policy from a YAML/JSON file")

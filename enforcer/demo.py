@@ -222,8 +222,15 @@ def daemon(world: World) -> Iterator[str]:
     socket_path = str(world.tmp / "enforcer.sock")
     log = open(world.tmp / "daemon.log", "wb")  # noqa: SIM115 - closed by the world
     world.undo.append(log.close)
+    # Its own state and pins: the demo ends its enforcement when it is done (the
+    # undo runs after the daemon's stop, which is registered next).
+    from enforcer.kernel.pins import bpffs_root
+
+    dirs = ["--state-dir", str(world.tmp / "state"), "--pin-dir", str(bpffs_root() / f"enforcer-demo-{os.getpid()}")]
+    world.undo.append(lambda: subprocess.run([sys.executable, "-m", "enforcer.cli", "daemon", "--uninstall",
+                                              "--socket", socket_path, *dirs], capture_output=True, timeout=60))
     world.spawn([sys.executable, "-m", "enforcer.cli", "daemon", "--socket", socket_path,
-                 "--audit-log", str(world.tmp / "audit.jsonl")], stdout=log, stderr=log)
+                 "--audit-log", str(world.tmp / "audit.jsonl"), *dirs], stdout=log, stderr=log)
     from enforcer.client import Enforcer
 
     with Enforcer(socket_path) as enf:

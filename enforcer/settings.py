@@ -26,3 +26,8 @@ def grpc_target(address: str) -> str:
 DEFAULT_AUDIT_LOG = "/var/log/enforcer/audit.jsonl"
 DEFAULT_AUDIT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_AUDIT_KEEP = 10
+
+# What outlives the daemon: the policy store on disk, and the pinned BPF state
+# (a directory in the bpffs mount, /sys/fs/bpf on most hosts).
+DEFAULT_STATE_DIR = "/var/lib/enforcer"
+DEFAULT_PIN_NAME = "enforcer"

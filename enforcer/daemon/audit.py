@@ -11,6 +11,7 @@ counters never depend on the log.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from enforcer.settings import DEFAULT_AUDIT_KEEP, DEFAULT_AUDIT_MAX_BYTES
 
 AUDIT_LOGGER = "enforcer.audit"
 REPORT_EVERY = 1000  # after the first failed write, report every this many
+RESUME_SCAN_BYTES = 1 << 20
 
 log = structlog.get_logger("enforcer.daemon")
 
@@ -58,6 +60,34 @@ class AuditFile:
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._size = os.fstat(self._fd).st_size
+
+    def resume_point(self) -> tuple[int, int]:
+        """(last seq, last ring position) recorded, from the end of the newest
+        file that has a denial: where a restarted daemon carries on."""
+        for path in (self.path, self.rotated(1)):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, os.fstat(f.fileno()).st_size - RESUME_SCAN_BYTES))
+                    tail = f.read()
+            except OSError:
+                continue
+            seq, ring_pos = 0, -1
+            for line in reversed(tail.splitlines()):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # the first line of the scan can be cut
+                if not isinstance(record, dict):
+                    continue
+                if not seq and isinstance(record.get("seq"), int):
+                    seq = record["seq"]
+                if ring_pos < 0 and isinstance(record.get("ring_pos"), int) and record["ring_pos"] >= 0:
+                    ring_pos = record["ring_pos"]
+                if seq and ring_pos >= 0:
+                    break
+            if seq:
+                return seq, ring_pos
+        return 0, -1
 
     def rotated(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index}")

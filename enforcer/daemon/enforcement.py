@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target, write_control
+from enforcer.daemon.state import SavedSandbox, StateDir
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
 from enforcer.kernel import encode, exec_rules, layout
 from enforcer.kernel.events import EscalationDetail, KernelDenial
@@ -44,8 +45,9 @@ class ApplyResult:
 
 
 class Enforcement:
-    def __init__(self, guard: SandboxGuard) -> None:
+    def __init__(self, guard: SandboxGuard, state: StateDir | None = None) -> None:
         self._guard = guard
+        self._state = state
         self._store = PolicyStore(layout.MAX_SANDBOXES)
         self._lock = threading.Lock()
         self._mount = cgroup2_mount()
@@ -78,9 +80,10 @@ class Enforcement:
     def gpu_majors(self) -> list[int]:
         return list(self._guard.gpu_majors)
 
-    def apply(self, policy: Policy, digest: str = "") -> ApplyResult:
+    def apply(self, policy: Policy, digest: str = "", cgroup: Cgroup | None = None) -> ApplyResult:
+        """``cgroup``: already resolved (a restored sandbox keeps its cgroup)."""
         started = time.perf_counter()
-        cgroup = resolve_target(policy.target, self._mount)
+        cgroup = cgroup or resolve_target(policy.target, self._mount)
         # Both may refuse the policy: before any change.
         compiled = encode.compile_prefixes(policy.network)
         compiled_exec = exec_rules.compile_exec(policy.exec) if policy.exec is not None else None
@@ -96,7 +99,16 @@ class Enforcement:
                 entries.update(exec_rules.pack_exec(compiled_exec, generation))
             state = _sandbox_state(policy, generation, slot, tag)
             keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
+            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), digest)
+            if previous is not None:  # the same slot: its counters, baseline and escalation go on
+                record.quarantined, record.frozen = previous.quarantined, previous.frozen
+                record.escalation_handled = previous.escalation_handled
+                record.counter_base, record.counters_since_ns = previous.counter_base, previous.counters_since_ns
+            else:
+                record.counters_since_ns = record.applied_unix_ns
             try:
+                # On disk before the kernel: a daemon killed after the switch still knows it.
+                self._save(record)
                 self._guard.write_rules(entries)
                 if previous is None:
                     self._guard.reset_slot(slot)
@@ -105,14 +117,8 @@ class Enforcement:
                 self._guard.delete_rules(keys)
                 if previous is None:
                     self._store.release_slot(slot)
+                self._unsave(policy.sandbox, previous)
                 raise
-            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), digest)
-            if previous is not None:  # the same slot: its counters, baseline and escalation go on
-                record.quarantined, record.frozen = previous.quarantined, previous.frozen
-                record.escalation_handled = previous.escalation_handled
-                record.counter_base, record.counters_since_ns = previous.counter_base, previous.counters_since_ns
-            else:
-                record.counters_since_ns = record.applied_unix_ns
             self._store.put(record)
             if previous is None:
                 try:
@@ -122,6 +128,7 @@ class Enforcement:
                     self._guard.unguard(cgroup.id)
                     self._guard.delete_rules(keys)
                     self._store.release_slot(slot)
+                    self._unsave(policy.sandbox, None)
                     raise
             else:
                 self._retired.put(previous.rule_keys)  # unreachable from now on; freed off the request path
@@ -149,7 +156,22 @@ class Enforcement:
         self._guard.unguard(record.cgroup.id)
         self._guard.delete_rules(record.rule_keys)
         self._store.release_slot(record.slot)
+        if self._state:  # after the kernel: killed in between, the next daemon guards it again (fail closed)
+            self._state.delete(sandbox)
         return record
+
+    def _save(self, record: SandboxRecord) -> None:
+        if self._state:
+            self._state.save(record)
+
+    def _unsave(self, sandbox: str, previous: SandboxRecord | None) -> None:
+        """Put the file back as it was before a failed apply."""
+        if not self._state:
+            return
+        if previous is None:
+            self._state.delete(sandbox)
+        else:
+            self._state.save(previous)
 
     # A sandbox whose cgroup was removed (its container ended) guards nothing any
     # more. It is dropped when it stands in the way of an apply (its id, its
@@ -192,6 +214,7 @@ class Enforcement:
             # The rules stay; a quarantine is not in this entry (the kernel keeps it per slot).
             self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag))
             record.policy, record.tag, record.policy_sha256 = policy, tag, policy_digest(policy)
+            self._save(record)
         log.info("labels_updated", sandbox=sandbox, labels=dict(labels))
         return record
 
@@ -204,6 +227,7 @@ class Enforcement:
                 write_control(record.cgroup, "cgroup.freeze", "0")
             record.quarantined = record.frozen = False
             record.escalation_handled = record.escalation_seen_ns = 0
+            self._save(record)
         log.info("sandbox_released", sandbox=sandbox)
         return record
 
@@ -257,6 +281,7 @@ class Enforcement:
                 record.frozen = True
             elif action is EscalationAction.KILL:
                 write_control(record.cgroup, "cgroup.kill", "1")
+        self._save(record)
         log.warning("escalation", sandbox=record.policy.sandbox, action=action.value if action else None,
                     acted=detail.acted, denials=detail.fired_at)
 
@@ -270,7 +295,55 @@ class Enforcement:
             counts, since = totals.minus(record.counter_base), record.counters_since_ns
             if reset:
                 record.counter_base, record.counters_since_ns = totals, now_ns()
+                self._save(record)
             return counts, since
+
+    def restore(self, saved: list[SavedSandbox]) -> None:
+        """Take over from an earlier daemon: the saved sandboxes, checked
+        against the sandbox entries in the adopted maps. Where they agree the
+        entry is adopted as it is (no map write); where an apply or a relabel
+        was cut short, the saved policy is applied again (one atomic switch);
+        either way this build's programs are attached beside the old ones before
+        any of it, so the sandbox is never unguarded. Rule entries of no live
+        generation (an apply cut short) are deleted."""
+        kernel = self._guard.kernel_sandboxes() if self._guard.adopted else {}
+        reapply = []
+        with self._lock:
+            for entry in saved:
+                record = entry.record
+                if not record.cgroup.still_exists():
+                    log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
+                    self._guard.forget_sandbox(record.cgroup.id)
+                    kernel.pop(record.cgroup.id, None)
+                    if self._state:
+                        self._state.delete(record.policy.sandbox)
+                    continue
+                found = kernel.pop(record.cgroup.id, None)
+                if found != (record.generation, record.slot, record.tag):
+                    reapply.append(record)
+                if found is not None:
+                    generation, slot, tag = found
+                    self._store.adopt(record, generation, slot, tag)
+                    self._guard.guard(record.cgroup)
+            for cgroup_id in kernel:  # the state directory does not know it: lost or edited by hand
+                log.error("unknown_sandbox_entry_removed", cgroup_id=cgroup_id)
+                self._guard.forget_sandbox(cgroup_id)
+            owners = {r.generation: r for r in self._store.all()}
+            for generation, keys in self._guard.rule_keys_by_generation().items():
+                if generation in owners:
+                    owners[generation].rule_keys = keys
+                else:
+                    self._guard.delete_rules(keys)
+        for record in reapply:
+            try:
+                self.apply(record.policy, record.policy_sha256, cgroup=record.cgroup)
+            except Exception as exc:
+                log.error("sandbox_restore_failed", sandbox=record.policy.sandbox, error=str(exc),
+                          guarded=self._store.find(record.policy.sandbox) is not None)
+                continue
+            log.warning("sandbox_reapplied", sandbox=record.policy.sandbox,
+                        why="the kernel's entry differs from the saved policy (a change was cut short)")
+        log.info("state_restored", sandboxes=len(self._store.all()), reapplied=len(reapply))
 
     def remove_all(self) -> None:
         for record in self._store.all():

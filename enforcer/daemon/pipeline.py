@@ -1,9 +1,10 @@
-"""Kernel events out: ring buffer -> decoded denials -> retained, sequenced
-stream that any number of subscribers read at their own pace.
+"""Kernel events out: ring buffer -> decoded denials -> audit log and a
+retained, sequenced stream that any number of subscribers read at their own pace.
 
-The ring buffer callback only copies bytes; decoding happens in batches after
-each poll (bcc's per-event callback is the expensive part). Subscribers never
-block the drain: each keeps its own cursor into a bounded retention buffer.
+Records are taken from the ring buffer in batches and given back to the kernel
+only once they are in the audit log (enforcer.kernel.ringbuf): a daemon killed
+at any point leaves what it had not written down to the next one. Subscribers
+never block the drain: each keeps its own cursor into a bounded retention buffer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from enforcer.daemon.audit import AUDIT_LOGGER
 from enforcer.daemon.store import PolicyStore, TagInfo
 from enforcer.kernel import layout
 from enforcer.kernel.events import DeviceDetail, EscalationDetail, ExecDetail, KernelDenial, NetDetail, decode
-from enforcer.kernel.guard import SandboxGuard
+from enforcer.kernel.ringbuf import RingRecord
 from enforcer.v1 import enforcer_pb2 as pb
 
 log = structlog.get_logger("enforcer.pipeline")
@@ -44,6 +45,12 @@ ESCALATION_POLL_S = 0.25
 # latency when the kernel produces faster than the daemon can publish (the
 # excess is counted by the kernel as lost, never silently dropped).
 MAX_BATCH = 4096
+
+
+class EventSource(Protocol):
+    def read(self, limit: int) -> list[RingRecord]: ...
+    def commit(self) -> None: ...
+    def wait(self, timeout_ms: int) -> None: ...
 
 
 class EscalationHandler(Protocol):
@@ -70,27 +77,25 @@ def boot_to_unix_offset_ns() -> int:
 
 
 class DenialPipeline:
-    def __init__(self, guard: SandboxGuard, store: PolicyStore, retention: int = 65536,
-                 escalations: EscalationHandler | None = None) -> None:
-        self._guard = guard
+    def __init__(self, source: EventSource, store: PolicyStore, retention: int = 65536,
+                 escalations: EscalationHandler | None = None, next_seq: int = 1,
+                 recorded_through: int = -1) -> None:
+        """``next_seq`` and ``recorded_through`` (the last ring position in the
+        audit log) carry on from an earlier daemon's audit log."""
+        self._source = source
         self._escalations = escalations
         self._last_escalation_poll = 0.0
         self._store = store
-        self._pending: list[bytes] = []
+        self._recorded_through = recorded_through
         self._retained: deque[pb.DenialEvent] = deque(maxlen=retention)
-        self._next_seq = 1
+        self._next_seq = next_seq
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="denial-drain", daemon=True)
         self._offset_ns = boot_to_unix_offset_ns()
 
     def start(self) -> None:
-        self._guard.open_events(self._take)
         self._thread.start()
-
-    def _take(self, raw: bytes) -> bool:
-        self._pending.append(raw)
-        return len(self._pending) < MAX_BATCH
 
     def stop(self) -> None:
         self._stopping.set()
@@ -105,16 +110,19 @@ class DenialPipeline:
     def _drain(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._guard.poll_events(100)
+                records = self._source.read(MAX_BATCH)
+                if records:
+                    if records[0].position <= self._recorded_through:
+                        # An earlier daemon wrote these down and was stopped before giving them back.
+                        records = [r for r in records if r.position > self._recorded_through]
+                    self._publish([decode(r.data) for r in records], [r.position for r in records])
+                    self._source.commit()
+                else:
+                    self._source.wait(100)
             except Exception:
-                log.exception("ring_buffer_poll_failed")
+                log.exception("ring_buffer_read_failed")
                 time.sleep(0.1)
                 continue
-            if self._pending:
-                # The callback holds this list's append; it runs on this thread only.
-                batch = list(self._pending)
-                self._pending.clear()
-                self._publish([decode(raw) for raw in batch])
             if self._escalations and time.monotonic() - self._last_escalation_poll >= ESCALATION_POLL_S:
                 self._last_escalation_poll = time.monotonic()
                 try:
@@ -125,8 +133,8 @@ class DenialPipeline:
                 if lost:
                     self._publish(lost)
 
-    def _publish(self, denials: list[KernelDenial]) -> None:
-        infos = [self._store.tag_info(d.tag) for d in denials]  # once per event, for the stream and the log
+    def _publish(self, denials: list[KernelDenial], positions: list[int] | None = None) -> None:
+        infos = [self._store.tag_info(d.tag, d.slot) for d in denials]  # once per event, for the stream and the log
         events = []
         for denial, info in zip(denials, infos, strict=True):
             if denial.kind == layout.KIND_ESCALATION and self._escalations:
@@ -135,22 +143,25 @@ class DenialPipeline:
                 except Exception:
                     log.exception("escalation_failed")
             events.append(self._to_proto(denial, info))
-        with self._cond:
-            for event in events:
-                event.seq = self._next_seq
-                self._next_seq += 1
-                self._retained.append(event)
-            self._cond.notify_all()
-        for denial, info, event in zip(denials, infos, events, strict=True):
+        # Only this thread assigns sequence numbers. The audit log gets the batch
+        # first: an event a subscriber sees is already recorded.
+        for seq, event in enumerate(events, self._next_seq):
+            event.seq = seq
+        for denial, info, event, position in zip(denials, infos, events, positions or [-1] * len(events),
+                                                 strict=True):
             detail = denial.detail
             if isinstance(detail, NetDetail) and denial.kind != layout.KIND_SOCKET:
                 # The flood case, from the decoded tuple (reading the proto back costs more).
                 audit.info("denial", seq=event.seq, sandbox=event.sandbox, labels=info.label_map if info else {},
                            kind=_KIND_NAMES[denial.kind], action=_ACTION_NAMES.get(denial.action, ""),
                            pid=denial.tgid, comm=denial.comm, address=detail.address, port=detail.port,
-                           protocol=detail.protocol, time_unix_ns=event.time_unix_ns)
+                           protocol=detail.protocol, time_unix_ns=event.time_unix_ns, ring_pos=position)
             else:
-                audit.info("denial", **_audit_fields(event))
+                audit.info("denial", **_audit_fields(event), ring_pos=position)
+        with self._cond:
+            self._retained.extend(events)
+            self._next_seq += len(events)
+            self._cond.notify_all()
 
     def _to_proto(self, denial: KernelDenial, info: TagInfo | None) -> pb.DenialEvent:
         # One constructor call per message: about half the cost of setting fields one by one.

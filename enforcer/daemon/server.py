@@ -25,8 +25,17 @@ from enforcer.daemon.enforcement import Enforcement
 from enforcer.daemon.logs import configure
 from enforcer.daemon.pipeline import DenialPipeline
 from enforcer.daemon.service import EnforcerService
-from enforcer.kernel.guard import SandboxGuard, tracefs_ready
-from enforcer.settings import DEFAULT_AUDIT_KEEP, DEFAULT_AUDIT_LOG, DEFAULT_AUDIT_MAX_BYTES, MAX_MESSAGE_BYTES
+from enforcer.daemon.state import StateDir, StateError
+from enforcer.kernel.guard import KernelError, SandboxGuard, tracefs_ready, uninstall
+from enforcer.kernel.pins import PinError, bpffs_root
+from enforcer.settings import (
+    DEFAULT_AUDIT_KEEP,
+    DEFAULT_AUDIT_LOG,
+    DEFAULT_AUDIT_MAX_BYTES,
+    DEFAULT_PIN_NAME,
+    DEFAULT_STATE_DIR,
+    MAX_MESSAGE_BYTES,
+)
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 
@@ -48,6 +57,8 @@ class DaemonConfig:
     audit_log: str = DEFAULT_AUDIT_LOG
     audit_max_bytes: int = DEFAULT_AUDIT_MAX_BYTES
     audit_keep: int = DEFAULT_AUDIT_KEEP
+    state_dir: str = DEFAULT_STATE_DIR
+    pin_dir: str | None = None       # default: <bpffs mount>/enforcer
 
 
 def _claim_socket(path: Path) -> None:
@@ -69,6 +80,42 @@ def _claim_socket(path: Path) -> None:
     raise StartupError(f"another daemon is already serving on {path}")
 
 
+def pin_root(config: DaemonConfig) -> Path:
+    return Path(config.pin_dir) if config.pin_dir else bpffs_root() / DEFAULT_PIN_NAME
+
+
+def run_uninstall(config: DaemonConfig) -> list[str]:
+    """End enforcement: detach and unpin what daemons left, forget the saved
+    policies. Refused while a daemon serves (it would re-create them)."""
+    if os.geteuid() != 0:
+        raise StartupError("--uninstall must run as root")
+    socket_path = Path(config.socket_path)
+    if socket_path.exists():
+        _claim_socket(socket_path)  # refuses if a daemon answers there
+    state = StateDir(Path(config.state_dir))
+    try:
+        cgroups = [entry.record.cgroup.path for entry in state.load()]
+    except StateError as exc:
+        log.warning("state_unreadable", error=str(exc))
+        cgroups = [Path(p["cgroup_path"]) for p in _cgroup_paths_best_effort(state)]
+    removed = uninstall(pin_root(config), cgroups)
+    for path in state.sandboxes.glob("*.json"):
+        path.unlink()
+    return [*removed, f"{len(cgroups)} saved sandboxes"]
+
+
+def _cgroup_paths_best_effort(state: StateDir) -> list[dict[str, str]]:
+    import json
+
+    found = []
+    for path in state.sandboxes.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads(path.read_text())
+            if isinstance(doc, dict) and isinstance(doc.get("cgroup_path"), str):
+                found.append(doc)
+    return found
+
+
 def run_daemon(config: DaemonConfig) -> int:
     started = time.monotonic()
     if os.geteuid() != 0:
@@ -81,10 +128,24 @@ def run_daemon(config: DaemonConfig) -> int:
         raise StartupError(str(exc)) from exc
     configure(audit=audit_log)
     tracefs_ready()
-    guard = SandboxGuard(events_per_sec=config.events_per_sec)
-    enforcement = Enforcement(guard)
-    pipeline = DenialPipeline(guard, enforcement.store, retention=config.retention, escalations=enforcement)
+    try:
+        state = StateDir(Path(config.state_dir))
+        saved = state.load()
+        guard = SandboxGuard(pin_root(config), events_per_sec=config.events_per_sec)
+    except (StateError, KernelError, PinError) as exc:
+        raise StartupError(str(exc)) from exc
+    enforcement = Enforcement(guard, state)
+    last_seq, last_ring_pos = audit_log.resume_point()
+    # The ring buffer is the adopted one: whatever the old build reported while no
+    # daemon ran is in it, drained once the restored store can name its sandboxes.
+    pipeline = DenialPipeline(guard.events_ring(), enforcement.store, retention=config.retention,
+                              escalations=enforcement, next_seq=last_seq + 1,
+                              recorded_through=last_ring_pos if guard.adopted else -1)
+    enforcement.restore(saved)
     pipeline.start()
+    guard.activate()
+    log.info("enforcement_taken_over" if guard.adopted else "enforcement_started", build=f"{guard.build:08x}",
+             layout=guard.layout, sandboxes=len(enforcement.store.all()), next_seq=last_seq + 1)
     # Everything loaded so far lives as long as the daemon: keep it out of the
     # collector, and collect less often, so a large apply is not stalled by a
     # full collection (measured: p99 of a 1,000-rule apply 45 ms -> 16 ms).
@@ -139,8 +200,9 @@ def run_daemon(config: DaemonConfig) -> int:
     health_servicer.enter_graceful_shutdown()
     pipeline.stop()
     server.stop(grace=1).wait()
-    # Until restart safety lands (pinned programs), enforcement ends with the daemon.
-    enforcement.remove_all()
+    enforcement.flush_retired()
+    # The programs stay attached and pinned: enforcement holds until the next
+    # daemon takes over (or `enforcer daemon --uninstall`).
     guard.close()
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()

@@ -137,6 +137,15 @@ class PolicyStore:
         while len(self._tags) > RETIRED_TAGS_KEPT + len(self._records):
             self._tags.popitem(last=False)
 
+    def adopt(self, record: SandboxRecord, generation: int, slot: int, tag: int) -> None:
+        """A sandbox an earlier daemon left in the kernel, under the ids the kernel has."""
+        record.generation, record.slot, record.tag = generation, slot, tag
+        self._free_slots.remove(slot)
+        self._next_generation = max(self._next_generation, _next_u32(generation))
+        self._next_tag = max(self._next_tag, _next_u32(tag))
+        self.note_tag(tag, record.policy.sandbox, record.policy.labels)
+        self._records[record.policy.sandbox] = record
+
     def pop(self, sandbox: str) -> SandboxRecord:
         record = self.get(sandbox)
         del self._records[sandbox]
@@ -145,8 +154,16 @@ class PolicyStore:
     def by_slot(self, slot: int) -> SandboxRecord | None:
         return next((r for r in self._records.values() if r.slot == slot), None)
 
-    def tag_info(self, tag: int) -> TagInfo | None:
-        return self._tags.get(tag)
+    def tag_info(self, tag: int, slot: int = -1) -> TagInfo | None:
+        """Whom a tag's events belong to. A tag from before a restart that is no
+        longer known (labels replaced, then the daemon restarted before the
+        event was drained) falls back to the sandbox now in the event's slot."""
+        info = self._tags.get(tag)
+        if info is None and slot >= 0:
+            record = self.by_slot(slot)
+            if record is not None:
+                info = self._tags.get(record.tag)
+        return info
 
 
 def _next_u32(value: int) -> int:

@@ -10,15 +10,26 @@ import errno
 import os
 import re
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
 from enforcer.cgroupfs import Cgroup
 from enforcer.kernel import btf, devices, layout
+from enforcer.kernel.pins import PinDir, layout_id, tracepoint_id
+from enforcer.kernel.ringbuf import EventRing
 
-BPF_F_ALLOW_MULTI = 2
+# UAPI numbers (stable): bpf_prog_type and bpf_attach_type of the cgroup programs.
+_PROG_CGROUP_SOCK, _PROG_CGROUP_DEVICE, _PROG_CGROUP_SOCK_ADDR = 9, 15, 18
+CGROUP_PROGRAMS = {  # name -> (program type, attach type)
+    "enf_connect4": (_PROG_CGROUP_SOCK_ADDR, 10),
+    "enf_connect6": (_PROG_CGROUP_SOCK_ADDR, 11),
+    "enf_sendmsg4": (_PROG_CGROUP_SOCK_ADDR, 14),
+    "enf_sendmsg6": (_PROG_CGROUP_SOCK_ADDR, 15),
+    "enf_sock_create": (_PROG_CGROUP_SOCK, 2),
+    "enf_device": (_PROG_CGROUP_DEVICE, 6),
+}
+ATTACH_TYPES = {name: attach for name, (_, attach) in CGROUP_PROGRAMS.items()}
 SOURCE = layout.BPF_DIR / "enforcer.bpf.c"
 LSM_LIST = Path("/sys/kernel/security/lsm")
 
@@ -47,17 +58,21 @@ def default_exec_mode() -> str:
     return EXEC_MODE_LSM if bpf_lsm_available() else EXEC_MODE_TRACEPOINT
 
 
-def compile_defines(exec_mode: str, offsets: dict[str, int] | None = None) -> dict[str, str]:
-    """The macros the loader passes: the BTF offsets of internal fields, and the exec mode."""
+def compile_defines(exec_mode: str, offsets: dict[str, int] | None = None,
+                    extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The macros the loader passes: the BTF offsets of internal fields, the exec
+    mode, and (``extra``) where the maps are pinned and which build this is."""
     offsets = offsets if offsets is not None else btf.exec_offsets()
     defines = {name: str(value) for name, value in offsets.items()}
     if exec_mode == EXEC_MODE_LSM:
         defines["ENF_EXEC_LSM"] = "1"
-    return defines
+    return {**defines, **(extra or {})}
 
 
-def compile_flags(exec_mode: str, offsets: dict[str, int] | None = None) -> list[str]:
-    return ["-Wno-unused-function"] + [f"-D{name}={value}" for name, value in compile_defines(exec_mode, offsets).items()]
+def compile_flags(exec_mode: str, offsets: dict[str, int] | None = None,
+                  extra: dict[str, str] | None = None) -> list[str]:
+    return ["-Wno-unused-function"] + [f"-D{name}={value}"
+                                       for name, value in compile_defines(exec_mode, offsets, extra).items()]
 
 
 def print_source(exec_mode: str | None = None) -> str:
@@ -68,6 +83,10 @@ def print_source(exec_mode: str | None = None) -> str:
 
 class KernelError(RuntimeError):
     pass
+
+
+class LayoutChanged(KernelError):
+    """Pinned maps of another layout are in use: this build cannot adopt them."""
 
 
 class MapFull(KernelError):
@@ -130,52 +149,98 @@ class SandboxGuard:
     """Owns the compiled BPF object. Not thread-safe: the daemon serialises map
     writes; the event poller only reads the ring buffer."""
 
-    def __init__(self, events_per_sec: int = 2000, exec_mode: str | None = None) -> None:
-        from bcc import BPF, BPFAttachType, BPFProgType
+    def __init__(self, pin_root: Path, events_per_sec: int = 2000, exec_mode: str | None = None) -> None:
+        from bcc import BPF
         from bcc.libbcc import lib
         from bcc.utils import get_possible_cpus
 
         self._lib = lib
         self._ncpus = len(get_possible_cpus())
+        self.pins = PinDir(pin_root)
+        self.layout = layout_id()
+        others = [name for name in self.pins.layouts() if name != self.layout]
+        if others:
+            raise LayoutChanged(
+                f"{pin_root} holds enforcement state of another map layout ({', '.join(others)}; this build has "
+                f"{self.layout}): it cannot be adopted without a gap. Stop the old daemon and run "
+                f"`enforcer daemon --uninstall` with the version that created it, then start this one "
+                f"(its sandboxes are unguarded until their policies are applied again)")
+        maps_dir = self.pins.maps_dir(self.layout)
+        self.adopted = (maps_dir / "sandboxes").exists()  # state left by an earlier daemon
+        maps_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.build = self.pins.new_build()
+        pin_defines = {"ENF_MAPS_DIR": f'"{maps_dir}"', "ENF_ACTIVE_PATH": f'"{self.pins.active_path}"',
+                       "ENF_BUILD": str(self.build)}
         offsets = btf.exec_offsets()
         exec_mode = exec_mode or default_exec_mode()
         source = bpf_source().encode()
         try:
-            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets))
+            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
         except Exception:
             if exec_mode != EXEC_MODE_LSM:
                 raise
             # BPF-LSM listed but not loadable (lockdown, no BTF for it): the fallback.
             exec_mode = EXEC_MODE_TRACEPOINT
-            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets))
+            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
         self.exec_mode = exec_mode
-        sock_addr = BPFProgType.CGROUP_SOCK_ADDR
-        self._programs = [
-            (self._bpf.load_func("enf_connect4", sock_addr, None, BPFAttachType.CGROUP_INET4_CONNECT),
-             BPFAttachType.CGROUP_INET4_CONNECT),
-            (self._bpf.load_func("enf_connect6", sock_addr, None, BPFAttachType.CGROUP_INET6_CONNECT),
-             BPFAttachType.CGROUP_INET6_CONNECT),
-            (self._bpf.load_func("enf_sendmsg4", sock_addr, None, BPFAttachType.CGROUP_UDP4_SENDMSG),
-             BPFAttachType.CGROUP_UDP4_SENDMSG),
-            (self._bpf.load_func("enf_sendmsg6", sock_addr, None, BPFAttachType.CGROUP_UDP6_SENDMSG),
-             BPFAttachType.CGROUP_UDP6_SENDMSG),
-            (self._bpf.load_func("enf_sock_create", BPFProgType.CGROUP_SOCK, None,
-                                 BPFAttachType.CGROUP_INET_SOCK_CREATE),
-             BPFAttachType.CGROUP_INET_SOCK_CREATE),
-            (self._bpf.load_func("enf_device", BPFProgType.CGROUP_DEVICE, None, BPFAttachType.CGROUP_DEVICE),
-             BPFAttachType.CGROUP_DEVICE),
-        ]
+        links = self._pinnable_links()
+        self._programs = [(self._bpf.load_func(name, prog_type, None, attach_type), attach_type)
+                          for name, (prog_type, attach_type) in CGROUP_PROGRAMS.items()]
+        self.pins.pin_build(self.build, {fn.name.decode(): fn.fd for fn, _ in self._programs}, links)
+        # The programs an earlier build attached, which this one's replace.
+        self._old_programs = [self.pins.programs(build) for build in self.pins.builds() if build != self.build]
         self._attached: dict[int, int] = {}  # cgroup id -> open fd of the cgroup directory
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
                      ("sandboxes", layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, "config", "counters",
-                      "rate", "globals", "gpu_majors", "escalation")}
+                      "rate", "globals", "gpu_majors", "escalation", "active")}
         self._events_per_sec = events_per_sec
         self._batch_ok = True
+        # Until this build is active, the levels the old build searches stay searched.
+        self._inherited_mask = self._read_config().levels_mask if self.adopted else 0
         self._write_config()
         self.gpu_majors = devices.gpu_majors()
         for major in self.gpu_majors:
             self._update("gpu_majors", ctypes.c_uint32(major), ctypes.c_uint8(1))
+
+    def _pinnable_links(self) -> dict[str, int]:
+        """Every tracepoint, raw tracepoint and LSM attachment as a link fd. bcc
+        attaches tracepoints with an ioctl on a perf event, which ends with the
+        process: those are re-attached as links (this build is not active yet,
+        so nothing is missed in between)."""
+        links = {}
+        for tp in list(self._bpf.tracepoint_fds):
+            name = tp.decode()
+            category, event = name.split(":")
+            fn = self._bpf.funcs[f"tracepoint__{category}__{event}".encode()]
+            self._bpf.detach_tracepoint(tp)
+            links[f"tp-{event}"] = self.pins.bpf.perf_link(fn.fd, tracepoint_id(category, event))
+        for tp, fd in self._bpf.raw_tracepoint_fds.items():
+            links[f"raw-{tp.decode()}"] = fd
+        for name, fd in self._bpf.lsm_fds.items():
+            links[name.decode()] = fd
+        return links
+
+    def activate(self) -> None:
+        """Make this build's tracepoint and LSM programs the ones that act (one
+        map write), then retire every other build: detach what is left of its
+        cgroup programs and drop its pins. Call once the adopted sandboxes'
+        cgroup programs are swapped for this build's (guard)."""
+        self._update("active", ctypes.c_uint32(0), ctypes.c_uint32(self.build))
+        for old in self._old_programs:
+            for fd in old.values():
+                os.close(fd)
+        self._old_programs = []
+        for build in self.pins.builds():
+            if build != self.build:
+                self.pins.retire_build(build, ATTACH_TYPES, list(self._attached.values()))
+        self._inherited_mask = 0
+        self._write_config()
+
+    def _read_config(self) -> layout.Config:
+        value = layout.Config()
+        self._lib.bpf_lookup_elem(self._fds["config"], ctypes.byref(ctypes.c_uint32(0)), ctypes.byref(value))
+        return value
 
     # ---- maps -------------------------------------------------------------
 
@@ -188,7 +253,7 @@ class SandboxGuard:
         self._lib.bpf_delete_elem(self._fds[name], _pointer(key))
 
     def _write_config(self) -> None:
-        mask = 0
+        mask = self._inherited_mask
         for level in self._levels.values():
             mask |= 1 << level
         self._update("config", ctypes.c_uint32(0), layout.Config(levels_mask=mask, events_per_sec=self._events_per_sec))
@@ -289,6 +354,26 @@ class SandboxGuard:
         self._lib.bpf_lookup_elem(self._fds["globals"], ctypes.byref(ctypes.c_uint32(index)), ctypes.byref(per_cpu))
         return sum(per_cpu)
 
+    # ---- adopting what an earlier daemon left ------------------------------
+
+    def kernel_sandboxes(self) -> dict[int, tuple[int, int, int]]:
+        """cgroup id -> (generation, slot, tag) of every sandbox entry in the maps."""
+        return {int(key.value): (int(value.generation), int(value.slot), int(value.tag))
+                for key, value in self._bpf["sandboxes"].items()}
+
+    def rule_keys_by_generation(self) -> dict[int, dict[str, list[bytes]]]:
+        """Every rule entry's key, by the generation it belongs to."""
+        found: dict[int, dict[str, list[bytes]]] = {}
+        for map_name in (layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS):
+            for key in self._bpf[map_name]:
+                raw = bytes(key)
+                generation = layout.key_generation(map_name, raw)
+                found.setdefault(generation, {}).setdefault(map_name, []).append(raw)
+        return found
+
+    def forget_sandbox(self, cgroup_id: int) -> None:
+        self._delete("sandboxes", ctypes.c_uint64(cgroup_id))
+
     # ---- attachment -------------------------------------------------------
 
     def guard(self, cgroup: Cgroup) -> None:
@@ -302,7 +387,7 @@ class SandboxGuard:
         done = []
         try:
             for fn, attach_type in self._programs:
-                self._bpf.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
+                self._attach(fn.fd, fn.name.decode(), fd, attach_type)
                 done.append((fn, attach_type))
         except Exception as exc:
             for fn, attach_type in done:
@@ -312,6 +397,19 @@ class SandboxGuard:
             self._write_config()
             raise KernelError(f"attaching to {cgroup.path} failed: {exc}") from exc
         self._attached[cgroup.id] = fd
+
+    def _attach(self, prog_fd: int, name: str, cgroup_fd: int, attach_type: int) -> None:
+        """In place of an earlier build's program where one is attached (an
+        atomic swap), else beside whatever else is attached."""
+        for old in self._old_programs:
+            if name in old:
+                try:
+                    self.pins.bpf.attach(prog_fd, cgroup_fd, attach_type, replace_fd=old[name])
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+        self.pins.bpf.attach(prog_fd, cgroup_fd, attach_type)
 
     def unguard(self, cgroup_id: int) -> None:
         """Detach from the cgroup, then forget its sandbox entry (that order, so
@@ -331,24 +429,37 @@ class SandboxGuard:
 
     # ---- events -----------------------------------------------------------
 
-    def open_events(self, on_event: Callable[[bytes], bool]) -> None:
-        """``on_event`` gets each record's bytes and returns whether it wants more
-        in this poll: a producer faster than the consumer would otherwise keep one
-        poll going (and its records piling up in memory) for as long as it lasts."""
-        size = layout.MAX_EVENT_SIZE
-
-        def callback(_ctx: object, data: int, data_size: int) -> int:
-            return 0 if on_event(ctypes.string_at(data, min(data_size, size))) else -1
-
-        self._bpf["events"].open_ring_buffer(callback)
-
-    def poll_events(self, timeout_ms: int) -> None:
-        self._bpf.ring_buffer_poll(timeout_ms)
+    def events_ring(self) -> EventRing:
+        return EventRing(self._bpf["events"].get_fd(), layout.RINGBUF_BYTES)
 
     def close(self) -> None:
-        for cgroup_id in list(self._attached):
-            self.unguard(cgroup_id)
+        """Let go of the programs and maps, leaving them attached and pinned:
+        enforcement goes on without the daemon (`uninstall` ends it)."""
+        for fd in self._attached.values():
+            os.close(fd)
+        self._attached.clear()
         self._bpf.cleanup()
+
+
+def uninstall(pin_root: Path, cgroup_paths: list[Path]) -> list[str]:
+    """End enforcement left by daemons: detach every build's programs from these
+    cgroups, unpin everything. Returns what was removed, for the report."""
+    pins = PinDir(pin_root)
+    removed = []
+    fds = []
+    for path in cgroup_paths:
+        with contextlib.suppress(OSError):  # a removed cgroup took its programs with it
+            fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        for build in pins.builds():
+            pins.retire_build(build, ATTACH_TYPES, fds)
+            removed.append(f"build {build:08x}")
+        removed += [f"maps {name}" for name in pins.layouts()]
+        pins.remove_all()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return removed
 
 
 def tracefs_ready() -> None:

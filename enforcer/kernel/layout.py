@@ -4,6 +4,7 @@ against the type bcc compiled from the header, field by field."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 import re
 from pathlib import Path
 
@@ -60,6 +61,7 @@ PROTO_ANY = _C["ENF_PROTO_ANY"]
 GLOBAL_UNATTRIBUTED = _C["ENF_GLOBAL_UNATTRIBUTED"]
 GLOBAL_LOST = _C["ENF_GLOBAL_LOST"]
 NUM_GLOBALS = _C["ENF_NUM_GLOBALS"]
+RINGBUF_BYTES = _C["ENF_RINGBUF_PAGES"] * mmap.PAGESIZE  # PAGE_SIZE in the BPF C
 
 # Maps that hold a generation's rules (names as in bpf/*.c): what an apply writes
 # and a replace or remove deletes.
@@ -260,3 +262,12 @@ MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("escalation_event_layout", "Leaf", EscalationEvent),
     ("escalation", "Leaf", Escalation),
 ]
+
+
+def key_generation(map_name: str, key: bytes) -> int:
+    """The generation a rule map key belongs to (the LPM keys carry it big-endian,
+    right after the prefix length, so that it is part of the matched prefix)."""
+    if map_name == MAP_EXEC_IDS:
+        return int.from_bytes(key[ExecKey.generation.offset:ExecKey.generation.offset + 4], "little")
+    offset = (LpmKey if map_name == MAP_RULES else PathKey).generation_be.offset
+    return int.from_bytes(key[offset:offset + 4], "big")

@@ -6,6 +6,7 @@ fixture style), so a failing test leaves nothing behind."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -93,12 +94,22 @@ def cleanup() -> Iterator[Cleanup]:
 
 
 class DaemonProcess:
+    """A daemon with its own socket, audit log, state directory and bpffs pin
+    directory. ``stop`` ends its enforcement too (``--uninstall``) unless told
+    to keep it, as a restart does."""
+
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.socket = str(workdir / "enforcer.sock")
         self.log_path = workdir / "daemon.log"
         self.audit_path = workdir / "audit.jsonl"
+        self.state_dir = workdir / "state"
+        self.pin_dir = bpffs() / f"enforcer-test-{os.getpid()}-{next(_instances)}"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dirs(self) -> list[str]:
+        return ["--state-dir", str(self.state_dir), "--pin-dir", str(self.pin_dir)]
 
     def start(self) -> None:
         from enforcer.client import Enforcer
@@ -106,7 +117,7 @@ class DaemonProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "enforcer.cli", "daemon", "--socket", self.socket,
-             "--audit-log", str(self.audit_path), *self.extra],
+             "--audit-log", str(self.audit_path), *self.dirs, *self.extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -123,13 +134,21 @@ class DaemonProcess:
             self.proc.kill()
             raise RuntimeError(f"daemon did not start:\n{self.log_path.read_text()}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
+    def stop(self, sig: int = signal.SIGTERM, keep_enforcing: bool = False) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         code = self.proc.wait(timeout=20)
         self._log.close()
+        if not keep_enforcing:
+            self.uninstall()
         return code
+
+    def uninstall(self) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "enforcer.cli", "daemon", "--uninstall", "--socket", self.socket,
+                               *self.dirs], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done
 
     def log_text(self) -> str:
         return self.log_path.read_text()
@@ -147,6 +166,15 @@ class DaemonProcess:
         from enforcer.client import Enforcer
 
         return Enforcer(self.socket)
+
+
+_instances = itertools.count()
+
+
+def bpffs() -> Path:
+    from enforcer.kernel.pins import bpffs_root
+
+    return bpffs_root()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import sys
 import time
@@ -54,9 +55,15 @@ def run(op: dict) -> str:
 
 
 def run_repeated(op: dict) -> str:
-    """An op with "repeat": N runs N times; the result counts each outcome ("EPERM*60000")."""
+    """An op with "repeat": N runs N times; the result counts each outcome
+    ("EPERM*60000"). With "until": a path, it runs until that file exists
+    (at most N times), and "started": a path is created after the first run."""
     outcomes: dict[str, int] = {}
-    for _ in range(op.get("repeat", 1)):
+    for done in range(op.get("repeat", 1)):
+        if done == 1 and op.get("started"):
+            open(op["started"], "w").close()
+        if op.get("until") and done % 64 == 0 and os.path.exists(op["until"]):
+            break
         result = run(op)
         outcomes[result] = outcomes.get(result, 0) + 1
     return ",".join(f"{result}*{count}" for result, count in sorted(outcomes.items()))

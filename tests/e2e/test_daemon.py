@@ -37,19 +37,21 @@ def test_socket_is_private_and_a_second_daemon_is_refused(own_daemon: DaemonProc
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_clean_shutdown_removes_socket_and_detaches(own_daemon: DaemonProcess, make_cgroup, sandbox_id, probe: Probe,
-                                                    sig: int):
+def test_clean_shutdown_removes_socket_and_keeps_enforcing(own_daemon: DaemonProcess, make_cgroup, sandbox_id,
+                                                           probe: Probe, sig: int):
     cg = make_cgroup()
     with own_daemon.client() as enf:
         enf.apply(policy(sandbox_id, cg))
     assert probe(cg, connect(HOST4, 443)) == ["EPERM"]
-    assert own_daemon.stop(sig) == 0
+    assert own_daemon.stop(sig, keep_enforcing=True) == 0
     assert not Path(own_daemon.socket).exists()
     log = own_daemon.log_text()
     assert "Traceback" not in log
     events = [json.loads(line)["event"] for line in log.splitlines()]
-    assert events[0] == "daemon_ready" and events[-1] == "daemon_stopped"
-    # Until restart safety lands, enforcement ends with the daemon (documented).
+    assert "daemon_ready" in events and events[-1] == "daemon_stopped"
+    # The programs stay pinned and attached: a service restart opens no door.
+    assert probe(cg, connect(HOST4, 443)) == ["EPERM"]
+    own_daemon.uninstall()  # what ends enforcement
     assert probe(cg, connect(HOST4, 443)) == ["ECONNREFUSED"]
 
 

@@ -9,33 +9,39 @@ import ctypes
 import ipaddress
 import queue
 import time
-from collections.abc import Callable
 
 from structlog.testing import capture_logs
 
 from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import PolicyStore
 from enforcer.kernel import layout
+from enforcer.kernel.ringbuf import RingRecord
 from enforcer.v1 import enforcer_pb2 as pb
 
 
 class RingBufferStandIn:
+    """read/commit/wait as enforcer.kernel.ringbuf.EventRing offers them."""
+
     def __init__(self) -> None:
         self.pending: queue.Queue[bytes] = queue.Queue()
-        self.callback: Callable[[bytes], None] | None = None
+        self.position = 0
+        self.committed = 0
+        self._read_to = 0
 
-    def open_events(self, on_event: Callable[[bytes], bool]) -> None:
-        self.callback = on_event
+    def read(self, limit: int) -> list[RingRecord]:
+        records = []
+        while len(records) < limit and not self.pending.empty():
+            records.append(RingRecord(self._read_to, self.pending.get()))
+            self._read_to += 1
+        return records
 
-    def poll_events(self, timeout_ms: int) -> None:
-        try:
-            raw = self.pending.get(timeout=timeout_ms / 1000)
-        except queue.Empty:
-            return
-        assert self.callback is not None
-        self.callback(raw)
-        while not self.pending.empty():
-            self.callback(self.pending.get())
+    def commit(self) -> None:
+        self.committed = self._read_to
+
+    def wait(self, timeout_ms: int) -> None:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.pending.empty() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
 
 def head(generation: int, kind: int) -> layout.EventHead:

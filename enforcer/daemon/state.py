@@ -1,0 +1,149 @@
+"""The policy store on disk, so that a restarted daemon knows what the pinned
+maps it adopts stand for.
+
+One JSON file per sandbox, replaced atomically (written beside, fsync-ed,
+renamed over, directory fsync-ed): a crash leaves the old file or the new one,
+never half of either. The policy is kept as its wire encoding, and read back
+through the same validation as any request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from enforcer.cgroupfs import Cgroup
+from enforcer.daemon.store import SandboxRecord
+from enforcer.kernel.guard import CounterTotals
+from enforcer.policy import PolicyError
+from enforcer.v1 import enforcer_pb2 as pb
+from enforcer.wire import policy_from_proto, policy_to_proto
+
+FORMAT = 1
+
+
+class StateError(RuntimeError):
+    pass
+
+
+@dataclass
+class SavedSandbox:
+    record: SandboxRecord
+    path: Path
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sandboxes = path / "sandboxes"
+        try:
+            self.sandboxes.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise StateError(f"cannot use the state directory {path}: {exc.strerror}") from exc
+
+    def _file(self, sandbox: str) -> Path:
+        return self.sandboxes / f"{hashlib.sha256(sandbox.encode()).hexdigest()[:32]}.json"
+
+    def save(self, record: SandboxRecord) -> None:
+        _write_atomically(self._file(record.policy.sandbox), json.dumps(_to_json(record)).encode())
+
+    def delete(self, sandbox: str) -> None:
+        self._file(sandbox).unlink(missing_ok=True)
+        _fsync_dir(self.sandboxes)
+
+    def load(self) -> list[SavedSandbox]:
+        """Every saved sandbox. A file that cannot be read back is an error
+        naming it: starting without it would silently drop a sandbox's guard."""
+        saved = []
+        for path in sorted(self.sandboxes.glob("*.json")):
+            try:
+                saved.append(SavedSandbox(_from_json(json.loads(path.read_bytes())), path))
+            except (OSError, ValueError, KeyError, TypeError, PolicyError) as exc:
+                raise StateError(f"{path} cannot be read back ({exc}); move it away to start without that sandbox") \
+                    from exc
+        for leftover in self.sandboxes.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)  # a write cut short: its rename never happened
+        return saved
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _totals_json(totals: CounterTotals | None) -> dict[str, Any] | None:
+    if totals is None:
+        return None
+    return {"refused": totals.refused, "audited": totals.audited, "suppressed": totals.suppressed,
+            "lost": totals.lost}
+
+
+def _to_json(record: SandboxRecord) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "sandbox": record.policy.sandbox,
+        "policy": base64.b64encode(policy_to_proto(record.policy).SerializeToString()).decode(),
+        "cgroup_path": str(record.cgroup.path),
+        "cgroup_id": record.cgroup.id,
+        "cgroup_level": record.cgroup.level,
+        "generation": record.generation,
+        "slot": record.slot,
+        "tag": record.tag,
+        "applied_unix_ns": record.applied_unix_ns,
+        "policy_sha256": record.policy_sha256,
+        "quarantined": record.quarantined,
+        "frozen": record.frozen,
+        "counter_base": _totals_json(record.counter_base),
+        "counters_since_ns": record.counters_since_ns,
+        "escalation_handled": record.escalation_handled,
+    }
+
+
+def _from_json(doc: dict[str, Any]) -> SandboxRecord:
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"unknown format {doc.get('format')!r}")
+    message = pb.Policy()
+    message.ParseFromString(base64.b64decode(doc["policy"], validate=True))
+    policy = policy_from_proto(message)
+    if policy.sandbox != doc["sandbox"]:
+        raise ValueError("the policy names another sandbox")
+    base = doc["counter_base"]
+    record = SandboxRecord(
+        policy=policy,
+        cgroup=Cgroup(Path(doc["cgroup_path"]), int(doc["cgroup_id"]), int(doc["cgroup_level"])),
+        generation=int(doc["generation"]),
+        slot=int(doc["slot"]),
+        tag=int(doc["tag"]),
+        applied_unix_ns=int(doc["applied_unix_ns"]),
+        policy_sha256=str(doc["policy_sha256"]),
+        quarantined=bool(doc["quarantined"]),
+        frozen=bool(doc["frozen"]),
+        counter_base=None if base is None else CounterTotals(list(base["refused"]), list(base["audited"]),
+                                                              int(base["suppressed"]), int(base["lost"])),
+        counters_since_ns=int(doc["counters_since_ns"]),
+        escalation_handled=int(doc["escalation_handled"]),
+    )
+    return record
