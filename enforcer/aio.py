@@ -23,6 +23,7 @@ from enforcer.client import (
     CHANNEL_OPTIONS,
     EnforcerError,
     PolicyLike,
+    TlsFiles,
     labels_request,
     not_ready,
     stream_request,
@@ -36,10 +37,12 @@ __all__ = ["Enforcer", "EnforcerError"]
 
 
 class Enforcer:
-    def __init__(self, address: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, address: str | None = None, timeout: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.address = grpc_target(socket_path(address))
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        tls = tls or TlsFiles.from_env()
+        self._channel = (grpc.aio.secure_channel(self.address, tls.credentials(), options=CHANNEL_OPTIONS) if tls
+                         else grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS))
         self._stub = pb_grpc.EnforcerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -24,6 +24,7 @@ from enforcer.settings import (
     DEFAULT_AUDIT_MAX_BYTES,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
+    MAX_MESSAGE_BYTES,
     SOCKET_ENV,
 )
 
@@ -117,6 +118,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         audit_keep=args.audit_keep,
         state_dir=args.state_dir,
         pin_dir=args.pin_dir,
+        socket_group=args.socket_group,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        max_message_bytes=args.max_message_bytes,
+        metrics=args.metrics,
     )
     try:
         if args.uninstall:
@@ -206,7 +213,17 @@ def cmd_status(args: argparse.Namespace, enf: Any) -> int:
     print(f"kernel: {status.kernel_release}")
     print(f"audit log: {status.audit_log} ({status.audit_records} records written, "
           f"{status.audit_write_failures} failed)")
-    return 0
+    print(f"events: {status.events_lost} lost (ring buffer full), {status.events_unattributed} unattributed; "
+          f"next seq {status.next_seq}")
+    print(f"build {status.build}, maps {status.map_layout} pinned in {status.pin_dir}"
+          f"{' (taken over from an earlier daemon)' if status.taken_over else ''}; state in {status.state_dir}")
+    missing = 0
+    for program in status.programs:
+        ok = program.attached == program.expected
+        missing += not ok
+        where = f"{program.attached}/{program.expected} sandboxes" if program.hook == "cgroup" else "pinned link"
+        print(f"  {program.name:<28} {program.hook:<15} {where}{'' if ok else '  MISSING'}")
+    return 1 if missing else 0
 
 
 def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -310,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     socket_help = f"daemon socket or host:port (default ${SOCKET_ENV} or {DEFAULT_SOCKET})"
     parser.add_argument("--socket", help=socket_help)
+    parser.add_argument("--tls-ca", help="for a host:port daemon: the CA of its certificate (or $ENFORCER_TLS_CA)")
+    parser.add_argument("--tls-cert", dest="tls_client_cert", help="client certificate, for a daemon requiring one")
+    parser.add_argument("--tls-key", dest="tls_client_key", help="client key")
     # --socket is also accepted after the subcommand (enforcer daemon --socket X).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", default=argparse.SUPPRESS, help=socket_help)
@@ -319,7 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, parents=[common])
 
     daemon = command("daemon", "run the daemon (root)")
-    daemon.add_argument("--listen", help="also serve gRPC on this host:port (plaintext; prefer the Unix socket)")
+    daemon.add_argument("--listen", help="also serve gRPC on this host:port, with TLS only (--tls-cert, --tls-key)")
+    daemon.add_argument("--tls-cert", help="PEM certificate (chain) for --listen")
+    daemon.add_argument("--tls-key", help="PEM private key for --listen")
+    daemon.add_argument("--tls-client-ca", help="PEM CA: clients on --listen must present a certificate it signed")
+    daemon.add_argument("--socket-group", help="make the Unix socket 0660 for this group (default: 0600, root only)")
+    daemon.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
+                        help=f"largest gRPC message accepted or sent (default {MAX_MESSAGE_BYTES})")
+    daemon.add_argument("--metrics", metavar="HOST:PORT",
+                        help="serve Prometheus metrics over HTTP here (opt-in; e.g. 127.0.0.1:9464)")
     daemon.add_argument("--events-per-sec", type=int, default=2000,
                         help="denial events reported per sandbox per CPU per second (counters stay exact; 0: no limit)")
     daemon.add_argument("--retention", type=int, default=65536,
@@ -410,10 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_daemon(args)
     if args.command_name == "export":
         return cmd_export(args)
-    from enforcer.client import Enforcer, EnforcerError
+    from enforcer.client import Enforcer, EnforcerError, TlsFiles
     from enforcer.policy import PolicyError
 
-    enf = Enforcer(args.socket)
+    enf = Enforcer(args.socket, tls=TlsFiles(args.tls_ca, args.tls_client_cert, args.tls_client_key) if args.tls_ca else None)
     try:
         with enf:
             return COMMANDS[args.command_name](args, enf)

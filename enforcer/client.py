@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import builtins
+import os
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +70,42 @@ def stream_request(sandboxes: builtins.list[str] | tuple[str, ...], labels: Mapp
     return pb.StreamDenialsRequest(sandboxes=list(sandboxes), labels=dict(labels or {}), follow=follow, since=since)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a daemon's TCP listener: the CA that signed its
+    certificate, and this client's certificate and key when it requires them."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_env(cls) -> TlsFiles | None:
+        ca = os.environ.get("ENFORCER_TLS_CA")
+        return cls(ca, os.environ.get("ENFORCER_TLS_CERT"), os.environ.get("ENFORCER_TLS_KEY")) if ca else None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
 def not_ready(address: str, timeout: float) -> EnforcerError:
     return EnforcerError(grpc.StatusCode.UNAVAILABLE, f"daemon at {address} not ready after {timeout}s")
 
 
 class Enforcer:
-    def __init__(self, address: str | None = None, timeout: float = 10.0) -> None:
+    """``address``: a Unix socket path (default), or host:port of a daemon's
+    TLS listener, with ``tls`` (or ENFORCER_TLS_CA/_CERT/_KEY). Every call has
+    a deadline of ``timeout`` seconds (streams that follow have none)."""
+
+    def __init__(self, address: str | None = None, timeout: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.address = grpc_target(socket_path(address))
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        tls = tls or TlsFiles.from_env()
+        self._channel = (grpc.secure_channel(self.address, tls.credentials(), options=CHANNEL_OPTIONS) if tls
+                         else grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS))
         self._stub = pb_grpc.EnforcerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -39,6 +39,18 @@ log = structlog.get_logger("enforcer.enforcement")
 
 
 @dataclass(frozen=True)
+class KernelStatus:
+    programs: list[tuple[str, str, int, int]]  # name, hook, attached, expected
+    events_lost: int
+    events_unattributed: int
+    build: str
+    map_layout: str
+    pin_dir: str
+    state_dir: str
+    taken_over: bool
+
+
+@dataclass(frozen=True)
 class ApplyResult:
     record: SandboxRecord
     replaced: bool
@@ -75,6 +87,25 @@ class Enforcement:
     @property
     def exec_mode(self) -> str:
         return self._guard.exec_mode
+
+    def raw_counters(self) -> list[tuple[str, CounterTotals]]:
+        """Each sandbox's kernel counters since its apply (stats resets aside)."""
+        with self._lock:
+            return [(r.policy.sandbox, self._guard.read_counters(r.slot)) for r in self._store.all()]
+
+    def kernel_status(self) -> KernelStatus:
+        with self._lock:  # the attached cgroups do not change under the query
+            programs = self._guard.program_status()
+        return KernelStatus(
+            programs=programs,
+            events_lost=self._guard.read_global(layout.GLOBAL_LOST),
+            events_unattributed=self._guard.read_global(layout.GLOBAL_UNATTRIBUTED),
+            build=f"{self._guard.build:08x}",
+            map_layout=self._guard.layout,
+            pin_dir=str(self._guard.pins.root),
+            state_dir=str(self._state.path) if self._state else "",
+            taken_over=self._guard.adopted,
+        )
 
     @property
     def gpu_majors(self) -> list[int]:

@@ -7,9 +7,16 @@ import logging
 import sys
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from enforcer.daemon.audit import AUDIT_LOGGER, AuditFile
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    """orjson: a fifth of the json module's cost per record, which matters at
+    tens of thousands of audit records a second."""
+    return orjson.dumps(obj, default=kwargs.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure(stream: TextIO = sys.stderr, level: int = logging.INFO, audit: AuditFile | None = None) -> None:
@@ -26,7 +33,7 @@ def configure(stream: TextIO = sys.stderr, level: int = logging.INFO, audit: Aud
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=logger_for,

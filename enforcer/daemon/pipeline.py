@@ -45,11 +45,12 @@ ESCALATION_POLL_S = 0.25
 # latency when the kernel produces faster than the daemon can publish (the
 # excess is counted by the kernel as lost, never silently dropped).
 MAX_BATCH = 4096
+PUBLISH_CHUNK = 512
 
 
 class EventSource(Protocol):
     def read(self, limit: int) -> list[RingRecord]: ...
-    def commit(self) -> None: ...
+    def commit(self, before: int | None = None) -> None: ...
     def wait(self, timeout_ms: int) -> None: ...
 
 
@@ -89,6 +90,7 @@ class DenialPipeline:
         self._recorded_through = recorded_through
         self._retained: deque[pb.DenialEvent] = deque(maxlen=retention)
         self._next_seq = next_seq
+        self._lag_ns = 0
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="denial-drain", daemon=True)
@@ -111,14 +113,19 @@ class DenialPipeline:
         while not self._stopping.is_set():
             try:
                 records = self._source.read(MAX_BATCH)
-                if records:
-                    if records[0].position <= self._recorded_through:
-                        # An earlier daemon wrote these down and was stopped before giving them back.
-                        records = [r for r in records if r.position > self._recorded_through]
-                    self._publish([decode(r.data) for r in records], [r.position for r in records])
-                    self._source.commit()
-                else:
+                if not records:
                     self._source.wait(100)
+                    continue
+                if records[0].position <= self._recorded_through:
+                    # An earlier daemon wrote these down and was stopped before giving them back.
+                    records = [r for r in records if r.position > self._recorded_through]
+                # In chunks, each given back to the kernel once recorded: the ring
+                # buffer's room is not held for a whole batch, nor its first events.
+                for start in range(0, len(records), PUBLISH_CHUNK):
+                    chunk = records[start:start + PUBLISH_CHUNK]
+                    self._publish([decode(r.data) for r in chunk], [r.position for r in chunk])
+                    following = start + PUBLISH_CHUNK
+                    self._source.commit(records[following].position if following < len(records) else None)
             except Exception:
                 log.exception("ring_buffer_read_failed")
                 time.sleep(0.1)
@@ -162,6 +169,13 @@ class DenialPipeline:
             self._retained.extend(events)
             self._next_seq += len(events)
             self._cond.notify_all()
+        if events:
+            self._lag_ns = time.time_ns() - events[-1].time_unix_ns
+
+    @property
+    def lag_seconds(self) -> float:
+        """From the kernel's denial to its publication, for the latest batch."""
+        return max(0, self._lag_ns) / 1e9
 
     def _to_proto(self, denial: KernelDenial, info: TagInfo | None) -> pb.DenialEvent:
         # One constructor call per message: about half the cost of setting fields one by one.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import grp
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from enforcer.daemon.audit import AuditFile, AuditLogError
 from enforcer.daemon.enforcement import Enforcement
 from enforcer.daemon.logs import configure
+from enforcer.daemon.metrics import Metrics, parse_address
 from enforcer.daemon.pipeline import DenialPipeline
 from enforcer.daemon.service import EnforcerService
 from enforcer.daemon.state import StateDir, StateError
@@ -59,6 +61,12 @@ class DaemonConfig:
     audit_keep: int = DEFAULT_AUDIT_KEEP
     state_dir: str = DEFAULT_STATE_DIR
     pin_dir: str | None = None       # default: <bpffs mount>/enforcer
+    socket_group: str | None = None  # the socket is 0660 root:<group> instead of 0600
+    tls_cert: str | None = None      # TCP (--listen) is served only with TLS
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # given: clients must present a certificate it signed (mTLS)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    metrics: str | None = None       # host:port of a Prometheus endpoint (opt-in)
 
 
 def _claim_socket(path: Path) -> None:
@@ -116,10 +124,44 @@ def _cgroup_paths_best_effort(state: StateDir) -> list[dict[str, str]]:
     return found
 
 
+def _check_config(config: DaemonConfig) -> tuple[int | None, grpc.ServerCredentials | None]:
+    """Everything about the flags that can be wrong, before anything is loaded:
+    the socket group's id, and the TLS credentials for --listen."""
+    gid = None
+    if config.socket_group:
+        try:
+            gid = grp.getgrnam(config.socket_group).gr_gid
+        except KeyError:
+            raise StartupError(f"--socket-group: no group named {config.socket_group!r}") from None
+    if config.metrics:
+        try:
+            parse_address(config.metrics)
+        except ValueError as exc:
+            raise StartupError(f"--metrics: {exc}") from None
+    if config.max_message_bytes < 1024:
+        raise StartupError(f"--max-message-bytes must be at least 1024, got {config.max_message_bytes}")
+    if not config.listen:
+        if config.tls_cert or config.tls_key or config.tls_client_ca:
+            raise StartupError("--tls-cert/--tls-key/--tls-client-ca are for --listen (the Unix socket needs none)")
+        return gid, None
+    if not (config.tls_cert and config.tls_key):
+        raise StartupError("--listen serves gRPC over TCP only with TLS: give --tls-cert and --tls-key "
+                           "(and --tls-client-ca to require client certificates)")
+    try:
+        pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+        client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    except OSError as exc:
+        raise StartupError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    credentials = grpc.ssl_server_credentials([pair], root_certificates=client_ca,
+                                              require_client_auth=client_ca is not None)
+    return gid, credentials
+
+
 def run_daemon(config: DaemonConfig) -> int:
     started = time.monotonic()
     if os.geteuid() != 0:
         raise StartupError("the daemon must run as root (it loads BPF programs)")
+    socket_gid, tls = _check_config(config)
     socket_path = Path(config.socket_path)
     _claim_socket(socket_path)
     try:
@@ -155,12 +197,19 @@ def run_daemon(config: DaemonConfig) -> int:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_EnforcerServicer_to_server(EnforcerService(enforcement, pipeline, audit_log), server)
+    metrics = None
+    if config.metrics:
+        metrics = Metrics()
+        try:
+            metrics.serve(config.metrics, enforcement, pipeline, audit_log)
+        except OSError as exc:  # the port is taken, say
+            raise StartupError(f"--metrics {config.metrics}: {exc.strerror or exc}") from exc
+    pb_grpc.add_EnforcerServicer_to_server(EnforcerService(enforcement, pipeline, audit_log, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -172,10 +221,14 @@ def run_daemon(config: DaemonConfig) -> int:
         server.add_insecure_port(f"unix:{socket_path}")
     finally:
         os.umask(old_umask)
-    if config.listen and server.add_insecure_port(config.listen) == 0:
+    if config.listen and tls and server.add_secure_port(config.listen, tls) == 0:
         raise StartupError(f"cannot listen on {config.listen}")
     server.start()
-    os.chmod(socket_path, 0o600)
+    if socket_gid is not None:
+        os.chown(socket_path, 0, socket_gid)
+        os.chmod(socket_path, 0o660)
+    else:
+        os.chmod(socket_path, 0o600)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
@@ -191,6 +244,8 @@ def run_daemon(config: DaemonConfig) -> int:
         "daemon_ready",
         socket=str(socket_path),
         listen=config.listen,
+        mtls=bool(config.tls_client_ca),
+        metrics=config.metrics,
         audit_log=str(audit_log.path),
         pid=os.getpid(),
         startup_seconds=round(time.monotonic() - started, 3),

@@ -354,6 +354,30 @@ class SandboxGuard:
         self._lib.bpf_lookup_elem(self._fds["globals"], ctypes.byref(ctypes.c_uint32(index)), ctypes.byref(per_cpu))
         return sum(per_cpu)
 
+    # ---- what the kernel reports -------------------------------------------
+
+    def program_status(self) -> list[tuple[str, str, int, int]]:
+        """(name, hook, attached, expected) for every program of this build, as
+        the kernel has it: cgroup programs are looked up in each guarded cgroup's
+        attached list, links by their pins."""
+        rows = []
+        for fn, attach_type in self._programs:
+            prog_id = self.pins.bpf.prog_id(fn.fd)
+            attached = expected = 0
+            for fd in self._attached.values():
+                try:
+                    ids = self.pins.bpf.attached_ids(fd, attach_type)
+                except FileNotFoundError:
+                    continue  # the cgroup was removed (its container ended): nothing to guard there
+                expected += 1
+                attached += prog_id in ids
+            rows.append((fn.name.decode(), "cgroup", attached, expected))
+        for pin in sorted(self.pins.build_dir(self.build).glob("link-*")):
+            name = pin.name.removeprefix("link-")
+            hook = "tracepoint" if name.startswith("tp-") else "raw_tracepoint" if name.startswith("raw-") else "lsm"
+            rows.append((name, hook, 1, 1))
+        return rows
+
     # ---- adopting what an earlier daemon left ------------------------------
 
     def kernel_sandboxes(self) -> dict[int, tuple[int, int, int]]:

@@ -107,6 +107,21 @@ class _Libbpf:
     def detach(self, prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
         self._check(self.lib.bpf_prog_detach2(prog_fd, cgroup_fd, attach_type), "detaching")
 
+    def prog_id(self, prog_fd: int) -> int:
+        info = ctypes.create_string_buffer(256)  # struct bpf_prog_info: type, id, ...
+        size = ctypes.c_uint32(len(info))
+        self._check(self.lib.bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)), "reading program info")
+        return int(struct.unpack_from("<I", info, 4)[0])
+
+    def attached_ids(self, cgroup_fd: int, attach_type: int) -> set[int]:
+        """Ids of the programs the kernel has attached to the cgroup at this hook."""
+        ids = (ctypes.c_uint32 * 64)()
+        count = ctypes.c_uint32(64)
+        flags = ctypes.c_uint32()
+        self._check(self.lib.bpf_prog_query(cgroup_fd, attach_type, 0, ctypes.byref(flags), ids, ctypes.byref(count)),
+                    "querying attached programs")
+        return set(ids[:count.value])
+
     def lookup_u32(self, map_fd: int, key: int) -> int:
         value = ctypes.c_uint32()
         self._check(self.lib.bpf_map_lookup_elem(map_fd, ctypes.byref(ctypes.c_uint32(key)), ctypes.byref(value)),

@@ -18,21 +18,25 @@ bit, then its page offset.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import select
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_BYTES = 8
 PAGE = mmap.PAGESIZE
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
+# Native formats: one 8-byte load each. (The consumer position is never written
+# with struct: pack_into zeroes its target before filling it in, and the kernel,
+# reading 0 in that instant, refused records as if the buffer were full.
+# Measured: a few in 100,000 at 20,000/s.)
+_U32 = struct.Struct("I")
+_U64 = struct.Struct("Q")
 
 
-@dataclass(frozen=True)
-class RingRecord:
+class RingRecord(NamedTuple):  # a tuple: made tens of thousands of times a second
     position: int  # where the record starts in the ring's stream of bytes: unique, growing
     data: bytes
 
@@ -44,6 +48,7 @@ class EventRing:
         self._fd = fd
         self._mask = size - 1
         self._consumer = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._consumer_pos = ctypes.c_uint64.from_buffer(self._consumer)  # aligned: one store per update
         self._producer = mmap.mmap(fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
         self._view = memoryview(self._producer)
         self._poll = select.poll()
@@ -52,7 +57,7 @@ class EventRing:
 
     @property
     def consumer_position(self) -> int:
-        return int(_U64.unpack_from(self._consumer, 0)[0])
+        return int(self._consumer_pos.value)
 
     @property
     def producer_position(self) -> int:
@@ -80,9 +85,10 @@ class EventRing:
         self._read_to = position
         return records
 
-    def commit(self) -> None:
-        """Give what ``read`` returned back to the kernel."""
-        _U64.pack_into(self._consumer, 0, self._read_to)
+    def commit(self, before: int | None = None) -> None:
+        """Give what ``read`` returned back to the kernel: all of it, or the
+        records before position ``before`` (a record's position)."""
+        self._consumer_pos.value = self._read_to if before is None else before
 
     def wait(self, timeout_ms: int) -> None:
         """Until the kernel says there is data, or the timeout."""
@@ -90,6 +96,7 @@ class EventRing:
             self._poll.poll(timeout_ms)
 
     def close(self) -> None:
+        del self._consumer_pos  # a live ctypes view would keep the mapping from closing
         self._view.release()
         self._producer.close()
         self._consumer.close()

@@ -149,11 +149,21 @@ def _require_mapping(value: Any, path: str, what: str) -> None:
             raise PolicyError(path, f"keys must be strings, got {key!r}")
 
 
+PID_MAX_LIMIT = 4_194_304  # the kernel's ceiling for pid_max (include/linux/threads.h)
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][\w./-]*\Z")
+
+
+def _key_path(path: str, key: str) -> str:
+    """``path.key``, or ``path['odd key']`` when the key would make the path ambiguous."""
+    if not _PLAIN_KEY.match(key):
+        return f"{path}[{key!r}]"
+    return f"{path}.{key}" if path else key
+
+
 def _refuse_unknown(doc: Mapping[str, Any], known: Sequence[str], path: str) -> None:
     for key in doc:
         if key not in known:
-            where = f"{path}.{key}" if path else key
-            raise PolicyError(where, f"unknown field (expected one of: {', '.join(known)})")
+            raise PolicyError(_key_path(path, key), f"unknown field (expected one of: {', '.join(known)})")
 
 
 def _type_name(value: Any) -> str:
@@ -188,8 +198,8 @@ def _parse_target(value: Any, path: str) -> Target:
     raw = value[kind.value]
     where = f"{path}.{kind.value}"
     if kind is TargetKind.PID:
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
-            raise PolicyError(where, f"must be a positive process id, got {raw!r}")
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= PID_MAX_LIMIT:
+            raise PolicyError(where, f"must be a process id (1-{PID_MAX_LIMIT}), got {raw!r}")
         return Target(kind, str(raw))
     if not isinstance(raw, str) or not raw.strip():
         raise PolicyError(where, f"must be a non-empty string, got {raw!r}")
@@ -209,7 +219,7 @@ def parse_labels(value: Any, path: str = "labels") -> tuple[tuple[str, str], ...
         raise PolicyError(path, f"at most {MAX_LABELS} labels, got {len(value)}")
     labels = []
     for key, raw in value.items():
-        where = f"{path}.{key}"
+        where = _key_path(path, key)
         if not LABEL_KEY.match(key):
             raise PolicyError(where, "label names are 1-63 characters: letters, digits, '.', '_', '/', '-'")
         if isinstance(raw, bool) or not isinstance(raw, (str, int)):

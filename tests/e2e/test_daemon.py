@@ -90,18 +90,115 @@ def test_print_bpf_shows_the_generated_c():
     assert "#define ENF_OFF_BPRM_FILE " in result.stdout  # BTF offsets of internal fields
 
 
-def test_optional_tcp_listener(tmp_path: Path):
-    with socket.socket() as s:  # a free loopback port
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = DaemonProcess(tmp_path, "--listen", f"127.0.0.1:{port}")
-    proc.start()
-    try:
-        from enforcer.client import Enforcer
+def make_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key", "client",
+                                                           "client-key", "other-ca", "other-ca-key", "stranger",
+                                                           "stranger-key")}
 
-        with Enforcer(f"127.0.0.1:{port}") as enf:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", f"/CN=test {ca}", "-keyout", str(files[f"{ca}-key"]), "-out", str(files[ca]))
+    for name, ca, extension in (("server", "ca", "subjectAltName=IP:127.0.0.1"),
+                                ("client", "ca", "extendedKeyUsage=clientAuth"),
+                                ("stranger", "other-ca", "extendedKeyUsage=clientAuth")):
+        csr = directory / f"{name}.csr"
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", str(files[f"{name}-key"]), "-out", str(csr))
+        ext = directory / f"{name}.ext"
+        ext.write_text(extension + "\n")
+        run("x509", "-req", "-in", str(csr), "-CA", str(files[ca]), "-CAkey", str(files[f"{ca}-key"]),
+            "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(files[name]))
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tcp_is_refused_without_tls(tmp_path: Path):
+    result = subprocess.run([sys.executable, "-m", "enforcer.cli", "daemon", "--socket", str(tmp_path / "s.sock"),
+                             "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "--listen serves gRPC over TCP only with TLS" in result.stderr
+
+
+def test_tcp_listener_with_tls_and_client_certificates(tmp_path: Path):
+    from enforcer.client import Enforcer, EnforcerError, TlsFiles
+
+    pki = make_pki(tmp_path)
+    port = free_port()
+    proc = DaemonProcess(tmp_path, "--listen", f"127.0.0.1:{port}", "--tls-cert", str(pki["server"]),
+                         "--tls-key", str(pki["server-key"]), "--tls-client-ca", str(pki["ca"]))
+    proc.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        with Enforcer(address, tls=TlsFiles(str(pki["ca"]), str(pki["client"]), str(pki["client-key"]))) as enf:
             assert enf.health() == "SERVING"
             assert enf.list() == []
+        for refused in (TlsFiles(str(pki["ca"])),  # no client certificate
+                        TlsFiles(str(pki["ca"]), str(pki["stranger"]), str(pki["stranger-key"])),  # another CA's
+                        TlsFiles(str(pki["other-ca"]), str(pki["client"]), str(pki["client-key"]))):  # server unknown
+            with Enforcer(address, timeout=3, tls=refused) as enf, pytest.raises(EnforcerError) as error:
+                enf.list()
+            assert error.value.code.name == "UNAVAILABLE"
+        with Enforcer(address, timeout=3) as enf, pytest.raises(EnforcerError):  # plaintext
+            enf.list()
+        # The CLI, as an operator elsewhere would use it.
+        cli = subprocess.run([sys.executable, "-m", "enforcer.cli", "--socket", address, "--tls-ca", str(pki["ca"]),
+                              "--tls-cert", str(pki["client"]), "--tls-key", str(pki["client-key"]), "list"],
+                             capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 0, cli.stderr
+    finally:
+        assert proc.stop() == 0
+
+
+def test_socket_group_makes_the_socket_0660(tmp_path: Path):
+    import grp
+
+    group = grp.getgrgid(os.getgid() if os.getgid() != 0 else 65534 if _has_gid(65534) else 0)
+    proc = DaemonProcess(tmp_path, "--socket-group", group.gr_name)
+    proc.start()
+    try:
+        info = os.stat(proc.socket)
+        assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == group.gr_gid and info.st_uid == 0
+    finally:
+        assert proc.stop() == 0
+    bad = subprocess.run([sys.executable, "-m", "enforcer.cli", "daemon", "--socket", str(tmp_path / "x.sock"),
+                          "--socket-group", "no-such-group-here"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--socket-group: no group named 'no-such-group-here'" in bad.stderr
+
+
+def _has_gid(gid: int) -> bool:
+    import grp
+
+    try:
+        grp.getgrgid(gid)
+        return True
+    except KeyError:
+        return False
+
+
+def test_a_message_over_the_limit_is_refused_and_changes_nothing(tmp_path: Path, make_cgroup, sandbox_id):
+    from enforcer.client import Enforcer, EnforcerError
+
+    proc = DaemonProcess(tmp_path, "--max-message-bytes", "4096")
+    proc.start()
+    try:
+        cg = make_cgroup()
+        big = policy(sandbox_id, cg, allow=[{"to": f"10.{i // 256}.{i % 256}.0/24", "ports": [443]}
+                                            for i in range(400)])
+        with Enforcer(proc.socket) as enf:
+            with pytest.raises(EnforcerError) as error:
+                enf.apply(big)
+            assert error.value.code.name == "RESOURCE_EXHAUSTED"
+            assert enf.list() == []
+            enf.apply(policy(sandbox_id, cg))  # a small one still goes through
     finally:
         assert proc.stop() == 0
 
@@ -135,3 +232,32 @@ def test_events_the_ring_buffer_cannot_take_are_counted_not_lost(tmp_path: Path,
             assert len(delivered) + stats.events_lost == total
     finally:
         assert proc.stop() == 0
+
+
+def test_status_reports_what_the_kernel_has_attached(own_daemon: DaemonProcess, make_cgroup, sandbox_id):
+    """A program detached behind the daemon's back shows as MISSING, and the
+    command fails: status asks the kernel, it does not repeat the daemon's belief."""
+    from enforcer.kernel.guard import ATTACH_TYPES
+    from enforcer.kernel.pins import PinDir
+
+    cg = make_cgroup()
+    with own_daemon.client() as enf:
+        enf.apply(policy(sandbox_id, cg))
+        build = int(enf.status().build, 16)
+    ok = subprocess.run([sys.executable, "-m", "enforcer.cli", "--socket", own_daemon.socket, "status"],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "MISSING" not in ok.stdout
+    assert "enf_connect4                 cgroup          1/1 sandboxes" in ok.stdout
+    pins = PinDir(own_daemon.pin_dir)
+    programs = pins.programs(build)
+    cgroup_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pins.bpf.detach(programs["enf_connect4"], cgroup_fd, ATTACH_TYPES["enf_connect4"])
+    finally:
+        os.close(cgroup_fd)
+        for fd in programs.values():
+            os.close(fd)
+    bad = subprocess.run([sys.executable, "-m", "enforcer.cli", "--socket", own_daemon.socket, "status"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1
+    assert "enf_connect4                 cgroup          0/1 sandboxes  MISSING" in bad.stdout

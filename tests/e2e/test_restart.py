@@ -83,6 +83,14 @@ def test_enforcement_holds_across_a_restart_with_no_gap(tmp_path, make_cgroup, s
         attempts = outcomes["EPERM"]
 
         with proc.client() as enf:
+            status = enf.status()
+            assert status.taken_over and status.pin_dir == str(proc.pin_dir)
+            cgroup_hooks = {p.name: (p.attached, p.expected) for p in status.programs if p.hook == "cgroup"}
+            assert cgroup_hooks == {name: (1, 1) for name in ("enf_connect4", "enf_connect6", "enf_sendmsg4",
+                                                               "enf_sendmsg6", "enf_sock_create", "enf_device")}
+            links = {p.name for p in status.programs if p.hook != "cgroup"}
+            assert {"tp-sys_enter_execve", "tp-sys_enter_execveat", "tp-sys_enter_socket"} <= links
+            assert links & {"raw-sched_process_exec", "lsm__bprm_check_security"}
             (listed,) = enf.list()
             assert (listed.generation, listed.cgroup_id) == (applied.generation, applied.cgroup_id)
             assert listed.policy.sandbox == sandbox_id

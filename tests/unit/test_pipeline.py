@@ -35,8 +35,8 @@ class RingBufferStandIn:
             self._read_to += 1
         return records
 
-    def commit(self) -> None:
-        self.committed = self._read_to
+    def commit(self, before: int | None = None) -> None:
+        self.committed = self._read_to if before is None else before
 
     def wait(self, timeout_ms: int) -> None:
         deadline = time.monotonic() + timeout_ms / 1000
