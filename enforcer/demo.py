@@ -14,10 +14,13 @@ removed at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import shutil
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -88,6 +91,18 @@ except OSError as e:
     print(f"  open {sys.argv[1]}: {e.strerror}")
 """
 
+AGENT_DAEMON = """
+import socket, sys
+path, pid = sys.argv[1], sys.argv[2]
+for where in (path, f"/proc/{pid}/root{path}"):
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(where)
+        print(f"  daemon socket {where}: connected")
+    except OSError as e:
+        print(f"  daemon socket {where}: {e.strerror}")
+"""
+
 NVIDIA_MAJOR = 195
 
 
@@ -101,6 +116,7 @@ class World:
     def __init__(self) -> None:
         self.undo: list[Callable[[], Any]] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="enforcer-demo-"))
+        self.tmp.chmod(0o711)  # the agent (unprivileged) reaches its files here, and lists nothing
         self.undo.append(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
 
     def close(self) -> None:
@@ -155,6 +171,9 @@ class World:
         for name in ("host_key", "agent_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
         (keys / "authorized_keys").write_text((keys / "agent_key.pub").read_text())
+        agent_key = self.tmp / "agent_key"  # the agent's own copy, owned by it (ssh insists)
+        shutil.copy(keys / "agent_key", agent_key)
+        os.chown(agent_key, AGENT_UID, AGENT_UID)
         config = keys / "sshd_config"
         config.write_text(textwrap.dedent(f"""
             ListenAddress {SSH_HOST}
@@ -172,7 +191,7 @@ class World:
         _wait_port(SSH_HOST, 22)
         _wait_port(POOL, 3333)
         _wait_port(MIRROR, 8080)
-        return keys / "agent_key"
+        return agent_key
 
     def make_miner_and_gpu(self) -> tuple[Path, Path]:
         """A stand-in miner binary (a copy of true, named like the real thing) and
@@ -181,6 +200,7 @@ class World:
         shutil.copy2("/usr/bin/true", miner)
         gpu = self.tmp / "nvidia0"
         os.mknod(gpu, 0o666 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, 0))
+        gpu.chmod(0o666)  # past the umask: what stops the agent must be the device guard, not file modes
         return miner, gpu
 
 
@@ -238,11 +258,39 @@ def daemon(world: World) -> Iterator[str]:
     yield socket_path
 
 
+AGENT_UID = 65534  # nobody: agents in containers run without root, and the daemon's socket is root's (0600)
+CLONE_NEWNET = 0x40000000
+
+
 def run_in_sandbox(cgroup: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """As a containerised agent runs: in the sandbox's cgroup and network
+    namespace, as an unprivileged user."""
     from enforcer.cgroupfs import move_pid
 
-    return subprocess.run(["ip", "netns", "exec", SANDBOX_NS, *command], capture_output=True, text=True, timeout=30,
-                          preexec_fn=lambda: move_pid(0, cgroup))
+    libc = ctypes.CDLL(None, use_errno=True)
+    netns_fd = os.open(f"/run/netns/{SANDBOX_NS}", os.O_RDONLY)
+
+    def enter() -> None:
+        move_pid(0, cgroup)
+        if libc.setns(netns_fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        os.setgroups([])
+        os.setgid(AGENT_UID)
+        os.setuid(AGENT_UID)
+
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, preexec_fn=enter,
+                              env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    finally:
+        os.close(netns_fd)
+
+
+def daemon_pid(socket_path: str) -> int:
+    """The daemon's pid, from the socket's peer credentials."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(socket_path)
+        pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return int(pid)
 
 
 def _tools(*names: str) -> list[str]:
@@ -296,13 +344,13 @@ def main() -> int:
                         {"to": GATEWAY, "ports": [53], "protocol": "udp"},    # the resolver
                     ],
                 },
-                # The agent's tools; `ip` is how this demo enters the sandbox's netns.
-                "exec": {"default": "deny", "allow": [os.path.realpath(sys.executable), *_tools("ssh", "ip")]},
+                # The agent's tools.
+                "exec": {"default": "deny", "allow": [os.path.realpath(sys.executable), *_tools("ssh")]},
                 "devices": {"gpu": "deny"},
             }
             applied = enf.apply(policy).applied
             print(f"  policy applied to {applied.cgroup_path}: allow {MIRROR}:8080/tcp and {GATEWAY}:53/udp, deny the rest;")
-            print("  run only python3, ssh and ip; no GPU")
+            print("  run only python3 and ssh; no GPU")
 
             def trainer() -> None:
                 with Enforcer(socket_path) as stream:
@@ -337,6 +385,10 @@ def main() -> int:
             say("The agent opens the GPU (refused in the kernel)")
             print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_GPU, str(gpu_node)]).stdout.rstrip())
             time.sleep(0.3)
+
+            say("The agent goes for the Enforcer daemon itself, to lift its policy (out of its reach)")
+            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_DAEMON, socket_path,
+                                               str(daemon_pid(socket_path))]).stdout.rstrip())
 
             say("Exact counters from the kernel")
             print(format_stats(enf.stats("rollout-17")))

@@ -36,7 +36,7 @@ apt_update() {
 ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt_update
 
 missing=""
-for pkg in python3-bpfcc python3-venv iproute2 openssh-server openssh-client procps; do
+for pkg in python3-bpfcc python3-venv iproute2 openssh-server openssh-client procps openssl systemd gzip; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 release=$(uname -r)

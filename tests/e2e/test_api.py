@@ -47,7 +47,7 @@ def _wire_unchecked(doc: dict[str, Any]) -> pb.Policy:
         ({"sandbox": "bad id!", "target": {"cgroup": "CG"}}, "sandbox", "not a valid sandbox id"),
         ({"sandbox": "x"}, "target", "is required"),
         ({"sandbox": "x", "target": {"cgroup": "/sys/fs/cgroup/no/such/cgroup"}}, "target.cgroup", "does not exist"),
-        ({"sandbox": "x", "target": {"pid": 999999999}}, "target.pid", "no process"),
+        ({"sandbox": "x", "target": {"pid": 4194303}}, "target.pid", "no process"),
         ({"sandbox": "x", "target": {"container": "0123456789abcdef"}}, "target.container", "no cgroup found"),
         ({"sandbox": "x", "target": {"cgroup": "CG"}, "network": {"allow": [{"to": "10.0.0.0/33"}]}},
          "network.allow[0].to", "not an IPv4 or IPv6"),
@@ -61,7 +61,7 @@ def _wire_unchecked(doc: dict[str, Any]) -> pb.Policy:
         ({"sandbox": "x", "target": {"cgroup": "CG"},
           "network": {"allow": [{"to": "10.0.0.1", "ports": [(443, 80)]}]}},
          "network.allow[0].ports[0]", "empty range"),
-        ({"sandbox": "x", "target": {"cgroup": "CG"}, "labels": {"bad key!": "v"}}, "labels.bad key!", "label names"),
+        ({"sandbox": "x", "target": {"cgroup": "CG"}, "labels": {"bad key!": "v"}}, "labels['bad key!']", "label names"),
     ],
 )
 def test_bad_policy_is_invalid_argument_naming_the_field(client, make_cgroup, doc, field, reason):

@@ -1,6 +1,7 @@
 """`make demo` keeps doing what the README says: the tunnel and the pool
 connection refused in the kernel and reported, the miner binary killed before it
-runs, the GPU node refused, the mirror reachable, and nothing left behind."""
+runs, the GPU node refused, the mirror reachable, the daemon's socket out of the
+agent's reach, and nothing left behind."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def test_demo_replays_rome_and_cleans_up():
     assert "nvidia0: Operation not permitted" in out
     assert "rollout-17 refused device 195:0 access=rw" in out
     assert "exec     refused        1" in out and "device   refused        1" in out
+    # The agent runs unprivileged and cannot reach the daemon, not even through /proc/<pid>/root.
+    assert out.count("enforcer.sock: Permission denied") == 2 and "connected" not in out
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "enf-demo" not in namespaces
     links = subprocess.run(["ip", "link"], capture_output=True, text=True).stdout

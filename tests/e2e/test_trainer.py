@@ -52,7 +52,7 @@ def test_bad_labels_are_refused_by_field_and_change_nothing(client, make_cgroup,
     with pytest.raises(EnforcerError) as refused:
         client.set_labels(sandbox_id, {"bad key": "x"})
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.value.details.startswith("labels.bad key: ")
+    assert refused.value.details.startswith("labels['bad key']: ")
     assert dict(client.get(sandbox_id).policy.labels) == {"run": "ppo-7", "episode": "17"}
     with pytest.raises(EnforcerError) as missing:
         client.set_labels("no-such-sandbox", episode="1")
