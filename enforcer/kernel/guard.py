@@ -150,7 +150,6 @@ class SandboxGuard:
     writes; the event poller only reads the ring buffer."""
 
     def __init__(self, pin_root: Path, events_per_sec: int = 2000, exec_mode: str | None = None) -> None:
-        from bcc import BPF
         from bcc.libbcc import lib
         from bcc.utils import get_possible_cpus
 
@@ -175,15 +174,16 @@ class SandboxGuard:
         exec_mode = exec_mode or default_exec_mode()
         source = bpf_source().encode()
         try:
-            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
+            self._bpf = _manual_attach_bpf()(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
         except Exception:
             if exec_mode != EXEC_MODE_LSM:
                 raise
             # BPF-LSM listed but not loadable (lockdown, no BTF for it): the fallback.
             exec_mode = EXEC_MODE_TRACEPOINT
-            self._bpf = BPF(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
+            self._bpf = _manual_attach_bpf()(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
         self.exec_mode = exec_mode
-        links = self._pinnable_links()
+        self._links = self._attach_links()
+        links = self._links
         self._programs = [(self._bpf.load_func(name, prog_type, None, attach_type), attach_type)
                           for name, (prog_type, attach_type) in CGROUP_PROGRAMS.items()]
         self.pins.pin_build(self.build, {fn.name.decode(): fn.fd for fn, _ in self._programs}, links)
@@ -203,23 +203,35 @@ class SandboxGuard:
         for major in self.gpu_majors:
             self._update("gpu_majors", ctypes.c_uint32(major), ctypes.c_uint8(1))
 
-    def _pinnable_links(self) -> dict[str, int]:
-        """Every tracepoint, raw tracepoint and LSM attachment as a link fd. bcc
-        attaches tracepoints with an ioctl on a perf event, which ends with the
-        process: those are re-attached as links (this build is not active yet,
-        so nothing is missed in between)."""
+    def _attach_links(self) -> dict[str, int]:
+        """Attach the tracepoint, raw tracepoint and LSM programs as links (fds
+        that a pin keeps alive). bcc would attach them itself, tracepoints with
+        a perf-event ioctl that ends with the process; its automatic attachment
+        is off (``_manual_attach_bpf``) and this does it instead."""
+        from bcc import BPF
+
         links = {}
-        for tp in list(self._bpf.tracepoint_fds):
-            name = tp.decode()
-            category, event = name.split(":")
-            fn = self._bpf.funcs[f"tracepoint__{category}__{event}".encode()]
-            self._bpf.detach_tracepoint(tp)
-            links[f"tp-{event}"] = self.pins.bpf.perf_link(fn.fd, tracepoint_id(category, event))
-        for tp, fd in self._bpf.raw_tracepoint_fds.items():
-            links[f"raw-{tp.decode()}"] = fd
-        for name, fd in self._bpf.lsm_fds.items():
-            links[name.decode()] = fd
+        module = self._bpf.module
+        for index in range(self._lib.bpf_num_functions(module)):
+            name = self._lib.bpf_function_name(module, index).decode()
+            if name.startswith("tracepoint__"):
+                _, category, event = name.split("__", 2)
+                fn = self._bpf.load_func(name.encode(), BPF.TRACEPOINT)
+                links[f"tp-{event}"] = self.pins.bpf.perf_link(fn.fd, tracepoint_id(category, event))
+            elif name.startswith("raw_tracepoint__"):
+                fn = self._bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
+                links[f"raw-{name.removeprefix('raw_tracepoint__')}"] = self._link_fd(
+                    self._lib.bpf_attach_raw_tracepoint(fn.fd, name.removeprefix("raw_tracepoint__").encode()), name)
+            elif name.startswith("lsm__"):
+                fn = self._bpf.load_func(name.encode(), BPF.LSM)
+                links[name] = self._link_fd(self._lib.bpf_attach_lsm(fn.fd), name)
         return links
+
+    @staticmethod
+    def _link_fd(fd: int, name: str) -> int:
+        if fd < 0:
+            raise KernelError(f"attaching {name} failed: {os.strerror(ctypes.get_errno() or -fd)}")
+        return fd
 
     def activate(self) -> None:
         """Make this build's tracepoint and LSM programs the ones that act (one
@@ -459,10 +471,24 @@ class SandboxGuard:
     def close(self) -> None:
         """Let go of the programs and maps, leaving them attached and pinned:
         enforcement goes on without the daemon (`uninstall` ends it)."""
-        for fd in self._attached.values():
+        for fd in [*self._attached.values(), *self._links.values()]:
             os.close(fd)
         self._attached.clear()
+        self._links.clear()
         self._bpf.cleanup()
+
+
+def _manual_attach_bpf() -> type:  # a class made late: importing bcc loads libbcc
+    from bcc import BPF
+
+    class ManualAttachBPF(BPF):
+        """bcc's BPF without its automatic attachment of tracepoint__,
+        raw_tracepoint__ and lsm__ functions (SandboxGuard attaches them as links)."""
+
+        def _trace_autoload(self) -> None:
+            return
+
+    return ManualAttachBPF
 
 
 def uninstall(pin_root: Path, cgroup_paths: list[Path]) -> list[str]:
