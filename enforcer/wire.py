@@ -66,16 +66,25 @@ def _network_text(rule: NetworkRule) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
+def message_wire(msg: pb.Policy) -> tuple[bytes, str]:
+    """A policy message's deterministic wire form, and its sha256, which names a
+    version of a policy in the audit log. About 0.06 ms for 1,000 rules."""
+    data = msg.SerializeToString(deterministic=True)
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def message_digest(msg: pb.Policy) -> str:
-    """sha256 of a policy message's deterministic wire form: names a version of a
-    policy in the audit log. About 0.06 ms for 1,000 rules."""
-    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()
+    return message_wire(msg)[1]
+
+
+def policy_wire(policy: Policy) -> tuple[bytes, str]:
+    """What the client sends for ``policy`` (the normalized form, policy_to_proto
+    of the parsed policy), and its digest."""
+    return message_wire(policy_to_proto(policy))
 
 
 def policy_digest(policy: Policy) -> str:
-    """The digest of the message the client sends for ``policy`` (it sends the
-    normalized form, policy_to_proto of the parsed policy)."""
-    return message_digest(policy_to_proto(policy))
+    return policy_wire(policy)[1]
 
 
 def policy_from_proto(msg: pb.Policy) -> Policy:

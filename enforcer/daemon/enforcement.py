@@ -24,7 +24,7 @@ from enforcer.kernel import encode, exec_rules, layout
 from enforcer.kernel.events import EscalationDetail, KernelDenial
 from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
 from enforcer.policy import EscalationAction, Mode, Policy, Verdict, parse_labels
-from enforcer.wire import policy_digest
+from enforcer.wire import policy_wire
 
 ESCALATE_CODES = {
     EscalationAction.QUARANTINE: layout.ESCALATE_QUARANTINE,
@@ -111,8 +111,10 @@ class Enforcement:
     def gpu_majors(self) -> list[int]:
         return list(self._guard.gpu_majors)
 
-    def apply(self, policy: Policy, digest: str = "", cgroup: Cgroup | None = None) -> ApplyResult:
-        """``cgroup``: already resolved (a restored sandbox keeps its cgroup)."""
+    def apply(self, policy: Policy, wire: tuple[bytes, str] | None = None, cgroup: Cgroup | None = None) -> ApplyResult:
+        """``wire``: the request's policy bytes and digest (enforcer.wire.message_wire),
+        made here when not given; ``cgroup``: already resolved (a restored sandbox
+        keeps its cgroup)."""
         started = time.perf_counter()
         cgroup = cgroup or resolve_target(policy.target, self._mount)
         # Both may refuse the policy: before any change.
@@ -130,7 +132,8 @@ class Enforcement:
                 entries.update(exec_rules.pack_exec(compiled_exec, generation))
             state = _sandbox_state(policy, generation, slot, tag)
             keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
-            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), digest)
+            wire_bytes, digest = wire or policy_wire(policy)
+            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), digest, wire_bytes)
             if previous is not None:  # the same slot: its counters, baseline and escalation go on
                 record.quarantined, record.frozen = previous.quarantined, previous.frozen
                 record.escalation_handled = previous.escalation_handled
@@ -244,7 +247,8 @@ class Enforcement:
             policy = dataclasses.replace(record.policy, labels=labels)
             # The rules stay; a quarantine is not in this entry (the kernel keeps it per slot).
             self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag))
-            record.policy, record.tag, record.policy_sha256 = policy, tag, policy_digest(policy)
+            record.policy, record.tag = policy, tag
+            record.policy_wire, record.policy_sha256 = policy_wire(policy)
             self._save(record)
         log.info("labels_updated", sandbox=sandbox, labels=dict(labels))
         return record
@@ -367,7 +371,7 @@ class Enforcement:
                     self._guard.delete_rules(keys)
         for record in reapply:
             try:
-                self.apply(record.policy, record.policy_sha256, cgroup=record.cgroup)
+                self.apply(record.policy, (record.policy_wire, record.policy_sha256), cgroup=record.cgroup)
             except Exception as exc:
                 log.error("sandbox_restore_failed", sandbox=record.policy.sandbox, error=str(exc),
                           guarded=self._store.find(record.policy.sandbox) is not None)

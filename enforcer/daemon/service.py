@@ -73,7 +73,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             policy = wire.policy_from_proto(request.policy)
             # Hashing the request's bytes, not re-encoding the policy: 0.06 ms, not 1.6 ms at 1,000 rules.
             with ApplyTimer(self._metrics):
-                result = self._enforcement.apply(policy, digest=wire.message_digest(request.policy))
+                result = self._enforcement.apply(policy, wire.message_wire(request.policy))
         except PolicyError as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NestingConflict as exc:

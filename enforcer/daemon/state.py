@@ -113,7 +113,7 @@ def _to_json(record: SandboxRecord) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "sandbox": record.policy.sandbox,
-        "policy": base64.b64encode(policy_to_proto(record.policy).SerializeToString()).decode(),
+        "policy": base64.b64encode(record.policy_wire or policy_to_proto(record.policy).SerializeToString()).decode(),
         "cgroup_path": str(record.cgroup.path),
         "cgroup_id": record.cgroup.id,
         "cgroup_level": record.cgroup.level,
@@ -133,8 +133,9 @@ def _to_json(record: SandboxRecord) -> dict[str, Any]:
 def _from_json(doc: dict[str, Any]) -> SandboxRecord:
     if doc.get("format") != FORMAT:
         raise ValueError(f"unknown format {doc.get('format')!r}")
+    wire = base64.b64decode(doc["policy"], validate=True)
     message = pb.Policy()
-    message.ParseFromString(base64.b64decode(doc["policy"], validate=True))
+    message.ParseFromString(wire)
     policy = policy_from_proto(message)
     if policy.sandbox != doc["sandbox"]:
         raise ValueError("the policy names another sandbox")
@@ -147,6 +148,7 @@ def _from_json(doc: dict[str, Any]) -> SandboxRecord:
         tag=int(doc["tag"]),
         applied_unix_ns=int(doc["applied_unix_ns"]),
         policy_sha256=str(doc["policy_sha256"]),
+        policy_wire=wire,
         quarantined=bool(doc["quarantined"]),
         frozen=bool(doc["frozen"]),
         counter_base=None if base is None else CounterTotals(list(base["refused"]), list(base["audited"]),
