@@ -12,7 +12,7 @@ import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +36,10 @@ ESCALATE_CODES = {
 ESCALATION_EVENT_GRACE_NS = 1_000_000_000
 
 log = structlog.get_logger("enforcer.enforcement")
+
+
+class CallerGone(RuntimeError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -111,10 +115,13 @@ class Enforcement:
     def gpu_majors(self) -> list[int]:
         return list(self._guard.gpu_majors)
 
-    def apply(self, policy: Policy, wire: tuple[bytes, str] | None = None, cgroup: Cgroup | None = None) -> ApplyResult:
+    def apply(self, policy: Policy, wire: tuple[bytes, str] | None = None, cgroup: Cgroup | None = None,
+              still_wanted: Callable[[], bool] | None = None) -> ApplyResult:
         """``wire``: the request's policy bytes and digest (enforcer.wire.message_wire),
         made here when not given; ``cgroup``: already resolved (a restored sandbox
-        keeps its cgroup)."""
+        keeps its cgroup); ``still_wanted``: asked just before the switch, so a
+        caller that gave up (deadline, cancel) does not get a policy it was told
+        failed (CallerGone, nothing applied)."""
         started = time.perf_counter()
         cgroup = cgroup or resolve_target(policy.target, self._mount)
         # Both may refuse the policy: before any change.
@@ -146,6 +153,8 @@ class Enforcement:
                 self._guard.write_rules(entries)
                 if previous is None:
                     self._guard.reset_slot(slot)
+                if still_wanted is not None and not still_wanted():
+                    raise CallerGone("the caller's deadline passed or it cancelled before the switch: nothing applied")
                 self._guard.set_sandbox(cgroup, state)  # the switch
             except Exception:
                 self._guard.delete_rules(keys)

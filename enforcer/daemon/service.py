@@ -11,7 +11,7 @@ import structlog
 
 from enforcer import wire
 from enforcer.daemon.audit import AUDIT_LOGGER, AuditFile
-from enforcer.daemon.enforcement import Enforcement
+from enforcer.daemon.enforcement import CallerGone, Enforcement
 from enforcer.daemon.metrics import ApplyTimer, Metrics
 from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
@@ -43,6 +43,11 @@ def applied_to_proto(record: SandboxRecord, whole_policy: bool = True) -> pb.App
     return applied
 
 
+def _caller_waiting(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return bool(context.is_active()) and (remaining is None or remaining > 0)
+
+
 def _peer(context: grpc.ServicerContext) -> str:
     return str(context.peer())
 
@@ -66,16 +71,18 @@ class EnforcerService(pb_grpc.EnforcerServicer):
     def ApplyPolicy(self, request: pb.ApplyPolicyRequest, context: grpc.ServicerContext) -> pb.ApplyPolicyResponse:
         if not request.HasField("policy"):
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "policy: is required")
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:  # the caller has given up: change nothing
+        if not _caller_waiting(context):  # it has given up: change nothing
             self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the apply began")
         try:
             policy = wire.policy_from_proto(request.policy)
             # Hashing the request's bytes, not re-encoding the policy: 0.06 ms, not 1.6 ms at 1,000 rules.
             with ApplyTimer(self._metrics):
-                result = self._enforcement.apply(policy, wire.message_wire(request.policy))
+                result = self._enforcement.apply(policy, wire.message_wire(request.policy),
+                                                 still_wanted=lambda: _caller_waiting(context))
         except PolicyError as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except CallerGone as exc:
+            self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except NestingConflict as exc:
             self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ApplyConflict as exc:

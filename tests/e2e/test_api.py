@@ -183,6 +183,20 @@ def test_apply_without_a_policy_is_invalid_argument(daemon):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_an_apply_whose_caller_gave_up_changes_nothing(daemon, client, make_cgroup, sandbox_id):
+    """Deadlines: a request that arrives after its deadline is not applied for a
+    caller that is no longer waiting for the answer."""
+    from enforcer.policy import parse_policy
+    from enforcer.wire import policy_to_proto
+
+    request = pb.ApplyPolicyRequest(policy=policy_to_proto(parse_policy(policy(sandbox_id, make_cgroup()))))
+    for _ in range(20):
+        with pytest.raises(grpc.RpcError) as info:
+            raw_stub(daemon).ApplyPolicy(request, timeout=0.000001)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert sandbox_id not in {p.policy.sandbox for p in client.list()}
+
+
 def test_stream_filters_by_sandbox_and_labels(client, make_cgroup, sandbox_id, probe: Probe):
     from tests.e2e.conftest import wait_denials
 
