@@ -184,17 +184,25 @@ def test_apply_without_a_policy_is_invalid_argument(daemon):
 
 
 def test_an_apply_whose_caller_gave_up_changes_nothing(daemon, client, make_cgroup, sandbox_id):
-    """Deadlines: a request that arrives after its deadline is not applied for a
-    caller that is no longer waiting for the answer."""
+    """Deadlines: an apply whose caller's deadline has passed by the time of the
+    kernel switch is rolled back. (gRPC rounds the daemon's deadline up to its
+    1 ms timer, so a 1 us deadline lets the handler start; a 500-rule apply
+    takes longer than that, so it reaches the switch after the deadline.)"""
+    import time
+
     from enforcer.policy import parse_policy
     from enforcer.wire import policy_to_proto
 
-    request = pb.ApplyPolicyRequest(policy=policy_to_proto(parse_policy(policy(sandbox_id, make_cgroup()))))
-    for _ in range(20):
+    rules = [{"to": f"10.{i // 256}.{i % 256}.0/24", "ports": [443]} for i in range(500)]
+    request = pb.ApplyPolicyRequest(policy=policy_to_proto(parse_policy(policy(sandbox_id, make_cgroup(), allow=rules))))
+    for _ in range(10):
         with pytest.raises(grpc.RpcError) as info:
             raw_stub(daemon).ApplyPolicy(request, timeout=0.000001)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.5)  # any handler still running has reached its switch
     assert sandbox_id not in {p.policy.sandbox for p in client.list()}
+    refusals = [e for e in daemon.log_events() if e["event"] == "request_refused" and "deadline" in e["reason"]]
+    assert refusals  # the daemon's own check, not only the client's timer
 
 
 def test_stream_filters_by_sandbox_and_labels(client, make_cgroup, sandbox_id, probe: Probe):
