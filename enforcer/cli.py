@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     release = command("release", "lift an escalation: end a quarantine, thaw, re-arm")
     release.add_argument("sandbox")
 
-    status = command("status", "how the daemon enforces on this kernel (exec mode, GPU majors)")
+    status = command("status", "how the daemon enforces: exec mode, programs as the kernel has them attached, lost events")
     status.add_argument("--json", action="store_true")
 
     denials = command("denials", "show retained denials; --follow to keep streaming")
