@@ -281,6 +281,8 @@ def run_in_sandbox(cgroup: Path, command: list[str]) -> subprocess.CompletedProc
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=30, preexec_fn=enter,
                               env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    except PermissionError as exc:  # the exec itself refused (BPF-LSM): what a shell would report
+        return subprocess.CompletedProcess(command, 126, "", f"{command[0]}: {exc.strerror}")
     finally:
         os.close(netns_fd)
 

@@ -38,8 +38,11 @@ if behaviour == "mistake":
     except OSError as e:
         print(f"    agent: sendto 127.0.0.1:3333: {e.strerror}")
 elif behaviour == "breakout":
-    status = subprocess.run([miner, "--donate-level", "1"]).returncode
-    print(f"    agent: {miner} exited {status}")
+    try:  # killed before it runs (tracepoint), or refused with EPERM (BPF-LSM)
+        status = subprocess.run([miner, "--donate-level", "1"]).returncode
+        print(f"    agent: {miner} exited {status}")
+    except PermissionError as e:
+        print(f"    agent: {miner}: {e.strerror}")
 subprocess.run(["/usr/bin/true"], check=True)
 """
 BEHAVIOURS = ("well-behaved", "mistake", "breakout")
