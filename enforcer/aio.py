@@ -20,12 +20,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from enforcer.client import (
-    CHANNEL_OPTIONS,
     EnforcerError,
     PolicyLike,
     TlsFiles,
     labels_request,
     not_ready,
+    open_channel,
     stream_request,
     to_wire_policy,
 )
@@ -40,9 +40,7 @@ class Enforcer:
     def __init__(self, address: str | None = None, timeout: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.address = grpc_target(socket_path(address))
         self.timeout = timeout
-        tls = tls or TlsFiles.from_env()
-        self._channel = (grpc.aio.secure_channel(self.address, tls.credentials(), options=CHANNEL_OPTIONS) if tls
-                         else grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS))
+        self._channel = open_channel(grpc.aio, self.address, tls)
         self._stub = pb_grpc.EnforcerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

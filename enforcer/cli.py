@@ -294,26 +294,26 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from enforcer import export
 
+    # Written to a temporary file beside --output and renamed: a failed export
+    # (a torn record) never leaves a file that looks complete.
+    target = Path(args.output) if args.output else None
+    partial = target.with_name(f".{target.name}.partial") if target else None
     try:
         selection = export.RecordFilter(
             since=export.parse_time(args.since, "--since") if args.since else None,
             until=export.parse_time(args.until, "--until") if args.until else None,
             sandboxes=set(args.sandbox), kinds=set(args.kind))
         files = export.log_files(Path(args.audit_log))
-        # Written to a temporary file beside --output and renamed: a failed
-        # export (a torn record) never leaves a file that looks complete.
-        target = Path(args.output) if args.output else None
-        partial = target.with_name(f".{target.name}.partial") if target else None
         with (open(partial, "w", encoding="utf-8") if partial else contextlib.nullcontext(sys.stdout)) as out:
             summary = export.export(export.read_records(files), selection, args.format, out)
         if target and partial:
             partial.replace(target)
-    except export.ExportError as exc:
-        if args.output:
-            Path(args.output).with_name(f".{Path(args.output).name}.partial").unlink(missing_ok=True)
-        print(f"enforcer: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+    except (export.ExportError, OSError) as exc:
+        if partial:
+            partial.unlink(missing_ok=True)
+        if isinstance(exc, export.ExportError):
+            print(f"enforcer: {exc}", file=sys.stderr)
+            return 2
         print(f"enforcer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     note = f"; {summary.not_mappable} policy records have no OCSF class and were left out" if summary.not_mappable else ""

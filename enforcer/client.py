@@ -91,6 +91,15 @@ class TlsFiles:
         return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
 
 
+def open_channel(channels: Any, address: str, tls: TlsFiles | None) -> Any:
+    """A channel from ``channels`` (grpc or grpc.aio): TLS with ``tls`` or the
+    ENFORCER_TLS_* environment, else plaintext (the Unix socket)."""
+    tls = tls or TlsFiles.from_env()
+    if tls:
+        return channels.secure_channel(address, tls.credentials(), options=CHANNEL_OPTIONS)
+    return channels.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
 def not_ready(address: str, timeout: float) -> EnforcerError:
     return EnforcerError(grpc.StatusCode.UNAVAILABLE, f"daemon at {address} not ready after {timeout}s")
 
@@ -103,9 +112,7 @@ class Enforcer:
     def __init__(self, address: str | None = None, timeout: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.address = grpc_target(socket_path(address))
         self.timeout = timeout
-        tls = tls or TlsFiles.from_env()
-        self._channel = (grpc.secure_channel(self.address, tls.credentials(), options=CHANNEL_OPTIONS) if tls
-                         else grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS))
+        self._channel = open_channel(grpc, self.address, tls)
         self._stub = pb_grpc.EnforcerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import os
 import re
@@ -38,6 +37,7 @@ DENIAL_KINDS = {
     "device": "DENIAL_KIND_DEVICE",
     "escalation": "DENIAL_KIND_ESCALATION",
 }
+_SHORT_KINDS = {spelled: short for short, spelled in DENIAL_KINDS.items()}
 POLICY_EVENTS = ("policy_applied", "policy_removed", "labels_updated", "sandbox_released")
 KINDS = (*DENIAL_KINDS, "policy")
 
@@ -131,8 +131,7 @@ class RecordFilter:
 def kind_of(record: dict[str, Any]) -> str:
     event = record.get("event")
     if event == "denial":
-        spelled = record.get("kind", "")
-        return next((short for short, long in DENIAL_KINDS.items() if long == spelled), "")
+        return _SHORT_KINDS.get(record.get("kind", ""), "")
     return "policy" if event in POLICY_EVENTS else ""
 
 
@@ -275,7 +274,3 @@ def _message(kind: str, record: dict[str, Any], refused: bool) -> str:
     return f"socket creation {verb} in sandbox {sandbox}"
 
 
-def export_to_string(records: Iterable[dict[str, Any]], selection: RecordFilter, fmt: str) -> tuple[str, ExportSummary]:
-    out = io.StringIO()
-    summary = export(records, selection, fmt, out)
-    return out.getvalue(), summary

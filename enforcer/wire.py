@@ -73,10 +73,6 @@ def message_wire(msg: pb.Policy) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def message_digest(msg: pb.Policy) -> str:
-    return message_wire(msg)[1]
-
-
 def policy_wire(policy: Policy) -> tuple[bytes, str]:
     """What the client sends for ``policy`` (the normalized form, policy_to_proto
     of the parsed policy), and its digest."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target, write_control
-from enforcer.daemon.state import SavedSandbox, StateDir
+from enforcer.daemon.state import StateDir
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
 from enforcer.kernel import encode, exec_rules, layout
 from enforcer.kernel.events import EscalationDetail, KernelDenial
@@ -342,7 +342,7 @@ class Enforcement:
                 self._save(record)
             return counts, since
 
-    def restore(self, saved: list[SavedSandbox]) -> None:
+    def restore(self, saved: list[SandboxRecord]) -> None:
         """Take over from an earlier daemon: the saved sandboxes, checked
         against the sandbox entries in the adopted maps. Where they agree the
         entry is adopted as it is (no map write); where an apply or a relabel
@@ -353,8 +353,7 @@ class Enforcement:
         kernel = self._guard.kernel_sandboxes() if self._guard.adopted else {}
         reapply = []
         with self._lock:
-            for entry in saved:
-                record = entry.record
+            for record in saved:
                 if not record.cgroup.still_exists():
                     log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
                     self._guard.forget_sandbox(record.cgroup.id)

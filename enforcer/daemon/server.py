@@ -101,27 +101,10 @@ def run_uninstall(config: DaemonConfig) -> list[str]:
     if socket_path.exists():
         _claim_socket(socket_path)  # refuses if a daemon answers there
     state = StateDir(Path(config.state_dir))
-    try:
-        cgroups = [entry.record.cgroup.path for entry in state.load()]
-    except StateError as exc:
-        log.warning("state_unreadable", error=str(exc))
-        cgroups = [Path(p["cgroup_path"]) for p in _cgroup_paths_best_effort(state)]
+    cgroups = state.cgroup_paths()
     removed = uninstall(pin_root(config), cgroups)
-    for path in state.sandboxes.glob("*.json"):
-        path.unlink()
+    state.forget_all()
     return [*removed, f"{len(cgroups)} saved sandboxes"]
-
-
-def _cgroup_paths_best_effort(state: StateDir) -> list[dict[str, str]]:
-    import json
-
-    found = []
-    for path in state.sandboxes.glob("*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            doc = json.loads(path.read_text())
-            if isinstance(doc, dict) and isinstance(doc.get("cgroup_path"), str):
-                found.append(doc)
-    return found
 
 
 def _check_config(config: DaemonConfig) -> tuple[int | None, grpc.ServerCredentials | None]:

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,6 @@ class StateError(RuntimeError):
     pass
 
 
-@dataclass
-class SavedSandbox:
-    record: SandboxRecord
-    path: Path
-
-
 class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -66,7 +59,7 @@ class StateDir:
     def delete(self, sandbox: str) -> None:
         self._file(sandbox).unlink(missing_ok=True)
 
-    def load(self) -> list[SavedSandbox]:
+    def load(self) -> list[SandboxRecord]:
         """Every saved sandbox of this boot. A file that cannot be read back is
         an error naming it: starting without it would silently drop a sandbox's guard."""
         boot = BOOT_ID.read_text().strip()
@@ -81,13 +74,30 @@ class StateDir:
         saved = []
         for path in sorted(self.sandboxes.glob("*.json")):
             try:
-                saved.append(SavedSandbox(_from_json(json.loads(path.read_bytes())), path))
+                saved.append(_from_json(json.loads(path.read_bytes())))
             except (OSError, ValueError, KeyError, TypeError, PolicyError) as exc:
                 raise StateError(f"{path} cannot be read back ({exc}); move it away to start without that sandbox") \
                     from exc
         for leftover in self.sandboxes.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)  # a write cut short: its rename never happened
         return saved
+
+    def cgroup_paths(self) -> list[Path]:
+        """The cgroup of every saved file that names one, without validating the
+        rest: what `--uninstall` detaches from, even when a file is damaged."""
+        paths = []
+        for path in self.sandboxes.glob("*.json"):
+            try:
+                doc = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("cgroup_path"), str):
+                paths.append(Path(doc["cgroup_path"]))
+        return paths
+
+    def forget_all(self) -> None:
+        for path in self.sandboxes.glob("*.json"):
+            path.unlink()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -45,7 +45,7 @@ class SandboxRecord:
     tag: int  # what the kernel stamps on this sandbox's events: its id and current labels
     rule_keys: dict[str, list[bytes]] = field(default_factory=dict)  # map -> keys of this generation, deleted on retire
     applied_unix_ns: int = 0
-    policy_sha256: str = ""  # enforcer.wire.message_digest of the policy as applied (new labels: new digest)
+    policy_sha256: str = ""  # enforcer.wire.message_wire digest of the policy as applied (new labels: new digest)
     policy_wire: bytes = b""  # the policy's deterministic wire form (what the state directory keeps)
     quarantined: bool = False
     frozen: bool = False

@@ -183,12 +183,11 @@ class SandboxGuard:
             self._bpf = _manual_attach_bpf()(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
         self.exec_mode = exec_mode
         self._links = self._attach_links()
-        links = self._links
         self._programs = [(self._bpf.load_func(name, prog_type, None, attach_type), attach_type)
                           for name, (prog_type, attach_type) in CGROUP_PROGRAMS.items()]
-        self.pins.pin_build(self.build, {fn.name.decode(): fn.fd for fn, _ in self._programs}, links)
-        # The programs an earlier build attached, which this one's replace.
-        self._old_programs = [self.pins.programs(build) for build in self.pins.builds() if build != self.build]
+        self.pins.pin_build(self.build, {fn.name.decode(): fn.fd for fn, _ in self._programs}, self._links)
+        # Earlier builds' programs (open fds, by build): this one's replace them, then retire them.
+        self._old_programs = {build: self.pins.programs(build) for build in self.pins.builds() if build != self.build}
         self._attached: dict[int, int] = {}  # cgroup id -> open fd of the cgroup directory
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
@@ -239,13 +238,13 @@ class SandboxGuard:
         cgroup programs and drop its pins. Call once the adopted sandboxes'
         cgroup programs are swapped for this build's (guard)."""
         self._update("active", ctypes.c_uint32(0), ctypes.c_uint32(self.build))
-        for old in self._old_programs:
-            for fd in old.values():
-                os.close(fd)
-        self._old_programs = []
-        for build in self.pins.builds():
-            if build != self.build:
-                self.pins.retire_build(build, ATTACH_TYPES, list(self._attached.values()))
+        for build, programs in self._old_programs.items():
+            try:
+                self.pins.retire_build(build, programs, ATTACH_TYPES, list(self._attached.values()))
+            finally:
+                for fd in programs.values():
+                    os.close(fd)
+        self._old_programs = {}
         self._inherited_mask = 0
         self._write_config()
 
@@ -437,7 +436,7 @@ class SandboxGuard:
     def _attach(self, prog_fd: int, name: str, cgroup_fd: int, attach_type: int) -> None:
         """In place of an earlier build's program where one is attached (an
         atomic swap), else beside whatever else is attached."""
-        for old in self._old_programs:
+        for old in self._old_programs.values():
             if name in old:
                 try:
                     self.pins.bpf.attach(prog_fd, cgroup_fd, attach_type, replace_fd=old[name])
@@ -502,7 +501,12 @@ def uninstall(pin_root: Path, cgroup_paths: list[Path]) -> list[str]:
             fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
     try:
         for build in pins.builds():
-            pins.retire_build(build, ATTACH_TYPES, fds)
+            programs = pins.programs(build)
+            try:
+                pins.retire_build(build, programs, ATTACH_TYPES, fds)
+            finally:
+                for fd in programs.values():
+                    os.close(fd)
             removed.append(f"build {build:08x}")
         removed += [f"maps {name}" for name in pins.layouts()]
         pins.remove_all()

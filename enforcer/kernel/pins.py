@@ -122,12 +122,6 @@ class _Libbpf:
                     "querying attached programs")
         return set(ids[:count.value])
 
-    def lookup_u32(self, map_fd: int, key: int) -> int:
-        value = ctypes.c_uint32()
-        self._check(self.lib.bpf_map_lookup_elem(map_fd, ctypes.byref(ctypes.c_uint32(key)), ctypes.byref(value)),
-                    "reading the active build")
-        return value.value
-
     def perf_link(self, prog_fd: int, tracepoint_id: int) -> int:
         """A pinnable link from a tracepoint program to a perf event on the
         tracepoint (bcc attaches with an ioctl, which dies with the process)."""
@@ -167,17 +161,9 @@ class PinDir:
     def _entries(self) -> list[Path]:
         return list(self.root.iterdir()) if self.root.is_dir() else []
 
-    def read_active(self) -> int:
-        if not self.active_path.exists():
-            return 0
-        fd = self.bpf.get(self.active_path)
-        try:
-            return self.bpf.lookup_u32(fd, 0)
-        finally:
-            os.close(fd)
-
     def new_build(self) -> int:
-        taken = {self.read_active(), *self.builds(), 0}
+        """An id no pinned build has (the active one among them; 0 means none)."""
+        taken = {*self.builds(), 0}
         while True:
             build = secrets.randbits(32)
             if build not in taken:
@@ -197,28 +183,22 @@ class PinDir:
         """Open fds of a pinned build's cgroup programs, by name (the caller closes them)."""
         return {pin.name.removeprefix("prog-"): self.bpf.get(pin) for pin in sorted(self.build_dir(build).glob("prog-*"))}
 
-    def retire_build(self, build: int, attach_types: dict[str, int], cgroup_fds: list[int]) -> None:
-        """Detach the build's cgroup programs from these cgroups and drop its
-        pins (which detaches its links). Detaching what is not attached is fine."""
-        directory = self.build_dir(build)
-        for pin in sorted(directory.glob("prog-*")):
-            attach_type = attach_types.get(pin.name.removeprefix("prog-"))
+    def retire_build(self, build: int, programs: dict[str, int], attach_types: dict[str, int],
+                     cgroup_fds: list[int]) -> None:
+        """Detach the build's cgroup programs (open fds, from ``programs``) from
+        these cgroups and drop its pins (which detaches its links). Detaching
+        what is not attached is fine."""
+        for name, prog_fd in programs.items():
+            attach_type = attach_types.get(name)
             if attach_type is None:
                 continue
-            prog_fd = self.bpf.get(pin)
-            try:
-                for cgroup_fd in cgroup_fds:
-                    try:
-                        self.bpf.detach(prog_fd, cgroup_fd, attach_type)
-                    except OSError as exc:
-                        if exc.errno not in (errno.ENOENT, errno.EBADF):
-                            raise
-            finally:
-                os.close(prog_fd)
-        shutil.rmtree(directory, ignore_errors=True)
-
-    def remove_layout(self, layout_name: str) -> None:
-        shutil.rmtree(self.maps_dir(layout_name), ignore_errors=True)
+            for cgroup_fd in cgroup_fds:
+                try:
+                    self.bpf.detach(prog_fd, cgroup_fd, attach_type)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.EBADF):
+                        raise
+        shutil.rmtree(self.build_dir(build), ignore_errors=True)
 
     def remove_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

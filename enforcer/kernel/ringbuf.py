@@ -63,9 +63,6 @@ class EventRing:
     def producer_position(self) -> int:
         return int(_U64.unpack_from(self._producer, 0)[0])
 
-    def pending_bytes(self) -> int:
-        return self.producer_position - self.consumer_position
-
     def read(self, limit: int) -> list[RingRecord]:
         """Up to ``limit`` committed records after those already read; nothing
         is released to the kernel until ``commit``."""
@@ -94,9 +91,3 @@ class EventRing:
         """Until the kernel says there is data, or the timeout."""
         if self._read_to == self.producer_position:
             self._poll.poll(timeout_ms)
-
-    def close(self) -> None:
-        del self._consumer_pos  # a live ctypes view would keep the mapping from closing
-        self._view.release()
-        self._producer.close()
-        self._consumer.close()

@@ -40,7 +40,7 @@ def test_round_trip(tmp_path, boot):
     store.save(record("a"))
     store.save(record("b"))
     store.delete("b")
-    (loaded,) = [entry.record for entry in StateDir(tmp_path / "state").load()]
+    (loaded,) = StateDir(tmp_path / "state").load()
     original = record("a")
     for name in ("policy", "cgroup", "generation", "slot", "tag", "applied_unix_ns", "policy_sha256", "quarantined",
                  "frozen", "counter_base", "counters_since_ns", "escalation_handled"):
@@ -52,7 +52,7 @@ def test_a_write_cut_short_leaves_the_old_file(tmp_path, boot):
     store = StateDir(tmp_path / "state")
     store.save(record("a"))
     (store.sandboxes / ".deadbeef.json.tmp").write_text('{"half": ')  # what a kill mid-write leaves
-    assert [e.record.policy.sandbox for e in store.load()] == ["a"]
+    assert [r.policy.sandbox for r in store.load()] == ["a"]
     assert not list(store.sandboxes.glob(".*.tmp"))
 
 
