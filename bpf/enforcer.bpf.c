@@ -3,6 +3,7 @@
  * kernel-internal fields, taken from the running kernel's BTF, and
  * ENF_EXEC_LSM when BPF-LSM is available. */
 #include "common.bpf.h"
+#include "dns.bpf.c"
 #include "network.bpf.c"
 #include "exec.bpf.c"
 #include "device.bpf.c"

@@ -23,6 +23,11 @@
 #define ENF_WALK_MAX        64       /* parent directories and mounts walked from an executed file */
 #define ENF_MAX_MAJOR       4096     /* device majors are 12 bits */
 #define ENF_ESCALATE_MAX    256      /* largest escalation threshold (a power of two) */
+#define ENF_MAX_NAME_ADDRS  65536    /* addresses learned from allowed DNS answers, all sandboxes */
+#define ENF_MAX_NAME_GRANTS 8        /* name-rule port ranges one learned address can carry */
+#define ENF_MAX_DNS_SOCKETS 65536    /* sockets whose DNS destination was redirected (LRU) */
+#define ENF_MAX_FORWARDERS  4096     /* (sandbox, network namespace) pairs with a DNS forwarder */
+#define ENF_DNS_PORT        53
 
 #define ENF_KIND_CONNECT 1
 #define ENF_KIND_SENDMSG 2
@@ -30,6 +35,7 @@
 #define ENF_KIND_EXEC    4
 #define ENF_KIND_DEVICE  5
 #define ENF_KIND_ESCALATION 6  /* not a denial: the escalation fired (not counted by kind) */
+#define ENF_KIND_DNS     7   /* a query for a name the policy does not list: the daemon's forwarder reports it */
 #define ENF_NUM_KINDS    8   /* a power of two above the largest kind */
 
 #define ENF_ESCALATE_QUARANTINE 1
@@ -79,7 +85,8 @@ struct enf_sandbox {
     __u8  exec_default;     /* ENF_VERDICT_*, or ENF_VERDICT_NONE: exec is not judged */
     __u8  gpu;              /* ENF_VERDICT_*: may GPU device nodes be opened */
     __u8  escalate_action;  /* ENF_ESCALATE_* */
-    __u8  _pad[3];
+    __u8  dns;              /* 1: port-53 traffic goes to the daemon's forwarder; learned addresses count */
+    __u8  _pad[2];
 };
 
 /* escalation: per slot, the times of the last ENF_ESCALATE_MAX denials. Written
@@ -223,6 +230,65 @@ struct enf_device_event {
     __u32 minor;
     __u32 access;           /* BPF_DEVCG_ACC_* bits */
     __u32 dev_type;         /* BPF_DEVCG_DEV_* */
+};
+
+/* DNS by name (bpf/dns.bpf.c). A sandbox with dns set has its port-53 connects
+ * and datagrams redirected to the daemon's forwarder for its network namespace;
+ * the forwarder installs the addresses of allowed answers in name_addrs. */
+
+/* dns_forwarders: where a sandbox's forwarder listens in one network namespace
+ * (127.0.0.1 and ::1 there). Ports in host byte order; 0: no listener. */
+struct enf_fwd_key {
+    __u32 slot;
+    __u32 _pad;
+    __u64 netns_cookie;     /* bpf_get_netns_cookie / SO_NETNS_COOKIE */
+};
+
+struct enf_forwarder {
+    __u16 udp4;
+    __u16 tcp4;
+    __u16 udp6;
+    __u16 tcp6;
+};
+
+/* dns_sockets: by socket cookie, the resolver a redirected socket asked for, so
+ * that recvmsg and getpeername show it instead of the forwarder. */
+struct enf_dns_origin {
+    __u8  addr[16];         /* as the caller gave it (IPv4 in the first 4 bytes, or IPv4-mapped) */
+    __u16 port_be;
+    __u16 fwd_port_be;      /* the forwarder port it was sent to */
+    __u8  family;           /* AF_INET: a v4 socket; AF_INET6: a v6 socket (addr may be v4-mapped) */
+    __u8  _pad[3];
+};
+
+/* name_addrs: an address an allowed name resolved to, for one generation. */
+struct enf_name_key {
+    __u32 generation;
+    __u32 family;           /* AF_INET / AF_INET6 */
+    __u8  addr[16];         /* IPv4 in the first 4 bytes */
+};
+
+struct enf_name_grant {
+    __u64 expires_ns;       /* bpf_ktime_get_boot_ns() after which it no longer allows */
+    __u16 first;
+    __u16 last;
+    __u8  protocol;         /* IPPROTO_TCP, IPPROTO_UDP or ENF_PROTO_ANY */
+    __u8  _pad[3];
+};
+
+struct enf_name_grants {
+    __u32 count;
+    __u32 _pad;
+    struct enf_name_grant grants[ENF_MAX_NAME_GRANTS];
+};
+
+/* dns_counters: per slot, written only by the daemon (its forwarder decides
+ * DNS denials); pinned with the kernel's counters so both outlive a restart. */
+struct enf_dns_counters {
+    __u64 refused;
+    __u64 audited;
+    __u64 suppressed;
+    __u64 lost;
 };
 
 #endif

@@ -13,13 +13,16 @@
 
 ENF_STATE_TABLE("lpm_trie", struct enf_lpm_key, struct enf_rule_set, rules, ENF_MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
-/* 1: allowed by the rules (or the default), 0: refused. */
+#define ENF_JUDGE_REFUSE  0   /* no rule allows it (a default deny) */
+#define ENF_JUDGE_ALLOW   1
+#define ENF_JUDGE_DENIED  2   /* a deny rule covers it: nothing, not even a name, allows it */
+
 static __always_inline int judge(struct enf_sandbox *sb, struct enf_lpm_key *key, u16 port, u8 proto)
 {
-    int default_allow = sb->default_verdict == ENF_VERDICT_ALLOW;
+    int fallback = sb->default_verdict == ENF_VERDICT_ALLOW ? ENF_JUDGE_ALLOW : ENF_JUDGE_REFUSE;
     struct enf_rule_set *set = rules.lookup(key);
     if (!set)
-        return default_allow;
+        return fallback;
     int allowed = 0;
 #pragma unroll
     for (int i = 0; i < ENF_MAX_PORT_RULES; i++) {
@@ -31,15 +34,15 @@ static __always_inline int judge(struct enf_sandbox *sb, struct enf_lpm_key *key
         if (port < r->first || port > r->last)
             continue;
         if (r->verdict == ENF_VERDICT_DENY)
-            return 0;
+            return ENF_JUDGE_DENIED;
         allowed = 1;
     }
-    return allowed ? 1 : default_allow;
+    return allowed ? ENF_JUDGE_ALLOW : fallback;
 }
 
 /* Returns what the sock_addr hook returns: 1 lets the call go on, 0 makes it EPERM. */
 static __always_inline int decide(struct bpf_sock_addr *ctx, struct enf_lpm_key *key,
-                                  u8 family, u8 kind)
+                                  u8 family, u8 kind, int v6_socket)
 {
     struct enf_sandbox *sb = sandbox_of_task();
     if (!sb) {
@@ -52,8 +55,20 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct enf_lpm_key 
     u8 proto = (u8)ctx->protocol;
     key->generation_be = enf_be32(sb->generation);
     key->family_be = enf_be32((u32)family);
-    if (!quarantined(sb) && judge(sb, key, port, proto))
-        return 1;
+    if (!quarantined(sb)) {
+        if (sb->dns && port == ENF_DNS_PORT) {
+            /* Whatever resolver it names, a query goes to the forwarder; with no
+             * forwarder in this network namespace it goes nowhere. */
+            if (dns_redirect(ctx, sb, key, family, v6_socket, proto))
+                return 1;
+        } else {
+            int verdict = judge(sb, key, port, proto);
+            if (verdict == ENF_JUDGE_ALLOW)
+                return 1;
+            if (verdict == ENF_JUDGE_REFUSE && sb->dns && name_allows(sb, key, family, port, proto))
+                return 1;
+        }
+    }
 
     u8 action = action_of(sb);
     if (count_denial(sb, kind, action)) {
@@ -75,7 +90,7 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, u8 kind)
     key.prefixlen = 64 + 32;
     u32 ip = ctx->user_ip4;
     __builtin_memcpy(key.addr, &ip, 4);
-    return decide(ctx, &key, ENF_AF_INET, kind);
+    return decide(ctx, &key, ENF_AF_INET, kind, 0);
 }
 
 static __always_inline int decide6(struct bpf_sock_addr *ctx, u8 kind)
@@ -87,14 +102,14 @@ static __always_inline int decide6(struct bpf_sock_addr *ctx, u8 kind)
     if (w0 == 0 && w1 == 0 && w2 == enf_be32(0x0000ffff)) {
         key.prefixlen = 64 + 32;
         __builtin_memcpy(key.addr, &w3, 4);
-        return decide(ctx, &key, ENF_AF_INET, kind);
+        return decide(ctx, &key, ENF_AF_INET, kind, 1);
     }
     key.prefixlen = 64 + 128;
     __builtin_memcpy(key.addr, &w0, 4);
     __builtin_memcpy(key.addr + 4, &w1, 4);
     __builtin_memcpy(key.addr + 8, &w2, 4);
     __builtin_memcpy(key.addr + 12, &w3, 4);
-    return decide(ctx, &key, ENF_AF_INET6, kind);
+    return decide(ctx, &key, ENF_AF_INET6, kind, 1);
 }
 
 /* cgroup programs need no enf_active(): a restarted daemon swaps them in

@@ -44,11 +44,18 @@ def policy_to_proto(policy: Policy) -> pb.Policy:
         msg.target.container = policy.target.value
     msg.labels.update(policy.labels)
     msg.network.default = _VERDICTS[policy.network.default]
-    for rules, out in ((policy.network.allow, msg.network.allow), (policy.network.deny, msg.network.deny)):
+    network = policy.network
+    for rules, out in ((network.allow, msg.network.allow), (network.allow_names, msg.network.allow),
+                       (network.deny, msg.network.deny)):
         for rule in rules:
-            wire_rule = out.add(to=_network_text(rule), protocol=_PROTOCOLS[rule.protocol])
+            to = _network_text(rule) if isinstance(rule, NetworkRule) else rule.name
+            wire_rule = out.add(to=to, protocol=_PROTOCOLS[rule.protocol])
             for r in rule.ports:
                 wire_rule.ports.add(first=r.first, last=r.last)
+    msg.network.deny.extend(pb.NetworkRule(to=r.name) for r in network.deny_names)
+    if network.dns is not None:
+        msg.network.dns.upstream.extend(str(u) for u in network.dns.upstream)
+        msg.network.dns.grace_seconds = network.dns.grace
     msg.devices.gpu = _VERDICTS[policy.devices.gpu]
     if policy.escalate is not None:
         msg.escalate.after = policy.escalate.after
@@ -98,8 +105,13 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
         doc["network"] = {
             "default": _VERDICT_NAMES.get(msg.network.default, f"<enum value {msg.network.default}>"),
             "allow": [_rule_document(r) for r in msg.network.allow],
-            "deny": [_rule_document(r) for r in msg.network.deny],
+            "deny": [_rule_document(r, name_only=True) for r in msg.network.deny],
         }
+        if msg.network.HasField("dns"):
+            dns: dict[str, Any] = {"upstream": list(msg.network.dns.upstream)}
+            if msg.network.dns.HasField("grace_seconds"):
+                dns["grace"] = msg.network.dns.grace_seconds
+            doc["network"]["dns"] = dns
     if msg.HasField("exec"):
         doc["exec"] = {
             "default": _VERDICT_NAMES.get(msg.exec.default, f"<enum value {msg.exec.default}>"),
@@ -117,11 +129,11 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
     return doc
 
 
-def _rule_document(rule: pb.NetworkRule) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "to": rule.to or None,
-        "protocol": PROTOCOL_NAMES.get(rule.protocol, f"<enum value {rule.protocol}>"),
-    }
+def _rule_document(rule: pb.NetworkRule, name_only: bool = False) -> dict[str, Any]:
+    doc: dict[str, Any] = {"to": rule.to or None}
+    if name_only and not rule.ports and rule.protocol == pb.PROTOCOL_UNSPECIFIED:
+        return doc  # a deny rule may be a name, which takes no protocol
+    doc["protocol"] = PROTOCOL_NAMES.get(rule.protocol, f"<enum value {rule.protocol}>")
     if rule.ports:
         doc["ports"] = [_port_document(p) for p in rule.ports]
     return doc

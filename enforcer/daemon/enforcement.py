@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target, write_control
+from enforcer.daemon.dns import DnsChange, DnsForwarder
 from enforcer.daemon.state import StateDir
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
 from enforcer.kernel import encode, exec_rules, layout
@@ -52,6 +53,7 @@ class KernelStatus:
     pin_dir: str
     state_dir: str
     taken_over: bool
+    dns_forwarders: int
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,9 @@ class ApplyResult:
 
 
 class Enforcement:
-    def __init__(self, guard: SandboxGuard, state: StateDir | None = None) -> None:
+    def __init__(self, guard: SandboxGuard, state: StateDir | None = None, events_per_sec: int = 2000) -> None:
         self._guard = guard
+        self.dns = DnsForwarder(guard, events_per_sec)
         self._state = state
         self._store = PolicyStore(layout.MAX_SANDBOXES)
         self._lock = threading.Lock()
@@ -109,6 +112,7 @@ class Enforcement:
             pin_dir=str(self._guard.pins.root),
             state_dir=str(self._state.path) if self._state else "",
             taken_over=self._guard.adopted,
+            dns_forwarders=self.dns.forwarders,
         )
 
     @property
@@ -147,26 +151,36 @@ class Enforcement:
                 record.counter_base, record.counters_since_ns = previous.counter_base, previous.counters_since_ns
             else:
                 record.counters_since_ns = record.applied_unix_ns
+            dns_change: DnsChange | None = None
             try:
                 # On disk before the kernel: a daemon killed after the switch still knows it.
                 self._save(record)
                 self._guard.write_rules(entries)
                 if previous is None:
                     self._guard.reset_slot(slot)
+                if policy.network.by_name:
+                    dns_change = self.dns.prepare(policy, slot, generation, cgroup.path)
                 if still_wanted is not None and not still_wanted():
                     raise CallerGone("the caller's deadline passed or it cancelled before the switch: nothing applied")
                 self._guard.set_sandbox(cgroup, state)  # the switch
             except Exception:
+                if dns_change is not None:
+                    self.dns.rollback(dns_change)
                 self._guard.delete_rules(keys)
                 if previous is None:
                     self._store.release_slot(slot)
                 self._unsave(policy.sandbox, previous)
                 raise
             self._store.put(record)
+            if dns_change is not None:
+                self.dns.commit(dns_change, policy)
+            elif previous is not None and previous.policy.network.by_name:
+                self.dns.remove(policy.sandbox)
             if previous is None:
                 try:
                     self._guard.guard(cgroup)
                 except Exception:
+                    self.dns.remove(policy.sandbox)
                     self._store.pop(policy.sandbox)
                     self._guard.unguard(cgroup.id)
                     self._guard.delete_rules(keys)
@@ -197,6 +211,7 @@ class Enforcement:
     def _remove_locked(self, sandbox: str) -> SandboxRecord:
         record = self._store.pop(sandbox)
         self._guard.unguard(record.cgroup.id)
+        self.dns.remove(sandbox)
         self._guard.delete_rules(record.rule_keys)
         self._store.release_slot(record.slot)
         if self._state:  # after the kernel: killed in between, the next daemon guards it again (fail closed)
@@ -377,6 +392,7 @@ class Enforcement:
                     owners[generation].rule_keys = keys
                 else:
                     self._guard.delete_rules(keys)
+            self._restore_forwarders({r.policy.sandbox for r in reapply})
         for record in reapply:
             try:
                 self.apply(record.policy, (record.policy_wire, record.policy_sha256), cgroup=record.cgroup)
@@ -386,7 +402,23 @@ class Enforcement:
                 continue
             log.warning("sandbox_reapplied", sandbox=record.policy.sandbox,
                         why="the kernel's entry differs from the saved policy (a change was cut short)")
+        self.dns.forget_stale_forwarders()
         log.info("state_restored", sandboxes=len(self._store.all()), reapplied=len(reapply))
+
+    def _restore_forwarders(self, reapplied: set[str]) -> None:
+        """The earlier daemon's forwarders died with it: listen again for the
+        adopted sandboxes that resolve by name, keeping what they learned."""
+        learned: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in self._guard.read_name_addrs():
+            learned.setdefault(layout.key_generation(layout.MAP_NAME_ADDRS, key), []).append((key, value))
+        for record in self._store.all():
+            if not record.policy.network.by_name or record.policy.sandbox in reapplied:
+                continue
+            try:
+                self.dns.adopt(record.policy, record.slot, record.generation, record.cgroup.path,
+                               learned.get(record.generation, []))
+            except Exception as exc:  # the sandbox stays guarded; its queries go nowhere
+                log.error("dns_forwarder_restore_failed", sandbox=record.policy.sandbox, error=str(exc))
 
     def remove_all(self) -> None:
         for record in self._store.all():
@@ -411,4 +443,5 @@ def _sandbox_state(policy: Policy, generation: int, slot: int, tag: int) -> Sand
         default_verdict=_verdict(policy.network.default),
         exec_default=layout.VERDICT_NONE if policy.exec is None else _verdict(policy.exec.default),
         gpu=_verdict(policy.devices.gpu),
+        dns=policy.network.by_name,
     )

@@ -10,6 +10,7 @@ never block the drain: each keeps its own cursor into a bounded retention buffer
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 import time
 from collections import deque
@@ -20,7 +21,15 @@ import structlog
 from enforcer.daemon.audit import AUDIT_LOGGER
 from enforcer.daemon.store import PolicyStore, TagInfo
 from enforcer.kernel import layout
-from enforcer.kernel.events import DeviceDetail, EscalationDetail, ExecDetail, KernelDenial, NetDetail, decode
+from enforcer.kernel.events import (
+    DeviceDetail,
+    DnsDetail,
+    EscalationDetail,
+    ExecDetail,
+    KernelDenial,
+    NetDetail,
+    decode,
+)
 from enforcer.kernel.ringbuf import RingRecord
 from enforcer.v1 import enforcer_pb2 as pb
 
@@ -34,6 +43,7 @@ _KINDS = {
     layout.KIND_EXEC: pb.DENIAL_KIND_EXEC,
     layout.KIND_DEVICE: pb.DENIAL_KIND_DEVICE,
     layout.KIND_ESCALATION: pb.DENIAL_KIND_ESCALATION,
+    layout.KIND_DNS: pb.DENIAL_KIND_DNS,
 }
 _ESCALATION_ACTIONS = {
     layout.ESCALATE_QUARANTINE: pb.ESCALATION_ACTION_QUARANTINE,
@@ -46,6 +56,10 @@ ESCALATION_POLL_S = 0.25
 # excess is counted by the kernel as lost, never silently dropped).
 MAX_BATCH = 4096
 PUBLISH_CHUNK = 512
+# Denials decided in userspace (the DNS forwarder) waiting for the drain thread,
+# which alone numbers events; beyond this they are counted lost.
+MAX_SUBMITTED = 65536
+_DNS_REASONS = {1: pb.DNS_REASON_NOT_ALLOWED, 2: pb.DNS_REASON_DENIED}
 
 
 class EventSource(Protocol):
@@ -95,6 +109,7 @@ class DenialPipeline:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="denial-drain", daemon=True)
         self._offset_ns = boot_to_unix_offset_ns()
+        self._submitted: queue.Queue[KernelDenial] = queue.Queue(MAX_SUBMITTED)
 
     def start(self) -> None:
         self._thread.start()
@@ -109,8 +124,32 @@ class DenialPipeline:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def submit_dns(self, sandbox: str, slot: int, detail: DnsDetail, action: int) -> bool:
+        """A denial the DNS forwarder decided; False if it could not be queued."""
+        denial = KernelDenial(time.clock_gettime_ns(time.CLOCK_BOOTTIME), 0, 0, 0, slot, 0, 0, "",
+                              layout.KIND_DNS, action, detail)
+        try:
+            self._submitted.put_nowait(denial)
+        except queue.Full:
+            return False
+        return True
+
+    def _publish_submitted(self) -> None:
+        denials: list[KernelDenial] = []
+        while len(denials) < PUBLISH_CHUNK:
+            try:
+                denials.append(self._submitted.get_nowait())
+            except queue.Empty:
+                break
+        if denials:
+            self._publish(denials)
+
     def _drain(self) -> None:
         while not self._stopping.is_set():
+            try:
+                self._publish_submitted()
+            except Exception:
+                log.exception("dns_denials_publish_failed")
             try:
                 records = self._source.read(MAX_BATCH)
                 if not records:
@@ -233,6 +272,10 @@ def _detail_fields(kind: int, detail: object) -> dict[str, Any]:
     if isinstance(detail, DeviceDetail):
         return {"device": pb.DeviceInfo(major=detail.major, minor=detail.minor,
                                         access="".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit))}
+    if isinstance(detail, DnsDetail):
+        return {"dns": pb.DnsInfo(name=detail.name, query_type=detail.query_type,
+                                  reason=_DNS_REASONS.get(detail.reason, pb.DNS_REASON_UNSPECIFIED),
+                                  transport=_PROTOCOLS.get(detail.transport, pb.PROTOCOL_UNSPECIFIED))}
     return {}
 
 
@@ -256,6 +299,10 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
                       within_seconds=event.escalation.within_seconds, acted=event.escalation.acted)
     elif event.HasField("device"):
         fields.update(major=event.device.major, minor=event.device.minor, access=event.device.access)
+    elif event.HasField("dns"):
+        fields.update(name=event.dns.name, query_type=event.dns.query_type,
+                      reason=pb.DnsReason.Name(event.dns.reason),
+                      protocol=_PROTOCOL_NUMBERS.get(event.dns.transport, 0))
     elif event.HasField("socket"):
         fields.update(family=event.socket.family, type=event.socket.type, protocol=event.socket.protocol)
     else:

@@ -159,13 +159,14 @@ def run_daemon(config: DaemonConfig) -> int:
         guard = SandboxGuard(pin_root(config), events_per_sec=config.events_per_sec)
     except (StateError, KernelError, PinError) as exc:
         raise StartupError(str(exc)) from exc
-    enforcement = Enforcement(guard, state)
+    enforcement = Enforcement(guard, state, events_per_sec=config.events_per_sec)
     last_seq, last_ring_pos = audit_log.resume_point()
     # The ring buffer is the adopted one: whatever the old build reported while no
     # daemon ran is in it, drained once the restored store can name its sandboxes.
     pipeline = DenialPipeline(guard.events_ring(), enforcement.store, retention=config.retention,
                               escalations=enforcement, next_seq=last_seq + 1,
                               recorded_through=last_ring_pos if guard.adopted else -1)
+    enforcement.dns.report_to(pipeline.submit_dns)
     enforcement.restore(saved)
     pipeline.start()
     guard.activate()
@@ -238,6 +239,7 @@ def run_daemon(config: DaemonConfig) -> int:
     health_servicer.enter_graceful_shutdown()
     pipeline.stop()
     server.stop(grace=1).wait()
+    enforcement.dns.stop()  # queries go unanswered until the next daemon listens: fail closed
     enforcement.flush_retired()
     # The programs stay attached and pinned: enforcement holds until the next
     # daemon takes over (or `enforcer daemon --uninstall`).

@@ -11,6 +11,7 @@ import structlog
 
 from enforcer import wire
 from enforcer.daemon.audit import AUDIT_LOGGER, AuditFile
+from enforcer.daemon.dns import ForwarderError
 from enforcer.daemon.enforcement import CallerGone, Enforcement
 from enforcer.daemon.metrics import ApplyTimer, Metrics
 from enforcer.daemon.pipeline import DenialPipeline, matches
@@ -85,6 +86,8 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except NestingConflict as exc:
             self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ForwarderError as exc:
+            self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"network.dns: {exc}")
         except ApplyConflict as exc:
             self._abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except (CapacityExhausted, MapFull) as exc:
@@ -164,6 +167,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             socket=kind(layout.KIND_SOCKET),
             exec=kind(layout.KIND_EXEC),
             device=kind(layout.KIND_DEVICE),
+            dns=kind(layout.KIND_DNS),
             events_suppressed=totals.suppressed,
             events_lost=totals.lost,
             since_unix_ns=since_ns,
@@ -181,6 +185,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             pin_dir=kernel.pin_dir,
             state_dir=kernel.state_dir,
             taken_over=kernel.taken_over,
+            dns_forwarders=kernel.dns_forwarders,
             next_seq=self._pipeline.next_seq,
             exec_enforcement=self._enforcement.exec_mode,
             gpu_majors=sorted(self._enforcement.gpu_majors),

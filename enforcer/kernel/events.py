@@ -68,6 +68,15 @@ class EscalationDetail(NamedTuple):
     acted: bool      # False in audit mode
 
 
+class DnsDetail(NamedTuple):
+    """Not from the kernel: the daemon's DNS forwarder refused a query."""
+
+    name: str
+    query_type: str  # A, AAAA, TXT, ... or TYPE<n>
+    reason: int      # 1: no allow rule names it, 2: a deny rule does
+    transport: int   # IPPROTO_UDP / IPPROTO_TCP
+
+
 class KernelDenial(NamedTuple):
     # NamedTuples and inet_ntop: this runs once per event on the drain thread.
     boot_ns: int
@@ -80,7 +89,7 @@ class KernelDenial(NamedTuple):
     comm: str
     kind: int
     action: int
-    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | None
+    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | DnsDetail | None
 
 
 def decode(raw: bytes) -> KernelDenial:

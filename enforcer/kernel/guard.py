@@ -28,6 +28,11 @@ CGROUP_PROGRAMS = {  # name -> (program type, attach type)
     "enf_sendmsg6": (_PROG_CGROUP_SOCK_ADDR, 15),
     "enf_sock_create": (_PROG_CGROUP_SOCK, 2),
     "enf_device": (_PROG_CGROUP_DEVICE, 6),
+    # DNS redirection: show a redirected socket the resolver it addressed.
+    "enf_recvmsg4": (_PROG_CGROUP_SOCK_ADDR, 19),
+    "enf_recvmsg6": (_PROG_CGROUP_SOCK_ADDR, 20),
+    "enf_getpeername4": (_PROG_CGROUP_SOCK_ADDR, 29),
+    "enf_getpeername6": (_PROG_CGROUP_SOCK_ADDR, 30),
 }
 ATTACH_TYPES = {name: attach for name, (_, attach) in CGROUP_PROGRAMS.items()}
 SOURCE = layout.BPF_DIR / "enforcer.bpf.c"
@@ -98,6 +103,8 @@ def _map_error(name: str, err: int) -> KernelError:
         limit = {layout.MAP_RULES: layout.MAX_PREFIXES, layout.MAP_EXEC_IDS: layout.MAX_EXEC_IDS,
                  layout.MAP_EXEC_PATHS: layout.MAX_EXEC_PATHS}.get(name)
         room = f" ({limit:,} entries over all sandboxes)" if limit else ""
+        if name == layout.MAP_NAME_ADDRS:
+            room = f" ({layout.MAX_NAME_ADDRS:,} learned addresses over all sandboxes)"
         return MapFull(f"BPF map {name} is full{room}: remove or shrink other policies")
     return KernelError(f"updating BPF map {name} failed: {os.strerror(err)}")
 
@@ -124,6 +131,7 @@ class SandboxState:
     escalate_after: int = 0  # 0: no escalation
     escalate_within_ns: int = 0
     escalate_action: int = 0  # layout.ESCALATE_*
+    dns: bool = False         # port-53 traffic goes to the forwarder; learned addresses count
 
 
 @dataclass
@@ -192,7 +200,8 @@ class SandboxGuard:
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
                      ("sandboxes", layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, "config", "counters",
-                      "rate", "globals", "gpu_majors", "escalation", "active")}
+                      "rate", "globals", "gpu_majors", "escalation", "active", "dns_forwarders",
+                      layout.MAP_NAME_ADDRS, "dns_counters")}
         self._events_per_sec = events_per_sec
         self._batch_ok = True
         # Until this build is active, the levels the old build searches stay searched.
@@ -326,7 +335,8 @@ class SandboxGuard:
         value = layout.Sandbox(generation=state.generation, slot=state.slot, tag=state.tag, mode=state.mode,
                                default_verdict=state.default_verdict, exec_default=state.exec_default, gpu=state.gpu,
                                escalate_after=state.escalate_after,
-                               escalate_within_ns=state.escalate_within_ns, escalate_action=state.escalate_action)
+                               escalate_within_ns=state.escalate_within_ns, escalate_action=state.escalate_action,
+                               dns=int(state.dns))
         self._update("sandboxes", ctypes.c_uint64(cgroup.id), value)
 
     def reset_slot(self, slot: int) -> None:
@@ -334,6 +344,7 @@ class SandboxGuard:
         zero_rate = (layout.Rate * self._ncpus)()
         self._update("counters", ctypes.c_uint32(slot), zero_counters)
         self._update("rate", ctypes.c_uint32(slot), zero_rate)
+        self._update("dns_counters", ctypes.c_uint32(slot), layout.DnsCounters())
         self.reset_escalation(slot)
 
     def reset_escalation(self, slot: int) -> None:
@@ -358,7 +369,36 @@ class SandboxGuard:
                 totals.audited[kind] += cpu.audited[kind]
             totals.suppressed += cpu.suppressed
             totals.lost += cpu.lost
+        dns = self.read_dns_counters(slot)  # the forwarder's, kept beside the kernel's
+        totals.refused[layout.KIND_DNS] += dns.refused
+        totals.audited[layout.KIND_DNS] += dns.audited
+        totals.suppressed += dns.suppressed
+        totals.lost += dns.lost
         return totals
+
+    def read_dns_counters(self, slot: int) -> layout.DnsCounters:
+        value = layout.DnsCounters()
+        self._lib.bpf_lookup_elem(self._fds["dns_counters"], ctypes.byref(ctypes.c_uint32(slot)), ctypes.byref(value))
+        return value
+
+    def write_dns_counters(self, slot: int, value: layout.DnsCounters) -> None:
+        """Only the daemon writes these (the forwarder decides DNS denials), under its lock."""
+        self._update("dns_counters", ctypes.c_uint32(slot), value)
+
+    def set_forwarder(self, slot: int, netns_cookie: int, ports: layout.Forwarder) -> None:
+        self._update("dns_forwarders", layout.FwdKey(slot=slot, netns_cookie=netns_cookie), ports)
+
+    def clear_forwarder(self, slot: int, netns_cookie: int) -> None:
+        self._delete("dns_forwarders", layout.FwdKey(slot=slot, netns_cookie=netns_cookie))
+
+    def forwarder_keys(self) -> list[tuple[int, int]]:
+        """(slot, netns cookie) of every forwarder entry (a restarted daemon clears them)."""
+        return [(int(k.slot), int(k.netns_cookie)) for k in self._bpf["dns_forwarders"]]
+
+    def read_name_addrs(self) -> list[tuple[bytes, bytes]]:
+        """Every learned address entry (key bytes, value bytes): what a restarted daemon adopts."""
+        table = self._bpf[layout.MAP_NAME_ADDRS]
+        return [(bytes(k), bytes(v)) for k, v in table.items()]
 
     def read_global(self, index: int) -> int:
         per_cpu = (ctypes.c_uint64 * self._ncpus)()
@@ -399,7 +439,7 @@ class SandboxGuard:
     def rule_keys_by_generation(self) -> dict[int, dict[str, list[bytes]]]:
         """Every rule entry's key, by the generation it belongs to."""
         found: dict[int, dict[str, list[bytes]]] = {}
-        for map_name in (layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS):
+        for map_name in (layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, layout.MAP_NAME_ADDRS):
             for key in self._bpf[map_name]:
                 raw = bytes(key)
                 generation = layout.key_generation(map_name, raw)

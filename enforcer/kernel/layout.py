@@ -32,6 +32,11 @@ KIND_SOCKET = _C["ENF_KIND_SOCKET"]
 KIND_EXEC = _C["ENF_KIND_EXEC"]
 KIND_DEVICE = _C["ENF_KIND_DEVICE"]
 KIND_ESCALATION = _C["ENF_KIND_ESCALATION"]
+KIND_DNS = _C["ENF_KIND_DNS"]
+MAX_NAME_ADDRS = _C["ENF_MAX_NAME_ADDRS"]
+MAX_NAME_GRANTS = _C["ENF_MAX_NAME_GRANTS"]
+MAX_FORWARDERS = _C["ENF_MAX_FORWARDERS"]
+DNS_PORT = _C["ENF_DNS_PORT"]
 ESCALATE_MAX = _C["ENF_ESCALATE_MAX"]
 ESCALATE_QUARANTINE = _C["ENF_ESCALATE_QUARANTINE"]
 ESCALATE_FREEZE = _C["ENF_ESCALATE_FREEZE"]
@@ -68,6 +73,8 @@ RINGBUF_BYTES = _C["ENF_RINGBUF_PAGES"] * mmap.PAGESIZE  # PAGE_SIZE in the BPF 
 MAP_RULES = "rules"
 MAP_EXEC_IDS = "exec_ids"
 MAP_EXEC_PATHS = "exec_paths"
+# Addresses learned from DNS answers, keyed by generation too; written by the forwarder.
+MAP_NAME_ADDRS = "name_addrs"
 
 # Bits of the address prefix that come before the address in an LPM key.
 LPM_KEY_HEADER_BITS = 64
@@ -85,7 +92,8 @@ class Sandbox(ctypes.Structure):
         ("exec_default", ctypes.c_uint8),
         ("gpu", ctypes.c_uint8),
         ("escalate_action", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 3),
+        ("dns", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 2),
     ]
 
 
@@ -243,6 +251,68 @@ class DeviceEvent(ctypes.Structure):
     ]
 
 
+class FwdKey(ctypes.Structure):
+    _fields_ = [
+        ("slot", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("netns_cookie", ctypes.c_uint64),
+    ]
+
+
+class Forwarder(ctypes.Structure):
+    _fields_ = [
+        ("udp4", ctypes.c_uint16),
+        ("tcp4", ctypes.c_uint16),
+        ("udp6", ctypes.c_uint16),
+        ("tcp6", ctypes.c_uint16),
+    ]
+
+
+class DnsOrigin(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint8 * 16),
+        ("port_be", ctypes.c_uint16),
+        ("fwd_port_be", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class NameKey(ctypes.Structure):
+    _fields_ = [
+        ("generation", ctypes.c_uint32),
+        ("family", ctypes.c_uint32),
+        ("addr", ctypes.c_uint8 * 16),
+    ]
+
+
+class NameGrant(ctypes.Structure):
+    _fields_ = [
+        ("expires_ns", ctypes.c_uint64),
+        ("first", ctypes.c_uint16),
+        ("last", ctypes.c_uint16),
+        ("protocol", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class NameGrants(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("grants", NameGrant * MAX_NAME_GRANTS),
+    ]
+
+
+class DnsCounters(ctypes.Structure):
+    _fields_ = [
+        ("refused", ctypes.c_uint64),
+        ("audited", ctypes.c_uint64),
+        ("suppressed", ctypes.c_uint64),
+        ("lost", ctypes.c_uint64),
+    ]
+
+
 MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent, EscalationEvent))
 
 # (map name in bpf/*.c, which side of it, mirror) for the layout test.
@@ -261,13 +331,20 @@ MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("device_event_layout", "Leaf", DeviceEvent),
     ("escalation_event_layout", "Leaf", EscalationEvent),
     ("escalation", "Leaf", Escalation),
+    ("dns_forwarders", "Key", FwdKey),
+    ("dns_forwarders", "Leaf", Forwarder),
+    ("dns_sockets", "Leaf", DnsOrigin),
+    (MAP_NAME_ADDRS, "Key", NameKey),
+    (MAP_NAME_ADDRS, "Leaf", NameGrants),
+    ("dns_counters", "Leaf", DnsCounters),
 ]
 
 
 def key_generation(map_name: str, key: bytes) -> int:
     """The generation a rule map key belongs to (the LPM keys carry it big-endian,
     right after the prefix length, so that it is part of the matched prefix)."""
-    if map_name == MAP_EXEC_IDS:
-        return int.from_bytes(key[ExecKey.generation.offset:ExecKey.generation.offset + 4], "little")
+    if map_name in (MAP_EXEC_IDS, MAP_NAME_ADDRS):
+        offset = (ExecKey if map_name == MAP_EXEC_IDS else NameKey).generation.offset
+        return int.from_bytes(key[offset:offset + 4], "little")
     offset = (LpmKey if map_name == MAP_RULES else PathKey).generation_be.offset
     return int.from_bytes(key[offset:offset + 4], "big")

@@ -6,10 +6,12 @@ Pure Python: nothing here touches the kernel, the network or gRPC.
 from enforcer.policy.errors import PolicyError
 from enforcer.policy.model import (
     DevicePolicy,
+    DnsPolicy,
     Escalation,
     EscalationAction,
     ExecPolicy,
     Mode,
+    NameRule,
     NetworkPolicy,
     NetworkRule,
     Policy,
@@ -17,6 +19,7 @@ from enforcer.policy.model import (
     Protocol,
     Target,
     TargetKind,
+    Upstream,
     Verdict,
 )
 from enforcer.policy.parse import (
@@ -29,10 +32,12 @@ from enforcer.policy.parse import (
 
 __all__ = [
     "DevicePolicy",
+    "DnsPolicy",
     "Escalation",
     "EscalationAction",
     "ExecPolicy",
     "Mode",
+    "NameRule",
     "NetworkPolicy",
     "NetworkRule",
     "Policy",
@@ -41,6 +46,7 @@ __all__ = [
     "Protocol",
     "Target",
     "TargetKind",
+    "Upstream",
     "Verdict",
     "load_policy_file",
     "parse_labels",

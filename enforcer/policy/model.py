@@ -64,10 +64,65 @@ class NetworkRule:
 
 
 @dataclass(frozen=True)
+class NameRule:
+    """A host name: "pypi.org" matches itself; "*.pythonhosted.org" matches any
+    name one or more labels below pythonhosted.org (not pythonhosted.org itself).
+    Lowercase, without the trailing dot."""
+
+    name: str
+    ports: tuple[PortRange, ...] = ()  # empty: every port
+    protocol: Protocol = Protocol.ANY
+
+    def port_ranges(self) -> tuple[PortRange, ...]:
+        return self.ports or (ALL_PORTS,)
+
+    def matches(self, qname: str) -> bool:
+        """``qname``: lowercase, no trailing dot."""
+        if self.name.startswith("*."):
+            return qname.endswith(self.name[1:])
+        return qname == self.name
+
+
+@dataclass(frozen=True)
+class Upstream:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int = 53
+
+    def __str__(self) -> str:
+        if self.port == 53:
+            return str(self.address)
+        return f"[{self.address}]:{self.port}" if self.address.version == 6 else f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DnsPolicy:
+    """How names are resolved for a sandbox whose policy names hosts."""
+
+    upstream: tuple[Upstream, ...] = ()  # empty: the host's resolvers (/etc/resolv.conf)
+    grace: float = 30.0  # seconds an answered address stays allowed past its TTL
+
+
+@dataclass(frozen=True)
 class NetworkPolicy:
     default: Verdict = Verdict.DENY
     allow: tuple[NetworkRule, ...] = ()
     deny: tuple[NetworkRule, ...] = ()
+    allow_names: tuple[NameRule, ...] = ()  # addresses these resolve to are allowed (ports, protocol)
+    deny_names: tuple[NameRule, ...] = ()   # queries for these are refused, whatever allows them
+    dns: DnsPolicy | None = None  # set when the policy names hosts or has a dns section
+
+    @property
+    def by_name(self) -> bool:
+        """DNS goes through the daemon's forwarder (port 53 is redirected)."""
+        return self.dns is not None
+
+    def name_allowed(self, qname: str) -> tuple[NameRule, ...] | None:
+        """The allow rules matching ``qname``, or None if the name is refused
+        (no allow rule matches, or a deny rule does)."""
+        if any(rule.matches(qname) for rule in self.deny_names):
+            return None
+        matched = tuple(rule for rule in self.allow_names if rule.matches(qname))
+        return matched or None
 
 
 @dataclass(frozen=True)

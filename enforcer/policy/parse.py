@@ -20,11 +20,13 @@ import yaml
 from enforcer.policy.errors import PolicyError
 from enforcer.policy.model import (
     DevicePolicy,
+    DnsPolicy,
     Escalation,
     EscalationAction,
     ExecPolicy,
     IPNetwork,
     Mode,
+    NameRule,
     NetworkPolicy,
     NetworkRule,
     Policy,
@@ -32,6 +34,7 @@ from enforcer.policy.model import (
     Protocol,
     Target,
     TargetKind,
+    Upstream,
     Verdict,
 )
 
@@ -54,7 +57,15 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 _TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices", "escalate")
 _ESCALATE_FIELDS = ("after", "within", "action")
-_NETWORK_FIELDS = ("default", "allow", "deny")
+_NETWORK_FIELDS = ("default", "allow", "deny", "dns")
+_DNS_FIELDS = ("upstream", "grace")
+MAX_UPSTREAMS = 8
+MAX_DNS_GRACE = 3600.0
+DEFAULT_DNS_GRACE = 30.0
+# A host name as DNS spells it (RFC 1035 labels; '_' too, as service names use it).
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOST_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+MAX_HOST_NAME = 253
 _EXEC_FIELDS = ("default", "allow", "deny")
 _DEVICE_FIELDS = ("gpu",)
 _RULE_FIELDS = ("to", "ports", "protocol")
@@ -109,11 +120,16 @@ def policy_to_document(policy: Policy) -> dict[str, Any]:
         "mode": policy.mode.value,
         "network": {
             "default": policy.network.default.value,
-            "allow": [_rule_to_document(r) for r in policy.network.allow],
-            "deny": [_rule_to_document(r) for r in policy.network.deny],
+            "allow": [_rule_to_document(r) for r in policy.network.allow]
+            + [_name_rule_to_document(r) for r in policy.network.allow_names],
+            "deny": [_rule_to_document(r) for r in policy.network.deny]
+            + [{"to": r.name} for r in policy.network.deny_names],
         },
         "devices": {"gpu": policy.devices.gpu.value},
     }
+    dns = policy.network.dns
+    if dns is not None:
+        doc["network"]["dns"] = {"upstream": [str(u) for u in dns.upstream], "grace": f"{dns.grace:g}s"}
     if policy.escalate is not None:
         doc["escalate"] = {"after": policy.escalate.after, "within": f"{policy.escalate.within:g}s",
                            "action": policy.escalate.action.value}
@@ -137,6 +153,13 @@ def _rule_to_document(rule: NetworkRule) -> dict[str, Any]:
     return doc
 
 
+def _name_rule_to_document(rule: NameRule) -> dict[str, Any]:
+    doc: dict[str, Any] = {"to": rule.name, "protocol": rule.protocol.value}
+    if rule.ports:
+        doc["ports"] = [p.first if p.first == p.last else str(p) for p in rule.ports]
+    return doc
+
+
 def _network_text(net: IPNetwork) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
@@ -155,7 +178,7 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_][\w./-]*\Z")
 
 def _key_path(path: str, key: str) -> str:
     """``path.key``, or ``path['odd key']`` when the key would make the path ambiguous."""
-    if not _PLAIN_KEY.match(key):
+    if not _PLAIN_KEY.match(key) or (not path and not key.isidentifier()):
         return f"{path}[{key!r}]"
     return f"{path}.{key}" if path else key
 
@@ -248,51 +271,132 @@ def _parse_enum(value: Any, enum_type: Any, path: str) -> Any:
 def _parse_network(value: Any, path: str) -> NetworkPolicy:
     _require_mapping(value, path, "a network policy")
     _refuse_unknown(value, _NETWORK_FIELDS, path)
-    allow = _parse_rules(value.get("allow"), f"{path}.allow")
-    deny = _parse_rules(value.get("deny"), f"{path}.deny")
-    if len(allow) + len(deny) > MAX_RULES:
-        raise PolicyError(path, f"at most {MAX_RULES} rules in all, got {len(allow) + len(deny)}")
+    allow, allow_names = _parse_rules(value.get("allow"), f"{path}.allow", deny=False)
+    deny, deny_names = _parse_rules(value.get("deny"), f"{path}.deny", deny=True)
+    count = len(allow) + len(deny) + len(allow_names) + len(deny_names)
+    if count > MAX_RULES:
+        raise PolicyError(path, f"at most {MAX_RULES} rules in all, got {count}")
+    raw_dns = value.get("dns")
+    dns = None
+    if raw_dns is not None:
+        dns = _parse_dns(raw_dns, f"{path}.dns")
+    elif allow_names or deny_names:
+        dns = DnsPolicy(grace=DEFAULT_DNS_GRACE)
     return NetworkPolicy(
         default=_parse_enum(value.get("default", "deny"), Verdict, f"{path}.default"),
-        allow=allow,
-        deny=deny,
+        allow=tuple(allow),
+        deny=tuple(deny),
+        allow_names=tuple(allow_names),
+        deny_names=tuple(deny_names),
+        dns=dns,
     )
 
 
-def _parse_rules(value: Any, path: str) -> tuple[NetworkRule, ...]:
+def _parse_rules(value: Any, path: str, deny: bool) -> tuple[list[NetworkRule], list[NameRule]]:
+    """Address rules and name rules, each in the order given."""
     if value is None:
-        return ()
+        return [], []
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise PolicyError(path, f"must be a list of rules, got {_type_name(value)}")
-    return tuple(_parse_rule(item, f"{path}[{i}]") for i, item in enumerate(value))
+    addresses: list[NetworkRule] = []
+    names: list[NameRule] = []
+    for i, item in enumerate(value):
+        rule = _parse_rule(item, f"{path}[{i}]", deny)
+        (names if isinstance(rule, NameRule) else addresses).append(rule)  # type: ignore[arg-type]
+    return addresses, names
 
 
-def _parse_rule(value: Any, path: str) -> NetworkRule:
+def _parse_rule(value: Any, path: str, deny: bool) -> NetworkRule | NameRule:
     _require_mapping(value, path, "a rule")
     _refuse_unknown(value, _RULE_FIELDS, path)
+    name = _host_name(value.get("to"))
+    if name is not None and deny and ("ports" in value or "protocol" in value):
+        field = "ports" if "ports" in value else "protocol"
+        raise PolicyError(f"{path}.{field}", "a name in deny refuses every query for it: ports and protocol "
+                                             "do not apply (deny an address to refuse some ports)")
     ports: tuple[PortRange, ...] = ()
     if "ports" in value and value["ports"] is not None:
         ports = _parse_ports(value["ports"], f"{path}.ports")
-    return NetworkRule(
-        to=_parse_address(value.get("to"), f"{path}.to"),
-        ports=ports,
-        protocol=_parse_enum(value.get("protocol", "any"), Protocol, f"{path}.protocol"),
-    )
+    protocol = _parse_enum(value.get("protocol", "any"), Protocol, f"{path}.protocol")
+    if name is not None:
+        if len(name) > MAX_HOST_NAME:
+            raise PolicyError(f"{path}.to", f"host names are at most {MAX_HOST_NAME} characters")
+        return NameRule(name=name, ports=ports, protocol=protocol)
+    return NetworkRule(to=_parse_address(value.get("to"), f"{path}.to"), ports=ports, protocol=protocol)
+
+
+def _host_name(value: Any) -> str | None:
+    """The normalized name if ``value`` is a host name (not an address or CIDR)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower().removesuffix(".")
+    if not HOST_NAME.fullmatch(text):
+        return None
+    labels = text.split(".")
+    if all(label.isdigit() for label in labels):
+        return None  # 10.0.0.300 is a bad address, not a name
+    return text
 
 
 def _parse_address(value: Any, path: str) -> IPNetwork:
     if value is None:
-        raise PolicyError(path, "is required (an address or CIDR)")
+        raise PolicyError(path, "is required (an address, CIDR or host name)")
     if not isinstance(value, str):
-        raise PolicyError(path, f"must be an address or CIDR string, got {_type_name(value)}")
+        raise PolicyError(path, f"must be an address, CIDR or host name string, got {_type_name(value)}")
     try:
         return _network(value.strip())
     except ValueError as exc:
         try:
             loose = ipaddress.ip_network(value.strip(), strict=False)
         except ValueError:
-            raise PolicyError(path, f"{value!r} is not an IPv4 or IPv6 address or CIDR") from exc
+            raise PolicyError(path, f"{value!r} is not an IPv4 or IPv6 address, CIDR or host name "
+                                    "(names: letters, digits, '-', '_', dot-separated; '*.' in front for "
+                                    "every name below)") from exc
         raise PolicyError(path, f"{value!r} has host bits set (did you mean {loose}?)") from exc
+
+
+def _parse_dns(value: Any, path: str) -> DnsPolicy:
+    _require_mapping(value, path, "a dns section")
+    _refuse_unknown(value, _DNS_FIELDS, path)
+    raw = value.get("upstream")
+    upstream: tuple[Upstream, ...] = ()
+    if raw is not None:
+        if isinstance(raw, str):
+            raw = [raw]
+        if isinstance(raw, bytes) or not isinstance(raw, Sequence):
+            raise PolicyError(f"{path}.upstream", f"must be a list of resolver addresses, got {_type_name(raw)}")
+        if len(raw) > MAX_UPSTREAMS:
+            raise PolicyError(f"{path}.upstream", f"at most {MAX_UPSTREAMS} resolvers, got {len(raw)}")
+        upstream = tuple(_parse_upstream(item, f"{path}.upstream[{i}]") for i, item in enumerate(raw))
+    grace = DEFAULT_DNS_GRACE
+    if value.get("grace") is not None:
+        grace = _parse_seconds(value["grace"], f"{path}.grace")
+        if not 0 <= grace <= MAX_DNS_GRACE:
+            raise PolicyError(f"{path}.grace", f"must be from 0 to {MAX_DNS_GRACE:g}s, got {value['grace']!r}")
+    return DnsPolicy(upstream=upstream, grace=grace)
+
+
+_UPSTREAM_WITH_PORT = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<port6>\d+)|(?P<v4>[0-9.]+):(?P<port4>\d+)")
+
+
+def _parse_upstream(value: Any, path: str) -> Upstream:
+    if not isinstance(value, str):
+        raise PolicyError(path, f"must be a resolver address like 10.0.0.2, 10.0.0.2:5353 or [fd00::2]:53, "
+                                f"got {_type_name(value)}")
+    text = value.strip()
+    port = 53
+    match = _UPSTREAM_WITH_PORT.fullmatch(text)
+    if match:
+        text = match.group("v6") or match.group("v4")
+        port = int(match.group("port6") or match.group("port4"))
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise PolicyError(path, f"{value!r} is not a resolver address (an IP address, with :port or [v6]:port "
+                                "for another port than 53)") from None
+    if not 1 <= port <= 65535:
+        raise PolicyError(path, f"port {port} is out of range (1-65535)")
+    return Upstream(address=address, port=port)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -398,7 +502,7 @@ def _parse_escalation(value: Any, path: str) -> Escalation:
     )
 
 
-def _parse_duration(value: Any, path: str) -> float:
+def _parse_seconds(value: Any, path: str) -> float:
     """Seconds, as a number or a string with a unit: 500ms, 10s, 2m, 1h."""
     seconds: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -407,8 +511,13 @@ def _parse_duration(value: Any, path: str) -> float:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*", value)
         if match:
             seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if seconds is None:
+    if seconds is None or seconds != seconds:
         raise PolicyError(path, f"must be a duration such as 10s, 500ms, 2m (or seconds as a number), got {value!r}")
+    return seconds
+
+
+def _parse_duration(value: Any, path: str) -> float:
+    seconds = _parse_seconds(value, path)
     if not 0 < seconds <= MAX_ESCALATE_WITHIN:
         raise PolicyError(path, f"must be more than 0 and at most {MAX_ESCALATE_WITHIN:g}s, got {value!r}")
     return seconds

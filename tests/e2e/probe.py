@@ -18,9 +18,65 @@ def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
+def resolve(op: dict) -> str:
+    """Addresses of a name, or what went wrong. "server" absent: the system's
+    resolver (getaddrinfo, /etc/resolv.conf); else a dnspython query to that
+    server (over TCP with "tcp"), which also checks the answer's source."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    name, qtype = op["name"], op.get("type", "A")
+    if "server" not in op:
+        family = socket.AF_INET6 if qtype == "AAAA" else socket.AF_INET
+        try:
+            infos = socket.getaddrinfo(name, 443, family, socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            return f"gaierror:{exc.errno}"
+        return ",".join(sorted({info[4][0] for info in infos}))
+    query = dns.message.make_query(name, qtype)
+    try:
+        if op.get("tcp"):
+            answer = dns.query.tcp(query, op["server"], timeout=op.get("timeout", 3), port=op.get("port", 53))
+        else:
+            answer = dns.query.udp(query, op["server"], timeout=op.get("timeout", 3), port=op.get("port", 53))
+    except dns.exception.Timeout:
+        return "timeout"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc))
+    if answer.rcode() != dns.rcode.NOERROR:
+        return dns.rcode.to_text(answer.rcode())
+    found = sorted(rdata.address for rrset in answer.answer for rdata in rrset if hasattr(rdata, "address"))
+    return ",".join(found) if found else "NODATA"
+
+
+def peer_of_connected_query(op: dict) -> str:
+    """connect() a UDP socket to the resolver, ask, and report getpeername()
+    and the answer's sender as recvfrom() saw them."""
+    import dns.message
+
+    family = _family(op["server"])
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.connect((op["server"], 53))
+        s.send(dns.message.make_query(op["name"], "A").to_wire())
+        _, sender = s.recvfrom(4096)
+        return f"{s.getpeername()[0]}:{s.getpeername()[1]} {sender[0]}:{sender[1]}"
+
+
 def run(op: dict) -> str:
     kind = op["op"]
     try:
+        if kind == "resolve":
+            return resolve(op)
+        if kind == "peer":
+            return peer_of_connected_query(op)
+        if kind == "fetch":
+            # Resolve with the system resolver, connect to the first address, read what the host says.
+            infos = socket.getaddrinfo(op["name"], op["port"], socket.AF_INET, socket.SOCK_STREAM)
+            with socket.create_connection(infos[0][4][:2], timeout=op.get("timeout", 3)) as s:
+                return "OK:" + s.recv(100).decode()
         if kind == "sleep":
             time.sleep(op["seconds"])
             return "OK"
@@ -71,6 +127,10 @@ def run_repeated(op: dict) -> str:
 
 def main() -> None:
     ops = json.loads(sys.stdin.read())
+    if len(sys.argv) > 1:  # wait for the go file: the process exists before its policy is applied
+        print("ready", flush=True)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.01)
     print(json.dumps([run_repeated(op) if "repeat" in op else run(op) for op in ops]), flush=True)
 
 
