@@ -29,7 +29,7 @@ from enforcer.settings import (
 )
 
 # The per-kind counter fields of SandboxStats, in display order.
-STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device")
+STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns")
 
 
 def _json(message: Any) -> str:
@@ -66,6 +66,9 @@ def format_denial(event: Any) -> str:
                 f"{pb.EscalationAction.Name(esc.action).removeprefix('ESCALATION_ACTION_').lower()}")
     elif event.HasField("device"):
         what = f"{event.device.major}:{event.device.minor} access={event.device.access}"
+    elif event.HasField("dns"):
+        reason = pb.DnsReason.Name(event.dns.reason).removeprefix("DNS_REASON_").lower()
+        what = f"{event.dns.name} {event.dns.query_type}/{PROTOCOL_NAMES.get(event.dns.transport, '?')} ({reason})"
     else:
         what = f"socket(family={event.socket.family}, type={event.socket.type}, protocol={event.socket.protocol})"
     labels = _labels_text(event.labels)
@@ -170,6 +173,7 @@ def cmd_list(args: argparse.Namespace, enf: Any) -> int:
             f"{p.sandbox:24} {applied.cgroup_path}  mode={'audit' if p.mode == 2 else 'enforce'}{state} "
             f"allow={len(p.network.allow)} deny={len(p.network.deny)}"
             + (f" exec(allow={len(p.exec.allow)} deny={len(p.exec.deny)})" if p.HasField("exec") else "")
+            + (" dns" if p.network.HasField("dns") else "")
         )
     return 0
 
@@ -209,7 +213,7 @@ def cmd_status(args: argparse.Namespace, enf: Any) -> int:
     }
     print(f"exec enforcement: {how.get(status.exec_enforcement, status.exec_enforcement)}")
     print(f"gpu device majors: {', '.join(str(m) for m in status.gpu_majors)}")
-    print(f"sandboxes: {status.sandboxes}")
+    print(f"sandboxes: {status.sandboxes} ({status.dns_forwarders} DNS forwarders)")
     print(f"kernel: {status.kernel_release}")
     print(f"audit log: {status.audit_log} ({status.audit_records} records written, "
           f"{status.audit_write_failures} failed)")
@@ -407,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--until", help="up to this time, same forms")
     export.add_argument("--sandbox", action="append", default=[], help="only this sandbox (repeatable)")
     export.add_argument("--kind", action="append", default=[],
-                        help="only connect|sendmsg|socket|exec|device|escalation|policy (repeatable)")
+                        help="only connect|sendmsg|socket|exec|device|escalation|dns|policy (repeatable)")
     export.add_argument("--format", default="jsonl", choices=("jsonl", "ocsf", "csv"))
     export.add_argument("--output", "-o", help="write here instead of stdout")
 

@@ -2,10 +2,12 @@
 
 Builds a small world in network namespaces: a sandbox namespace, and an
 "internet" namespace (reachable only through a veth pair, with no route off the
-machine) that hosts an SSH server, a mining-pool-like TCP service and an
-allowed package mirror. Starts the daemon, applies an RL-sandbox policy, and
-runs the agent's actions in the sandbox: the package mirror answers, the
-reverse SSH tunnel and the pool connection are refused in the kernel, the miner
+machine) that hosts an SSH server, a mining-pool-like TCP service, an allowed
+package mirror and a DNS server naming them. Starts the daemon, applies an
+RL-sandbox policy that allows the mirror by name, and runs the agent's actions
+in the sandbox: the mirror's name resolves (through the daemon's forwarder) and
+the mirror answers, a query for an unlisted name is refused, the reverse SSH
+tunnel and the pool connection (literal addresses) are refused in the kernel, the miner
 binary is stopped before its first instruction, the GPU device node cannot be
 opened, and each refusal streams to the "trainer" as it happens. Everything is
 removed at the end, also on Ctrl-C.
@@ -42,6 +44,26 @@ GATEWAY = "10.77.0.1"
 MIRROR = "10.77.0.10"     # an allowed package mirror (HTTP on 8080)
 SSH_HOST = "10.77.0.22"   # where the agent opens its reverse tunnel
 POOL = "10.77.0.33"       # a mining pool (stratum on 3333)
+MIRROR_NAME = "pypi.org"  # what the internet namespace's DNS server calls the mirror
+C2_NAME = "c2.tunnel-attacker.example"  # a name the policy does not list
+ZONE = {MIRROR_NAME: MIRROR, C2_NAME: SSH_HOST, "pool.minexmr.example": POOL}
+
+DNS_SERVER = textwrap.dedent("""
+    import socket, dns.message, dns.rrset, dns.rcode
+    zone = %r
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("%s", 53))
+    while True:
+        data, peer = s.recvfrom(4096)
+        query = dns.message.from_wire(data)
+        answer = dns.message.make_response(query)
+        name = query.question[0].name.to_text(omit_final_dot=True).lower()
+        if name not in zone:
+            answer.set_rcode(dns.rcode.NXDOMAIN)
+        elif query.question[0].rdtype == 1:
+            answer.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", zone[name]))
+        s.sendto(answer.to_wire(), peer)
+""") % (ZONE, GATEWAY)
 
 POOL_SERVER = textwrap.dedent("""
     import socketserver
@@ -66,9 +88,18 @@ MIRROR_SERVER = textwrap.dedent("""
 """) % MIRROR
 
 AGENT_FETCH = f"""
-import urllib.request
-with urllib.request.urlopen("http://{MIRROR}:8080/simple/", timeout=5) as r:
+import socket, urllib.request
+print("  {MIRROR_NAME} resolves to", socket.gethostbyname("{MIRROR_NAME}"), "(the host's resolver, redirected)")
+with urllib.request.urlopen("http://{MIRROR_NAME}:8080/simple/", timeout=5) as r:
     print(f"  package mirror answered: HTTP {{r.status}}, {{len(r.read())}} bytes")
+"""
+
+AGENT_LOOKUP = f"""
+import socket
+try:
+    print("  {C2_NAME} resolves to", socket.gethostbyname("{C2_NAME}"))
+except OSError as e:
+    print(f"  lookup of {C2_NAME} failed: {{e.strerror}}")
 """
 
 AGENT_MINER = f"""
@@ -166,6 +197,7 @@ class World:
         in_internet = ["ip", "netns", "exec", INTERNET_NS]
         self.spawn([*in_internet, sys.executable, "-c", POOL_SERVER])
         self.spawn([*in_internet, sys.executable, "-c", MIRROR_SERVER])
+        self.spawn([*in_internet, sys.executable, "-c", DNS_SERVER])
         keys = self.tmp / "ssh"
         keys.mkdir(mode=0o700)
         for name in ("host_key", "agent_key"):
@@ -307,7 +339,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("make demo needs root (it loads BPF programs and creates namespaces)", file=sys.stderr)
         return 1
-    from enforcer.cgroupfs import cgroup2_mount, create_cgroup, remove_cgroup
+    from enforcer.cgroupfs import cgroup2_mount, create_cgroup, move_pid, remove_cgroup
     from enforcer.cli import format_denial, format_stats
     from enforcer.client import Enforcer
 
@@ -316,7 +348,8 @@ def main() -> int:
         say("Building the world: a sandbox namespace and an 'internet' namespace (veth only, no route out)")
         world.build_network()
         key = world.start_services()
-        print(f"  internet: package mirror {MIRROR}:8080, SSH server {SSH_HOST}:22, mining pool {POOL}:3333")
+        print(f"  internet: package mirror {MIRROR}:8080 ({MIRROR_NAME}), SSH server {SSH_HOST}:22, "
+              f"mining pool {POOL}:3333, DNS server {GATEWAY}:53")
         miner_bin, gpu_node = world.make_miner_and_gpu()
         miner_argv = [str(miner_bin), "-o", f"stratum+tcp://{POOL}:3333", "--donate-level", "1"]
 
@@ -333,6 +366,10 @@ def main() -> int:
         say("Starting the Enforcer daemon and applying the RL-sandbox policy to rollout-17")
         cgroup = create_cgroup(cgroup2_mount() / f"enforcer-demo-{os.getpid()}")
         world.undo.append(lambda: remove_cgroup(cgroup.path))
+        # The container's first process, holding its namespace (as a pod's pause
+        # process does): the policy is applied to a running container.
+        world.spawn(["ip", "netns", "exec", SANDBOX_NS, "sleep", "infinity"],
+                    preexec_fn=lambda: move_pid(0, cgroup.path))
         with daemon(world) as socket_path, Enforcer(socket_path) as enf:
             policy = {
                 "sandbox": "rollout-17",
@@ -341,17 +378,17 @@ def main() -> int:
                 "mode": "enforce",
                 "network": {
                     "default": "deny",
-                    "allow": [
-                        {"to": MIRROR, "ports": [8080], "protocol": "tcp"},   # the package mirror
-                        {"to": GATEWAY, "ports": [53], "protocol": "udp"},    # the resolver
-                    ],
+                    # The package mirror, by name: whatever it resolves to is allowed.
+                    "allow": [{"to": MIRROR_NAME, "ports": [8080], "protocol": "tcp"}],
+                    "dns": {"upstream": [GATEWAY]},
                 },
                 # The agent's tools.
                 "exec": {"default": "deny", "allow": [os.path.realpath(sys.executable), *_tools("ssh")]},
                 "devices": {"gpu": "deny"},
             }
             applied = enf.apply(policy).applied
-            print(f"  policy applied to {applied.cgroup_path}: allow {MIRROR}:8080/tcp and {GATEWAY}:53/udp, deny the rest;")
+            print(f"  policy applied to {applied.cgroup_path}: allow {MIRROR_NAME}:8080/tcp by name "
+                  f"(DNS through the daemon), deny the rest;")
             print("  run only python3 and ssh; no GPU")
 
             def trainer() -> None:
@@ -361,8 +398,12 @@ def main() -> int:
 
             threading.Thread(target=trainer, daemon=True).start()
 
-            say("The agent fetches a package from the mirror (allowed)")
+            say("The agent fetches a package from the mirror, by name (allowed)")
             print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_FETCH]).stdout.rstrip())
+
+            say("The agent looks up its tunnel host's name (refused by the forwarder: DNS carries nothing out)")
+            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_LOOKUP]).stdout.rstrip())
+            time.sleep(0.3)
 
             say("The agent opens a reverse SSH tunnel to the outside host (refused in the kernel)")
             tunnel = run_in_sandbox(cgroup.path, ssh_tunnel_command(key, "echo tunnel up"))

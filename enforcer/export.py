@@ -36,14 +36,15 @@ DENIAL_KINDS = {
     "exec": "DENIAL_KIND_EXEC",
     "device": "DENIAL_KIND_DEVICE",
     "escalation": "DENIAL_KIND_ESCALATION",
+    "dns": "DENIAL_KIND_DNS",
 }
 _SHORT_KINDS = {spelled: short for short, spelled in DENIAL_KINDS.items()}
 POLICY_EVENTS = ("policy_applied", "policy_removed", "labels_updated", "sandbox_released")
 KINDS = (*DENIAL_KINDS, "policy")
 
 CSV_COLUMNS = ("seq", "timestamp", "event", "sandbox", "kind", "action", "pid", "comm", "address", "port",
-               "path", "argv", "reason", "major", "minor", "access", "escalation", "labels", "policy_sha256",
-               "client", "generation")
+               "path", "argv", "reason", "major", "minor", "access", "escalation", "name", "query_type", "labels",
+               "policy_sha256", "client", "generation")
 
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -235,6 +236,17 @@ def to_ocsf(record: dict[str, Any], host: str) -> dict[str, Any] | None:
                      connection_info={"direction_id": 2, "direction": "Outbound",
                                       **_protocol(record.get("protocol"))})
         return event
+    if kind == "dns":
+        # DNS Activity: a Query (1); a refused one was answered REFUSED (rcode 5).
+        event["unmapped"].update(pid=actor_process["pid"], comm=actor_process["name"])
+        event.update(category_uid=4, category_name="Network Activity", class_uid=4003, class_name="DNS Activity",
+                     activity_id=1, activity_name="Query", type_uid=400301, type_name="DNS Activity: Query",
+                     query={"hostname": str(record.get("name", "")), "type": str(record.get("query_type", "")),
+                            "class": "IN"},
+                     connection_info={"direction_id": 2, "direction": "Outbound", **_protocol(record.get("protocol"))})
+        if refused:
+            event.update(rcode_id=5, rcode="Refused")
+        return event
     if kind == "exec":
         activity_id, activity = 1, "Launch"
         argv = record.get("argv") or []
@@ -269,6 +281,8 @@ def _message(kind: str, record: dict[str, Any], refused: bool) -> str:
         return f"exec of {record.get('path')} {verb} in sandbox {sandbox}"
     if kind == "device":
         return f"device {record.get('major')}:{record.get('minor')} ({record.get('access')}) {verb} in sandbox {sandbox}"
+    if kind == "dns":
+        return f"DNS query for {record.get('name')} ({record.get('query_type')}) {verb} in sandbox {sandbox}"
     if kind == "escalation":
         return f"escalation {record.get('escalation')} after {record.get('after')} denials in sandbox {sandbox}"
     return f"socket creation {verb} in sandbox {sandbox}"

@@ -409,12 +409,28 @@ class DnsForwarder:
                 if (slot, cookie) not in live:
                     self._guard.clear_forwarder(slot, cookie)
 
+    def serve_namespace_of(self, sandbox: str, pid: int) -> bool:
+        """A process of the sandbox sent a query from a namespace with no
+        forwarder (it entered it after the apply): listen there too, so its
+        next query is served. True if a forwarder was added."""
+        with self._lock:
+            resolver = self._resolvers.get(sandbox)
+            if resolver is None or self._stopping:
+                return False
+            found = netns.namespaces_of([pid])
+            if not found or set(found) <= set(resolver.listeners):
+                return False
+            self._listen_in(resolver, found)
+        log.info("dns_forwarder_added", sandbox=sandbox, pid=pid, namespace=next(iter(found)))
+        return True
+
     def _listen(self, resolver: SandboxResolver, cgroup_path: Path) -> None:
         """Sockets in every namespace the sandbox's processes are in (the
         daemon's when it has none yet)."""
         found = netns.namespaces_of(netns.cgroup_pids(cgroup_path))
-        if not found:
-            found = {netns.own_inode(): -1}
+        self._listen_in(resolver, found or {netns.own_inode(): -1})
+
+    def _listen_in(self, resolver: SandboxResolver, found: dict[int, int]) -> None:
         for inode, pid in found.items():
             if inode in resolver.listeners:
                 continue

@@ -300,6 +300,18 @@ class Enforcement:
                 return
             self._act(record, detail)
 
+    def on_unserved_dns(self, denial: KernelDenial) -> None:
+        """The kernel refused a port-53 call of a sandbox that resolves by name:
+        its process is in a namespace with no forwarder yet. Listen there."""
+        with self._lock:
+            record = self._store.by_slot(denial.slot)
+        if record is None or not record.policy.network.by_name or not denial.tgid:
+            return
+        try:
+            self.dns.serve_namespace_of(record.policy.sandbox, denial.tgid)
+        except Exception as exc:
+            log.error("dns_forwarder_add_failed", sandbox=record.policy.sandbox, pid=denial.tgid, error=str(exc))
+
     def lost_escalations(self) -> list[KernelDenial]:
         """Escalations the kernel fired whose event never came (ring buffer full):
         act on them now, and return a stand-in event for each to report."""

@@ -71,6 +71,7 @@ class EventSource(Protocol):
 class EscalationHandler(Protocol):
     def on_escalation(self, denial: KernelDenial) -> None: ...
     def lost_escalations(self) -> list[KernelDenial]: ...
+    def on_unserved_dns(self, denial: KernelDenial) -> None: ...
 _REASONS = {
     layout.REASON_NOT_ALLOWED: pb.EXEC_REASON_NOT_ALLOWED,
     layout.REASON_DENIED: pb.EXEC_REASON_DENIED,
@@ -188,6 +189,9 @@ class DenialPipeline:
                     self._escalations.on_escalation(denial)
                 except Exception:
                     log.exception("escalation_failed")
+            elif (self._escalations and isinstance(denial.detail, NetDetail) and denial.detail.port == layout.DNS_PORT
+                  and denial.kind != layout.KIND_SOCKET):
+                self._escalations.on_unserved_dns(denial)
             events.append(self._to_proto(denial, info))
         # Only this thread assigns sequence numbers. The audit log gets the batch
         # first: an event a subscriber sees is already recorded.

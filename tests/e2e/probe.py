@@ -77,6 +77,10 @@ def run(op: dict) -> str:
             infos = socket.getaddrinfo(op["name"], op["port"], socket.AF_INET, socket.SOCK_STREAM)
             with socket.create_connection(infos[0][4][:2], timeout=op.get("timeout", 3)) as s:
                 return "OK:" + s.recv(100).decode()
+        if kind == "wait_file":
+            while not os.path.exists(op["path"]):
+                time.sleep(0.01)
+            return "OK"
         if kind == "sleep":
             time.sleep(op["seconds"])
             return "OK"
@@ -100,6 +104,8 @@ def run(op: dict) -> str:
                 s.connect((op["addr"], op["port"]))
                 if op.get("send"):
                     s.sendall(op["send"].encode())
+                    return "OK:" + s.recv(100).decode()
+                if op.get("read"):
                     return "OK:" + s.recv(100).decode()
             elif kind == "sendto":
                 s.sendto(b"probe", (op["addr"], op["port"]))

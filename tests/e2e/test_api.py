@@ -91,7 +91,7 @@ def test_a_rejected_replace_keeps_the_old_policy_in_force(client, make_cgroup, s
     cg = make_cgroup()
     applied = client.apply(policy(sandbox_id, cg, allow=[{"to": HOST4, "ports": [443]}]))
     bad = _wire_unchecked({"sandbox": sandbox_id, "target": {"cgroup": str(cg)},
-                           "network": {"allow": [{"to": HOST4, "ports": [(443, 443)]}, {"to": "nonsense"}]}})
+                           "network": {"allow": [{"to": HOST4, "ports": [(443, 443)]}, {"to": "non sense"}]}})
     assert refused(client, bad).details.startswith("network.allow[1].to: ")
     # Too many port rules covering one address: refused at encoding, after validation.
     crowded = policy(sandbox_id, cg, allow=[{"to": HOST4, "ports": [1000 + 2 * i for i in range(17)]}])

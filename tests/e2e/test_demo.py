@@ -19,6 +19,10 @@ def test_demo_replays_rome_and_cleans_up():
     assert result.returncode == 0, out + result.stderr
     assert "tunnel up" in out.split("Starting the Enforcer daemon")[0]  # it works without Enforcer
     assert "package mirror answered: HTTP 200" in out
+    assert "pypi.org resolves to 10.77.0.10 (the host's resolver, redirected)" in out
+    assert "lookup of c2.tunnel-attacker.example failed" in out
+    assert "rollout-17 refused dns c2.tunnel-attacker.example A/udp (not_allowed)" in out
+    assert "dns      refused        1" in out or "dns      refused        2" in out  # glibc may ask twice
     assert "ssh: connect to host 10.77.0.22 port 22: Operation not permitted" in out
     assert "miner: connect to 10.77.0.33:3333 failed: Operation not permitted" in out
     assert "rollout-17 refused connect 10.77.0.22:22/tcp" in out and "comm=ssh" in out

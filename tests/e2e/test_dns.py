@@ -5,6 +5,7 @@ server in an "internet" namespace (tests/e2e/dnsworld.py)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def resolve(name: str, server: str | None = w.DNS4, **extra: Any) -> dict[str, A
 
 
 def connect(addr: str, port: int = 443) -> dict[str, Any]:
-    return {"op": "connect", "proto": "tcp", "addr": addr, "port": port, "send": "", "timeout": 3}
+    return {"op": "connect", "proto": "tcp", "addr": addr, "port": port, "read": True, "timeout": 3}
 
 
 def fetch(name: str, port: int = 443) -> dict[str, Any]:
@@ -72,3 +73,208 @@ def test_allowed_name_resolves_and_connects_unlisted_does_not(client, make_cgrou
     assert events[0].dns.reason == pb.DNS_REASON_NOT_ALLOWED and dict(events[0].labels) == {"run": "dns"}
     stats = client.stats(sandbox_id)
     assert stats.dns.refused == 2 and stats.connect.refused == 3
+
+
+def test_literal_address_of_an_allowed_host_is_refused_until_resolved(client, make_cgroup, sandbox_id,
+                                                                        spawn_agent, world):
+    """Decided: only addresses this sandbox was given by an allowed answer are
+    allowed. Knowing the address (or another sandbox resolving it) is not enough."""
+    cg = make_cgroup()
+    agent = spawn_agent(cg, connect("10.233.0.10"), resolve("pypi.test"), connect("10.233.0.10"),
+                        netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test", "ports": [443]}]))
+    assert agent.go() == ["EPERM", "10.233.0.10", "OK:10.233.0.10"]
+
+
+def test_address_expires_after_ttl_plus_grace(client, make_cgroup, sandbox_id, spawn_agent, world):
+    world.zone.set("short.test", ("A", "10.233.0.11", 1))
+    cg = make_cgroup()
+    agent = spawn_agent(cg, resolve("short.test"), connect("10.233.0.11"), {"op": "sleep", "seconds": 2.5},
+                        connect("10.233.0.11"), resolve("short.test"), connect("10.233.0.11"),
+                        netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "short.test", "ports": [443]}], grace=0))
+    assert agent.go() == ["10.233.0.11", "OK:10.233.0.11", "OK", "EPERM", "10.233.0.11", "OK:10.233.0.11"]
+
+
+def test_dns_over_tcp_cname_chain_and_wildcards(client, make_cgroup, sandbox_id, spawn_agent, world):
+    cg = make_cgroup()
+    agent = spawn_agent(cg, resolve("www.pypi.test", tcp=True), connect("10.233.0.12"),
+                        resolve("files.hosted.test", tcp=True), resolve("a.b.hosted.test"), connect("10.233.0.11"),
+                        resolve("hosted.test"), resolve("evil.test", tcp=True),
+                        netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "www.pypi.test", "ports": [443]},
+                                                   {"to": "*.hosted.test", "ports": [443]}]))
+    assert agent.go() == ["10.233.0.12", "OK:10.233.0.12", "10.233.0.11", "10.233.0.11", "OK:10.233.0.11",
+                          "REFUSED", "REFUSED"]
+    events = [e for e in wait_denials(client, sandbox_id, 2) if e.kind == pb.DENIAL_KIND_DNS]
+    assert [(e.dns.name, e.dns.transport) for e in events] == [("hosted.test", pb.PROTOCOL_UDP),
+                                                               ("evil.test", pb.PROTOCOL_TCP)]
+
+
+def test_a_resolver_the_process_picks_itself_still_goes_through_the_forwarder(client, make_cgroup, sandbox_id,
+                                                                              spawn_agent, world):
+    """10.233.0.99 runs no DNS server: an answer can only come from the
+    forwarder. The process still sees the resolver it addressed (recvfrom,
+    getpeername), so resolvers that check the source accept the answer."""
+    cg = make_cgroup()
+    agent = spawn_agent(cg, resolve("pypi.test", server="10.233.0.99"), resolve("evil.test", server="10.233.0.99"),
+                        resolve("pypi.test", server="10.233.0.99", tcp=True),
+                        resolve("v6.test", server="fd00:233::99", type="AAAA"),
+                        {"op": "peer", "server": "10.233.0.99", "name": "pypi.test"},
+                        {"op": "peer", "server": "fd00:233::99", "name": "pypi.test"},
+                        netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}, {"to": "v6.test"}]))
+    assert agent.go() == ["10.233.0.10", "REFUSED", "10.233.0.10", "fd00:233::10",
+                          "10.233.0.99:53 10.233.0.99:53", "fd00:233::99:53 fd00:233::99:53"]
+
+
+def test_ipv6_answers_allow_ipv6_connects(client, make_cgroup, sandbox_id, spawn_agent, world):
+    cg = make_cgroup()
+    agent = spawn_agent(cg, connect("fd00:233::10"), resolve("v6.test", type="AAAA", server=w.DNS6),
+                        connect("fd00:233::10"), connect("10.233.0.10"),
+                        netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "v6.test", "ports": [443], "protocol": "tcp"}],
+                            upstream=[w.DNS6]))
+    assert agent.go() == ["EPERM", "fd00:233::10", "OK:fd00:233::10", "EPERM"]
+
+
+def test_two_sandboxes_resolving_one_name_get_what_their_own_policy_says(client, make_cgroup, sandbox_id,
+                                                                        spawn_agent, world):
+    allowed_cg, other_cg = make_cgroup("allowed"), make_cgroup("other")
+    allowed = spawn_agent(allowed_cg, resolve("pypi.test"), connect("10.233.0.10"), netns_name=world.agent_netns)
+    other = spawn_agent(other_cg, {"op": "sleep", "seconds": 1}, resolve("pypi.test"), connect("10.233.0.10"),
+                        resolve("files.hosted.test"), netns_name=world.agent_netns)
+    client.apply(dns_policy(f"{sandbox_id}-a", allowed_cg, allow=[{"to": "pypi.test", "ports": [443]}]))
+    client.apply(dns_policy(f"{sandbox_id}-b", other_cg, allow=[{"to": "files.hosted.test", "ports": [443]}]))
+    assert allowed.go() == ["10.233.0.10", "OK:10.233.0.10"]
+    assert other.go() == ["OK", "REFUSED", "EPERM", "10.233.0.11"]
+    assert client.stats(f"{sandbox_id}-a").dns.refused == 0
+    assert client.stats(f"{sandbox_id}-b").dns.refused == 1
+    client.remove(f"{sandbox_id}-a")
+    client.remove(f"{sandbox_id}-b")
+
+
+def test_other_query_types_get_no_records_and_deny_wins(client, make_cgroup, sandbox_id, spawn_agent, world):
+    world.zone.set("gist.hosted.test", ("A", "10.233.0.12", 300))
+    cg = make_cgroup()
+    agent = spawn_agent(cg, resolve("pypi.test", type="TXT"), resolve("pypi.test", type="MX"),
+                        resolve("gist.hosted.test"), resolve("files.hosted.test"), netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}, {"to": "*.hosted.test"}],
+                            deny=[{"to": "gist.hosted.test"}]))
+    assert agent.go() == ["NODATA", "NODATA", "REFUSED", "10.233.0.11"]
+    [event] = [e for e in wait_denials(client, sandbox_id, 1) if e.kind == pb.DENIAL_KIND_DNS]
+    assert (event.dns.name, event.dns.reason) == ("gist.hosted.test", pb.DNS_REASON_DENIED)
+
+
+def test_audit_mode_forwards_and_reports(client, make_cgroup, sandbox_id, spawn_agent, world):
+    cg = make_cgroup()
+    agent = spawn_agent(cg, resolve("evil.test"), connect("10.233.0.12"), netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}], mode="audit"))
+    asked = world.zone.asked["evil.test"]
+    assert agent.go() == ["10.233.0.12", "OK:10.233.0.12"]
+    assert world.zone.asked["evil.test"] == asked + 1
+    kinds = {(e.kind, e.action) for e in wait_denials(client, sandbox_id, 2)}
+    assert kinds == {(pb.DENIAL_KIND_DNS, pb.ACTION_AUDITED), (pb.DENIAL_KIND_CONNECT, pb.ACTION_AUDITED)}
+    assert client.stats(sandbox_id).dns.audited == 1
+
+
+def test_sandbox_in_the_hosts_namespace(client, make_cgroup, sandbox_id, spawn_agent, world):
+    """No namespace of its own: the forwarder listens on the host's loopback.
+    The process addresses 127.0.0.154, where nothing listens."""
+    cg = make_cgroup()
+    agent = spawn_agent(cg, resolve("local.test", server="127.0.0.154"), connect("127.0.0.10"),
+                        connect("127.0.0.11"), resolve("evil.test", server="127.0.0.154"))
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "local.test", "ports": [443]}], upstream=[w.LOCAL_DNS]))
+    assert agent.go() == ["127.0.0.10", "OK:127.0.0.10", "EPERM", "REFUSED"]
+
+
+def test_replace_keeps_what_the_new_policy_still_allows(client, make_cgroup, sandbox_id, spawn_agent, world):
+    cg = make_cgroup()
+    marker = Path(f"/tmp/{sandbox_id}-replaced")
+    marker.unlink(missing_ok=True)
+    agent = spawn_agent(cg, resolve("pypi.test"), resolve("files.hosted.test"),
+                        {"op": "wait_file", "path": str(marker)},
+                        connect("10.233.0.10"), connect("10.233.0.11"), netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}, {"to": "files.hosted.test"}]))
+    agent.go_file.touch()
+    time.sleep(1)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}]))
+    marker.touch()
+    try:
+        assert agent.go() == ["10.233.0.10", "10.233.0.11", "OK", "OK:10.233.0.10", "EPERM"]
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def test_remove_stops_the_forwarder_and_bad_dns_input_changes_nothing(client, make_cgroup, sandbox_id, world):
+    import grpc
+
+    from enforcer.client import EnforcerError
+    from enforcer.policy import parse_policy
+    from enforcer.wire import policy_to_proto
+
+    cg = make_cgroup()
+    before = client.status().dns_forwarders
+    good = dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}])
+    client.apply(good)
+    assert client.status().dns_forwarders == before + 1
+    for field, value, reason in [("upstream", "dns.example", "network.dns.upstream[0]: "),
+                                 ("grace", 7200.0, "network.dns.grace: ")]:
+        bad = policy_to_proto(parse_policy(good))
+        bad.network.allow[0].to = "other.test"
+        if field == "upstream":
+            bad.network.dns.upstream[0] = value
+        else:
+            bad.network.dns.grace_seconds = value
+        with pytest.raises(EnforcerError) as info:
+            client.apply(bad)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.details.startswith(reason)
+    assert list(client.get(sandbox_id).policy.network.dns.upstream) == [w.DNS4]
+    client.remove(sandbox_id)
+    assert client.status().dns_forwarders == before
+
+
+def test_a_namespace_entered_after_the_apply_is_served_from_its_first_refused_query(
+        client, make_cgroup, sandbox_id, spawn_agent, world):
+    """The cgroup was empty at the apply, so the forwarder listens in the
+    daemon's namespace; a process in another namespace has its first query
+    refused (EPERM, reported), after which that namespace is served too."""
+    cg = make_cgroup()
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test", "ports": [443]}]))
+    forwarders = client.status().dns_forwarders
+    agent = spawn_agent(cg, resolve("pypi.test"), {"op": "sleep", "seconds": 1.5}, resolve("pypi.test"),
+                        connect("10.233.0.10"), netns_name=world.agent_netns)
+    assert agent.go() == ["EPERM", "OK", "10.233.0.10", "OK:10.233.0.10"]
+    assert client.status().dns_forwarders == forwarders + 1
+    [refusal] = wait_denials(client, sandbox_id, 1)
+    assert (refusal.kind, refusal.destination.address, refusal.destination.port) == (
+        pb.DENIAL_KIND_SENDMSG, w.DNS4, 53)
+
+
+def test_a_restarted_daemon_serves_names_again_and_keeps_what_was_learned(make_cgroup, sandbox_id, spawn_agent,
+                                                                          world, tmp_path):
+    from tests.e2e.conftest import DaemonProcess
+
+    proc = DaemonProcess(tmp_path)
+    proc.start()
+    marker = tmp_path / "restarted"
+    try:
+        cg = make_cgroup()
+        agent = spawn_agent(cg, resolve("pypi.test"), {"op": "wait_file", "path": str(marker)},
+                            connect("10.233.0.10"), resolve("files.hosted.test"), connect("10.233.0.11"),
+                            resolve("evil.test"), connect("10.233.0.12"), netns_name=world.agent_netns)
+        with proc.client() as enf:
+            enf.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test", "ports": [443]},
+                                                        {"to": "files.hosted.test", "ports": [443]}]))
+        agent.go_file.touch()
+        time.sleep(1)
+        assert proc.stop(keep_enforcing=True) == 0
+        proc.start()
+        with proc.client() as enf:
+            assert enf.status().dns_forwarders == 1
+            marker.touch()
+            assert agent.go() == ["10.233.0.10", "OK", "OK:10.233.0.10", "10.233.0.11", "OK:10.233.0.11",
+                                  "REFUSED", "EPERM"]
+            assert enf.stats(sandbox_id).dns.refused == 1
+    finally:
+        proc.stop()

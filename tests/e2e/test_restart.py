@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enforcer.kernel.guard import CGROUP_PROGRAMS
 from tests.e2e.conftest import HOST4, DaemonProcess, Probe
 from tests.e2e.test_audit import records
 from tests.e2e.test_network import connect, policy, sendto
@@ -90,8 +91,9 @@ def test_enforcement_holds_across_a_restart_with_no_gap(tmp_path, make_cgroup, s
             status = enf.status()
             assert status.taken_over and status.pin_dir == str(proc.pin_dir)
             cgroup_hooks = {p.name: (p.attached, p.expected) for p in status.programs if p.hook == "cgroup"}
-            assert cgroup_hooks == {name: (1, 1) for name in ("enf_connect4", "enf_connect6", "enf_sendmsg4",
-                                                               "enf_sendmsg6", "enf_sock_create", "enf_device")}
+            assert cgroup_hooks == {name: (1, 1) for name in CGROUP_PROGRAMS}
+            assert {"enf_connect4", "enf_sendmsg6", "enf_sock_create", "enf_device", "enf_recvmsg4",
+                    "enf_getpeername6"} <= set(cgroup_hooks)
             links = {p.name for p in status.programs if p.hook != "cgroup"}
             assert {"tp-sys_enter_execve", "tp-sys_enter_execveat", "tp-sys_enter_socket"} <= links
             assert links & {"raw-sched_process_exec", "lsm__bprm_check_security"}

@@ -48,6 +48,10 @@ RECORDS: list[dict[str, Any]] = [
      "pid": 0, "comm": "", "time_unix_ns": T0 + 7_000_000_000, "escalation": "ESCALATION_ACTION_QUARANTINE",
      "after": 3, "within_seconds": 10.0, "acted": False,
      "event": "denial", "level": "info", "timestamp": "2025-11-30T10:53:27Z"},
+    {"seq": 8, "sandbox": "sb-1", "labels": {"run": "ppo"}, "kind": "DENIAL_KIND_DNS", "action": "ACTION_REFUSED",
+     "pid": 0, "comm": "", "time_unix_ns": T0 + 8_000_000_000, "name": "tunnel.evil.example", "query_type": "TXT",
+     "reason": "DNS_REASON_NOT_ALLOWED", "protocol": 17,
+     "event": "denial", "level": "info", "timestamp": "2025-11-30T10:53:28Z"},
     {"sandbox": "sb-1", "generation": 1, "client": "unix:", "event": "policy_removed", "level": "info",
      "timestamp": "2025-11-30T10:53:30Z"},
 ]
@@ -65,7 +69,7 @@ def ocsf_validator(class_name: str) -> jsonschema.protocols.Validator:
 
 
 def assert_valid_ocsf(event: dict[str, Any]) -> None:
-    name = {4001: "network_activity", 1007: "process_activity"}[event["class_uid"]]
+    name = {4001: "network_activity", 4003: "dns_activity", 1007: "process_activity"}[event["class_uid"]]
     errors = sorted(ocsf_validator(name).iter_errors(event), key=str)
     assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
 
@@ -112,13 +116,15 @@ def test_every_denial_kind_is_valid_ocsf_with_its_disposition(tmp_path, capsys):
     code, text = run_export(tmp_path, "--format", "ocsf")
     assert code == 0
     events = [json.loads(line) for line in text.splitlines()]
-    assert [e["metadata"]["uid"] for e in events] == [str(n) for n in range(1, 8)]
+    assert [e["metadata"]["uid"] for e in events] == [str(n) for n in range(1, 9)]
     for event in events:
         assert_valid_ocsf(event)
-    assert [e["class_uid"] for e in events] == [4001, 4001, 4001, 1007, 1007, 1007, 1007]
+    assert [e["class_uid"] for e in events] == [4001, 4001, 4001, 1007, 1007, 1007, 1007, 4003]
     assert [e["disposition"] for e in events] == ["Blocked", "Allowed", "Blocked", "Blocked", "Blocked", "Blocked",
-                                                  "Allowed"]
-    connect, _, _, execve, _, kill, _ = events
+                                                  "Allowed", "Blocked"]
+    connect, _, _, execve, _, kill, _, query = events
+    assert query["query"] == {"hostname": "tunnel.evil.example", "type": "TXT", "class": "IN"}
+    assert query["rcode"] == "Refused" and query["type_uid"] == 400301
     assert connect["dst_endpoint"] == {"ip": "10.0.0.1", "port": 22}
     assert connect["connection_info"]["protocol_name"] == "tcp" and connect["type_uid"] == 400101
     assert connect["time"] == (T0 + 1_000_000_000) // 1_000_000
@@ -178,7 +184,8 @@ def test_a_torn_record_fails_the_export_naming_file_and_line(tmp_path, capsys):
     code, text = run_export(tmp_path)
     assert code == 2 and text == ""
     assert not list(tmp_path.glob(".out.partial"))
-    assert f"{log}:3: not a JSON record" in capsys.readouterr().err
+    torn_line = len(log.read_text().splitlines())
+    assert f"{log}:{torn_line}: not a JSON record" in capsys.readouterr().err
 
 
 def test_no_log_is_one_clear_line(tmp_path, capsys):
