@@ -15,6 +15,8 @@ the median of several rounds is reported).
       latency, target p99 <= 50 ms); delivered + reported lost must equal the
       kernel's count.
   Daemon start-up to ready (health SERVING). Target <= 2 s.
+  DNS through the forwarder vs. direct (bench/dns.py): added latency p50/p99
+      (target p99 <= 2 ms) and queries/s sustained (target >= 5,000).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import dns as dns_bench  # noqa: E402
 from enforcer.cgroupfs import cgroup2_mount, move_pid, remove_cgroup  # noqa: E402
 from enforcer.policy import parse_policy  # noqa: E402
 from tests.e2e.conftest import DaemonProcess  # noqa: E402
@@ -158,6 +161,7 @@ def main() -> int:
     parser.add_argument("--tcp-connects", type=int, default=5_000)
     parser.add_argument("--applies", type=int, default=100)
     parser.add_argument("--spawns", type=int, default=2_000)
+    parser.add_argument("--dns-queries", type=int, default=3_000)
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
@@ -250,6 +254,7 @@ def main() -> int:
     finally:
         daemon.stop()
         remove_cgroup(root)
+    dns_bench.print_results(args.dns_queries, 3.0, 3)
     return 0
 
 

@@ -28,7 +28,7 @@ if [ $# -eq 0 ]; then
     set -- .venv/bin/python -m pytest -q -p no:cacheprovider --require-bpf \
         -k "not full_exec_maps and (not test_restart or holds_across_a_restart)" \
         tests/e2e/test_exec.py tests/e2e/test_devices.py tests/e2e/test_layout.py tests/e2e/test_trainer.py \
-        tests/e2e/test_restart.py tests/e2e/test_demo.py tests/e2e/test_clients.py
+        tests/e2e/test_restart.py tests/e2e/test_demo.py tests/e2e/test_clients.py tests/e2e/test_dns.py
 fi
 
 need=()

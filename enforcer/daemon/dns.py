@@ -46,7 +46,7 @@ from enforcer.kernel.encode import PROTOCOL_NUMBERS
 from enforcer.kernel.events import DnsDetail
 from enforcer.kernel.guard import SandboxGuard
 from enforcer.kernel.names import Grant, grants_value, name_key, parse_grants, parse_name_key
-from enforcer.policy import NetworkPolicy, Policy, Upstream
+from enforcer.policy import Mode, NetworkPolicy, Policy, Upstream
 
 log = structlog.get_logger("enforcer.dns")
 
@@ -275,7 +275,6 @@ class DnsChange:
     sandbox: str
     generation: int
     created: bool
-    written: list[bytes] = field(default_factory=list)
 
 
 class DnsForwarder:
@@ -311,12 +310,6 @@ class DnsForwarder:
         with self._lock:
             return sum(len(r.listeners) for r in self._resolvers.values())
 
-    def ports(self, sandbox: str) -> dict[int, layout.Forwarder]:
-        """namespace inode -> the forwarder ports there (for tests and status)."""
-        with self._lock:
-            resolver = self._resolvers.get(sandbox)
-            return {inode: lst.ports() for inode, lst in resolver.listeners.items()} if resolver else {}
-
     # ---- apply / remove (called under the enforcement lock) ------------------
 
     def prepare(self, policy: Policy, slot: int, generation: int, cgroup_path: Path) -> DnsChange:
@@ -327,7 +320,7 @@ class DnsForwarder:
         with nothing changed."""
         network = policy.network
         assert network.dns is not None
-        view = NameView(generation, network, policy.mode.value == "audit")
+        view = NameView(generation, network, policy.mode is Mode.AUDIT)
         with self._lock:
             resolver = self._resolvers.get(policy.sandbox)
             created = resolver is None
@@ -343,7 +336,7 @@ class DnsForwarder:
                 self._listen(resolver, cgroup_path)
                 if not created:
                     resolver.views = [resolver.current, view]
-                    change.written = self._carry_forward(resolver, view)
+                    self._carry_forward(resolver, view)
             except BaseException:
                 if created:
                     self._close_resolver(resolver, forget_kernel=True)
@@ -363,9 +356,13 @@ class DnsForwarder:
             resolver = self._resolvers[change.sandbox]
             view = next(v for v in resolver.views if v.generation == change.generation)
             resolver.views = [view]
-            resolver.upstreams = network.dns.upstream or host_resolvers() or resolver.upstreams
-            resolver.upstream_given = bool(network.dns.upstream)
+            upstreams = network.dns.upstream or host_resolvers() or resolver.upstreams
+            given = bool(network.dns.upstream)
             resolver.grace_ns = round(network.dns.grace * 1e9)
+            if (upstreams, given) != (resolver.upstreams, resolver.upstream_given):
+                resolver.upstreams, resolver.upstream_given = upstreams, given
+                for listener in resolver.listeners.values():
+                    self._open_upstream(resolver, listener)
             for generation in [g for g in resolver.learned if g != change.generation]:
                 self._forget_generation(resolver, generation)
 
@@ -442,20 +439,10 @@ class DnsForwarder:
                     namespace.close()
                 raise
             try:
-                # A resolver the policy names is reached as the sandbox would reach
-                # it; the host's resolvers from the daemon's own namespace.
-                if resolver.upstream_given:
-                    listener.upstream_namespace = namespace
-                    listener.upstream = netns.run_in(namespace, lambda: self._upstream_sockets(resolver))
-                else:
-                    listener.upstream = self._upstream_sockets(resolver)
-            except BaseException:
-                listener.close()
-                raise
-            try:
+                self._open_upstream(resolver, listener)
                 self._guard.set_forwarder(resolver.slot, listener.cookie, listener.ports())
             except BaseException:
-                listener.close()
+                self._drop_listener(listener)
                 raise
             resolver.listeners[inode] = listener
             for sock in (listener.udp4, listener.udp6):
@@ -464,9 +451,22 @@ class DnsForwarder:
             for sock in (listener.tcp4, listener.tcp6):
                 if sock is not None:
                     self._selector.register(sock, selectors.EVENT_READ, ("accept", resolver, listener))
-            for sock in listener.upstream.values():
-                self._selector.register(sock, selectors.EVENT_READ, ("answer", resolver, listener))
         self._wake_w.send(b"x")
+
+    def _open_upstream(self, resolver: SandboxResolver, listener: Listener) -> None:
+        """The sockets that ask the upstreams, in place of any earlier ones. A
+        resolver the policy names is reached as the sandbox would reach it (from
+        its namespace); the host's resolvers from the daemon's own."""
+        namespace = listener.namespace if resolver.upstream_given else None
+        sockets = netns.run_in(namespace, lambda: self._upstream_sockets(resolver))
+        for sock in listener.upstream.values():
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sock)
+            self._pending = {k: p for k, p in self._pending.items() if k[0] != sock.fileno()}
+            sock.close()
+        listener.upstream, listener.upstream_namespace = sockets, namespace
+        for sock in sockets.values():
+            self._selector.register(sock, selectors.EVENT_READ, ("answer", resolver, listener))
 
     def _open_listener(self, namespace: netns.NetworkNamespace | None) -> Listener:
         """Runs inside the namespace."""
@@ -513,14 +513,17 @@ class DnsForwarder:
             sockets[family] = sock
         return sockets
 
+    def _drop_listener(self, listener: Listener) -> None:
+        for sock in listener.sockets():
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sock)
+        listener.close()
+
     def _close_resolver(self, resolver: SandboxResolver, forget_kernel: bool) -> None:
         for listener in resolver.listeners.values():
-            for sock in listener.sockets():
-                with contextlib.suppress(KeyError, ValueError):
-                    self._selector.unregister(sock)
             if forget_kernel:
                 self._guard.clear_forwarder(resolver.slot, listener.cookie)
-            listener.close()
+            self._drop_listener(listener)
         resolver.listeners.clear()
         self._pending = {k: p for k, p in self._pending.items() if p.resolver is not resolver}
         if forget_kernel:
@@ -535,11 +538,11 @@ class DnsForwarder:
             self._guard.delete_entries(layout.MAP_NAME_ADDRS, [
                 name_key(generation, family, addr) for family, addr in table.entries])
 
-    def _carry_forward(self, resolver: SandboxResolver, view: NameView) -> list[bytes]:
+    def _carry_forward(self, resolver: SandboxResolver, view: NameView) -> None:
         """What the current generation learned, re-judged by the next policy."""
         source = resolver.learned.get(resolver.current.generation)
         if source is None:
-            return []
+            return
         target = resolver.learned.setdefault(view.generation, Learned())
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         for (family, addr), ports in source.entries.items():
@@ -552,7 +555,6 @@ class DnsForwarder:
         entries = [(name_key(view.generation, family, addr), self._value(ports))
                    for (family, addr), ports in target.entries.items()]
         self._guard.write_entries(layout.MAP_NAME_ADDRS, entries)
-        return [key for key, _ in entries]
 
     @staticmethod
     def _learn(table: Learned, family: int, addr: bytes, rules: tuple, expires: int, name: str) -> bool:
@@ -765,6 +767,8 @@ class DnsForwarder:
             return
         pending = self._pending.get((sock.fileno(), int.from_bytes(packet[:2], "big")))
         if pending is None:
+            return
+        if pending.upstream_index >= len(pending.resolver.upstreams):
             return
         upstream = pending.resolver.upstreams[pending.upstream_index]
         if ipaddress.ip_address(str(peer[0]).split("%")[0]) != upstream.address or peer[1] != upstream.port:

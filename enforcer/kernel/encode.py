@@ -80,7 +80,7 @@ def compile_prefixes(network: NetworkPolicy) -> dict[PrefixKey, list[PortEntry]]
         for index, rule in enumerate(rules):
             key = _prefix_key(rule.to)
             own[key].extend(_entries_of(rule, verdict))
-            origin.setdefault(key, f"network.{verdict.value}[{index}]")
+            origin.setdefault(key, f"network.{verdict.value}[{rule.index if rule.index >= 0 else index}]")
 
     lengths: dict[int, list[int]] = defaultdict(list)
     for family, plen, _ in own:

@@ -58,6 +58,9 @@ class NetworkRule:
     to: IPNetwork
     ports: tuple[PortRange, ...] = ()  # empty: every port
     protocol: Protocol = Protocol.ANY
+    # Its place in the document's list (names and addresses share it), so that a
+    # refusal found later names the right field; not part of what the rule means.
+    index: int = field(default=-1, compare=False)
 
     def port_ranges(self) -> tuple[PortRange, ...]:
         return self.ports or (ALL_PORTS,)

@@ -7,6 +7,7 @@ path (``network.allow[1].to``) whichever way the policy arrived.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -302,7 +303,10 @@ def _parse_rules(value: Any, path: str, deny: bool) -> tuple[list[NetworkRule], 
     names: list[NameRule] = []
     for i, item in enumerate(value):
         rule = _parse_rule(item, f"{path}[{i}]", deny)
-        (names if isinstance(rule, NameRule) else addresses).append(rule)  # type: ignore[arg-type]
+        if isinstance(rule, NameRule):
+            names.append(rule)
+        else:
+            addresses.append(dataclasses.replace(rule, index=i) if names else rule)
     return addresses, names
 
 

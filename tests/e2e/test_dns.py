@@ -278,3 +278,22 @@ def test_a_restarted_daemon_serves_names_again_and_keeps_what_was_learned(make_c
             assert enf.stats(sandbox_id).dns.refused == 1
     finally:
         proc.stop()
+
+
+def test_a_replace_can_move_the_upstream(client, make_cgroup, sandbox_id, spawn_agent, world):
+    cg = make_cgroup()
+    marker = Path(f"/tmp/{sandbox_id}-moved")
+    marker.unlink(missing_ok=True)
+    agent = spawn_agent(cg, resolve("pypi.test"), {"op": "wait_file", "path": str(marker)}, resolve("pypi.test"),
+                        resolve("pypi.test", tcp=True), netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}]))
+    agent.go_file.touch()
+    time.sleep(1)
+    asked = world.zone.asked["pypi.test"]
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}], upstream=[w.DNS6, w.DNS4]))
+    marker.touch()
+    try:
+        assert agent.go() == ["10.233.0.10", "OK", "10.233.0.10", "10.233.0.10"]
+    finally:
+        marker.unlink(missing_ok=True)
+    assert world.zone.asked["pypi.test"] == asked + 2
