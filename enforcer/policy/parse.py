@@ -313,7 +313,9 @@ def _parse_rules(value: Any, path: str, deny: bool) -> tuple[list[NetworkRule], 
 def _parse_rule(value: Any, path: str, deny: bool) -> NetworkRule | NameRule:
     _require_mapping(value, path, "a rule")
     _refuse_unknown(value, _RULE_FIELDS, path)
-    name = _host_name(value.get("to"))
+    to = value.get("to")
+    network = _try_network(to)  # addresses first: most rules are, and their parse is cached
+    name = _host_name(to) if network is None else None
     if name is not None and deny and ("ports" in value or "protocol" in value):
         field = "ports" if "ports" in value else "protocol"
         raise PolicyError(f"{path}.{field}", "a name in deny refuses every query for it: ports and protocol "
@@ -326,7 +328,18 @@ def _parse_rule(value: Any, path: str, deny: bool) -> NetworkRule | NameRule:
         if len(name) > MAX_HOST_NAME:
             raise PolicyError(f"{path}.to", f"host names are at most {MAX_HOST_NAME} characters")
         return NameRule(name=name, ports=ports, protocol=protocol)
-    return NetworkRule(to=_parse_address(value.get("to"), f"{path}.to"), ports=ports, protocol=protocol)
+    if network is None:
+        network = _parse_address(to, f"{path}.to")  # raises, naming what is wrong
+    return NetworkRule(to=network, ports=ports, protocol=protocol)
+
+
+def _try_network(value: Any) -> IPNetwork | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return _network(value.strip())
+    except ValueError:
+        return None
 
 
 def _host_name(value: Any) -> str | None:
