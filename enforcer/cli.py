@@ -73,8 +73,9 @@ def format_denial(event: Any) -> str:
         what = f"socket(family={event.socket.family}, type={event.socket.type}, protocol={event.socket.protocol})"
     labels = _labels_text(event.labels)
     return (
-        f"{when:%Y-%m-%dT%H:%M:%S.%f}Z #{event.seq} {event.sandbox} {action} {kind} {what} "
-        f"pid={event.process.pid} comm={event.process.comm}" + (f" labels={labels}" if labels else "")
+        f"{when:%Y-%m-%dT%H:%M:%S.%f}Z #{event.seq} {event.sandbox} {action} {kind} {what}"
+        + (f" pid={event.process.pid} comm={event.process.comm}" if event.process.pid else "")  # dns: no process
+        + (f" labels={labels}" if labels else "")
     )
 
 

@@ -58,6 +58,10 @@ MAX_TCP_CONNECTIONS = 64   # per sandbox and namespace
 # not written again: a flood of identical answers costs no map writes.
 REFRESH_SLACK_NS = 500_000_000
 SWEEP_S = 1.0
+# One sandbox's share of the learned-address map (ENF_MAX_NAME_ADDRS over all):
+# a sandbox resolving ever new addresses (a wildcard name, say) evicts its own
+# soonest-expiring address instead of filling the map for everyone.
+MAX_LEARNED_PER_SANDBOX = 2048
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NOTIMP, RCODE_REFUSED = 1, 2, 4, 5
@@ -588,10 +592,18 @@ class DnsForwarder:
             table = resolver.learned.setdefault(view.generation, Learned())
             writes = []
             for family, addr, ttl in addresses:
+                if (family, addr) not in table.entries and len(table.entries) >= MAX_LEARNED_PER_SANDBOX:
+                    self._evict(table, view.generation)
                 expires = now + ttl * 1_000_000_000 + resolver.grace_ns
                 if self._learn(table, family, addr, rules, expires, name):
                     writes.append((name_key(view.generation, family, addr), self._value(table.entries[(family, addr)])))
             self._guard.write_entries(layout.MAP_NAME_ADDRS, writes)
+
+    def _evict(self, table: Learned, generation: int) -> None:
+        """Make room in a sandbox's share: the address that would expire first goes."""
+        family, addr = min(table.entries, key=lambda k: max(expires for expires, _ in table.entries[k].values()))
+        del table.entries[(family, addr)]
+        self._guard.delete_entries(layout.MAP_NAME_ADDRS, [name_key(generation, family, addr)])
 
     def _sweep(self) -> None:
         """Drop what has expired (the kernel already ignores it: this frees room)."""

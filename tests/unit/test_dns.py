@@ -121,3 +121,33 @@ def test_host_resolvers(tmp_path: Path):
     conf.write_text("# comment\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch example\nnameserver bogus\n")
     assert [str(u) for u in fwd.host_resolvers(conf)] == ["127.0.0.53", "fe80::1"]
     assert fwd.host_resolvers(tmp_path / "missing") == ()
+
+
+class MapWrites:
+    """Stands in for SandboxGuard's learned-address map (no kernel in unit tests)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, bytes] = {}
+
+    def write_entries(self, name: str, entries: list[tuple[bytes, bytes]]) -> None:
+        self.entries.update(entries)
+
+    def delete_entries(self, name: str, keys: list[bytes]) -> None:
+        for key in keys:
+            self.entries.pop(key, None)
+
+
+def test_one_sandbox_cannot_take_more_than_its_share_of_learned_addresses(monkeypatch):
+    monkeypatch.setattr(fwd, "MAX_LEARNED_PER_SANDBOX", 4)
+    guard = MapWrites()
+    forwarder = fwd.DnsForwarder(guard)  # type: ignore[arg-type]
+    try:
+        network = parse_policy(policy({"allow": [{"to": "*.cdn.example", "ports": [443]}]})).network
+        resolver = fwd.SandboxResolver("s", 0, [fwd.NameView(7, network, False)], (), True, 0)
+        for i in range(6):  # each answer lives a second longer than the one before
+            forwarder._install(resolver, f"n{i}.cdn.example", [(socket.AF_INET, bytes([10, 0, 0, i]), 10 + i)])
+        kept = sorted(addr[-1] for _, _, addr in (fwd.parse_name_key(k) for k in guard.entries))
+        assert kept == [2, 3, 4, 5]  # the two that would expire first were evicted, from the kernel too
+        assert len(resolver.learned[7].entries) == 4
+    finally:
+        forwarder.stop()
