@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("connect", "sendmsg", "socket", "exec", "device")
+KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ def _default_rules() -> dict[str, KindRule]:
         "socket": KindRule(penalty=1.0, drop_after=1),
         "exec": KindRule(penalty=1.0, drop_after=1),
         "device": KindRule(penalty=1.0, drop_after=1),
+        # A lookup of an unlisted name: as common a mistake as a wrong address.
+        "dns": KindRule(penalty=0.1, drop_after=50),
     }
 
 

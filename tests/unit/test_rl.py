@@ -36,4 +36,4 @@ def test_configurable_per_kind_audited_and_capped():
     outcome = rl.judge(message, config)
     assert outcome.counts["connect"] == 5 and outcome.penalty == 3.0 and outcome.keep
     with pytest.raises(ValueError, match="unknown denial kinds"):
-        rl.PenaltyConfig(rules={"dns": rl.KindRule()})
+        rl.PenaltyConfig(rules={"dnss": rl.KindRule()})
