@@ -62,6 +62,7 @@ SWEEP_S = 1.0
 # a sandbox resolving ever new addresses (a wildcard name, say) evicts its own
 # soonest-expiring address instead of filling the map for everyone.
 MAX_LEARNED_PER_SANDBOX = 2048
+RETRY_NAMESPACE_S = 1.0  # a namespace whose forwarder could not be made is tried again after this
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NOTIMP, RCODE_REFUSED = 1, 2, 4, 5
@@ -295,6 +296,7 @@ class DnsForwarder:
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stopping = False
+        self._failed_namespaces: dict[tuple[str, int], float] = {}
         self._thread = threading.Thread(target=self._serve, name="dns-forwarder", daemon=True)
         self._thread.start()
 
@@ -421,7 +423,15 @@ class DnsForwarder:
             found = netns.namespaces_of([pid])
             if not found or set(found) <= set(resolver.listeners):
                 return False
-            self._listen_in(resolver, found)
+            inode = next(iter(found))
+            now = time.monotonic()
+            if now - self._failed_namespaces.get((sandbox, inode), -RETRY_NAMESPACE_S) < RETRY_NAMESPACE_S:
+                return False  # a flood of refusals from a namespace that cannot be served: try once a second
+            try:
+                self._listen_in(resolver, found)
+            except Exception:
+                self._failed_namespaces[(sandbox, inode)] = now
+                raise
         log.info("dns_forwarder_added", sandbox=sandbox, pid=pid, namespace=next(iter(found)))
         return True
 

@@ -126,9 +126,11 @@ class DenialPipeline:
         return self._stopping.is_set()
 
     def submit_dns(self, sandbox: str, slot: int, detail: DnsDetail, action: int) -> bool:
-        """A denial the DNS forwarder decided; False if it could not be queued."""
-        denial = KernelDenial(time.clock_gettime_ns(time.CLOCK_BOOTTIME), 0, 0, 0, slot, 0, 0, "",
-                              layout.KIND_DNS, action, detail)
+        """A denial the DNS forwarder decided; False if it could not be queued.
+        It carries the sandbox's tag of this moment, as the kernel's events do."""
+        record = self._store.find(sandbox)
+        denial = KernelDenial(time.clock_gettime_ns(time.CLOCK_BOOTTIME), 0, record.generation if record else 0,
+                              record.tag if record else 0, slot, 0, 0, "", layout.KIND_DNS, action, detail)
         try:
             self._submitted.put_nowait(denial)
         except queue.Full:
@@ -179,6 +181,11 @@ class DenialPipeline:
                     lost = []
                 if lost:
                     self._publish(lost)
+        try:
+            while not self._submitted.empty():  # what the forwarder reported before it stopped
+                self._publish_submitted()
+        except Exception:
+            log.exception("dns_denials_publish_failed")
 
     def _publish(self, denials: list[KernelDenial], positions: list[int] | None = None) -> None:
         infos = [self._store.tag_info(d.tag, d.slot) for d in denials]  # once per event, for the stream and the log

@@ -237,9 +237,9 @@ def run_daemon(config: DaemonConfig) -> int:
     stop.wait()
 
     health_servicer.enter_graceful_shutdown()
-    pipeline.stop()
-    server.stop(grace=1).wait()
     enforcement.dns.stop()  # queries go unanswered until the next daemon listens: fail closed
+    pipeline.stop()  # after the forwarder: the DNS denials it reported are published first
+    server.stop(grace=1).wait()
     enforcement.flush_retired()
     # The programs stay attached and pinned: enforcement holds until the next
     # daemon takes over (or `enforcer daemon --uninstall`).

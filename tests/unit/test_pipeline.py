@@ -159,3 +159,29 @@ def test_filters():
     assert matches(event, {"a", "b"}, {"episode": "3"})
     assert not matches(event, {"b"}, {})
     assert not matches(event, set(), {"episode": "4"})
+
+
+def test_dns_denials_from_the_forwarder_are_sequenced_with_the_kernels_and_flushed_at_stop():
+    from pathlib import Path
+
+    from enforcer.cgroupfs import Cgroup
+    from enforcer.daemon.store import SandboxRecord
+    from enforcer.kernel.events import DnsDetail
+    from enforcer.policy import parse_policy
+
+    pipeline, ring, store = make_pipeline()
+    policy = parse_policy({"sandbox": "rollout-17", "target": {"pid": 1}, "labels": {"run": "ppo-7", "episode": "17"}})
+    store.put(SandboxRecord(policy, Cgroup(Path("/sys/fs/cgroup/x"), 99, 1), generation=5, slot=0, tag=5))
+    with capture_logs() as logs:
+        ring.pending.put(raw_event(5, 22))
+        assert pipeline.submit_dns("rollout-17", 0, DnsDetail("c2.evil.example", "TXT", 1, 17), layout.ACTION_REFUSED)
+        events, _ = read_all(pipeline, 1, 2)
+        assert pipeline.submit_dns("rollout-17", 0, DnsDetail("late.evil.example", "A", 2, 6), layout.ACTION_AUDITED)
+        pipeline.stop()  # the one submitted last is published on the way out
+    dns = next(e for e in events if e.kind == pb.DENIAL_KIND_DNS)
+    assert dns.sandbox == "rollout-17" and dict(dns.labels) == {"run": "ppo-7", "episode": "17"}
+    assert (dns.dns.name, dns.dns.query_type, dns.dns.reason, dns.dns.transport) == (
+        "c2.evil.example", "TXT", pb.DNS_REASON_NOT_ALLOWED, pb.PROTOCOL_UDP)
+    assert sorted(e.seq for e in events) == [1, 2]
+    audited = [(d["seq"], d["name"], d["action"]) for d in logs if d["event"] == "denial" and d["kind"] == "DENIAL_KIND_DNS"]
+    assert audited[-1] == (3, "late.evil.example", "ACTION_AUDITED") and len(audited) == 2
