@@ -1,6 +1,8 @@
 /* Microbenchmarks: N operations, prints nanoseconds per operation.
  *   micro udp N     - connect a UDP socket to 127.0.0.1:9 (no packet is sent)
  *   micro tcp N     - full TCP handshake to a local listener, then close
+ *   micro recv N    - sendto a UDP socket's own address, then recvfrom (the
+ *                   recvmsg hook that restores redirected DNS answers runs here)
  *   micro spawn N   - fork, execve("/bin/true"), wait
  *   micro refuse RATE SECONDS - sendto 127.0.0.1:9 at RATE per second (0: as fast as
  *                   possible) for SECONDS; prints how many calls were made. Under
@@ -115,6 +117,25 @@ int main(int argc, char **argv)
         pthread_create(&t, NULL, acceptor, NULL);
     }
     int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    if (strcmp(argv[1], "recv") == 0) {
+        addr.sin_port = 0;
+        bind(udp, (struct sockaddr *)&addr, sizeof(addr));
+        socklen_t len = sizeof(addr);
+        getsockname(udp, (struct sockaddr *)&addr, &len);
+        char buf[16];
+        long long start = now_ns();
+        for (long i = 0; i < n; i++) {
+            struct sockaddr_in from;
+            socklen_t from_len = sizeof(from);
+            if (sendto(udp, "x", 1, 0, (struct sockaddr *)&addr, sizeof(addr)) != 1 ||
+                recvfrom(udp, buf, sizeof(buf), 0, (struct sockaddr *)&from, &from_len) != 1) {
+                perror("recv");
+                return 1;
+            }
+        }
+        printf("%.1f\n", (double)(now_ns() - start) / n);
+        return 0;
+    }
     long long start = now_ns();
     for (long i = 0; i < n; i++) {
         if (tcp) {

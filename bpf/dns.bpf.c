@@ -26,7 +26,7 @@ static u64 (*enf_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
 /* 1: redirected to the forwarder (let the call go on), 0: no forwarder serves
  * this network namespace (refuse: the query must not reach the resolver). */
 static __always_inline int dns_redirect(struct bpf_sock_addr *ctx, struct enf_sandbox *sb,
-                                        struct enf_lpm_key *key, u8 family, int v6_socket, u8 proto)
+                                        u8 family, int v6_socket, u8 proto)
 {
     struct enf_fwd_key fk = {};
     fk.slot = sb->slot;

@@ -59,7 +59,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct enf_lpm_key 
         if (sb->dns && port == ENF_DNS_PORT) {
             /* Whatever resolver it names, a query goes to the forwarder; with no
              * forwarder in this network namespace it goes nowhere. */
-            if (dns_redirect(ctx, sb, key, family, v6_socket, proto))
+            if (dns_redirect(ctx, sb, family, v6_socket, proto))
                 return 1;
         } else {
             int verdict = judge(sb, key, port, proto);
