@@ -347,6 +347,12 @@ def _host_name(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     text = value.strip().lower().removesuffix(".")
+    if not text.isascii():  # an internationalized name: DNS carries its ASCII (punycode) form
+        prefix = "*." if text.startswith("*.") else ""
+        try:
+            text = prefix + text[len(prefix):].encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
     if not HOST_NAME.fullmatch(text):
         return None
     labels = text.split(".")

@@ -70,6 +70,15 @@ def run(op: dict) -> str:
     try:
         if kind == "resolve":
             return resolve(op)
+        if kind == "raw":
+            # Bytes (hex) to a resolver over UDP; what comes back (hex), or "timeout".
+            with socket.socket(_family(op["server"]), socket.SOCK_DGRAM) as s:
+                s.settimeout(op.get("timeout", 1))
+                s.sendto(bytes.fromhex(op["hex"]), (op["server"], 53))
+                try:
+                    return s.recv(4096).hex()
+                except TimeoutError:
+                    return "timeout"
         if kind == "peer":
             return peer_of_connected_query(op)
         if kind == "fetch":

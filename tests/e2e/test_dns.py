@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dns.message import make_query
 
 from enforcer.v1 import enforcer_pb2 as pb
 from tests.e2e import dnsworld as w
@@ -297,3 +298,36 @@ def test_a_replace_can_move_the_upstream(client, make_cgroup, sandbox_id, spawn_
     finally:
         marker.unlink(missing_ok=True)
     assert world.zone.asked["pypi.test"] == asked + 2
+
+
+def test_garbage_gets_an_error_or_nothing_and_the_audit_record_exports_as_ocsf(
+        client, daemon, make_cgroup, sandbox_id, spawn_agent, world):
+    """Whatever a sandbox sends its forwarder, it goes on answering; names are
+    matched whatever their case; the denial's audit record is valid OCSF."""
+    from enforcer import export
+    from tests.e2e.test_audit import records
+    from tests.unit.test_export import assert_valid_ocsf
+
+    query = make_query("pypi.test", "A").to_wire()
+    cg = make_cgroup()
+    agent = spawn_agent(cg, {"op": "raw", "server": w.DNS4, "hex": "00"},
+                        {"op": "raw", "server": w.DNS4, "hex": "ab" * 12},
+                        {"op": "raw", "server": w.DNS4, "hex": (query[:2] + b"\x80" + query[3:]).hex()},  # an answer
+                        {"op": "raw", "server": w.DNS4, "hex": (query[:2] + b"\x28" + query[3:]).hex()},  # UPDATE
+                        resolve("PyPI.TEST"), resolve("Evil.Test", type="TXT"), netns_name=world.agent_netns)
+    client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}]))
+    short, garbage, answer, update, upper, evil = agent.go()
+    assert short == "timeout"  # not even a header: nothing to answer
+    assert bytes.fromhex(garbage)[3] & 0x0F == 1 and bytes.fromhex(answer)[3] & 0x0F == 1  # FORMERR
+    assert bytes.fromhex(update)[3] & 0x0F == 4  # NOTIMP
+    assert (upper, evil) == ("10.233.0.10", "REFUSED")
+    [event] = [e for e in wait_denials(client, sandbox_id, 1) if e.kind == pb.DENIAL_KIND_DNS]
+    assert (event.dns.name, event.dns.query_type) == ("evil.test", "TXT")
+    deadline = time.monotonic() + 10
+    while not (found := [r for r in records(daemon.audit_path) if r.get("sandbox") == sandbox_id
+                         and r.get("kind") == "DENIAL_KIND_DNS"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ocsf = export.to_ocsf(found[0], "host")
+    assert ocsf is not None and ocsf["query"]["hostname"] == "evil.test" and ocsf["rcode"] == "Refused"
+    assert_valid_ocsf(ocsf)

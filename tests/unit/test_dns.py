@@ -8,6 +8,8 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enforcer.daemon import dns as fwd
 from enforcer.policy import DnsPolicy, NameRule, PolicyError, Upstream, parse_policy, policy_to_document
@@ -62,6 +64,12 @@ def test_deny_name_wins_over_wildcard_allow():
                                "deny": [{"to": "gist.github.com"}]})).network
     assert net.name_allowed("api.github.com") == (NameRule("*.github.com", net.allow_names[0].ports),)
     assert net.name_allowed("gist.github.com") is None
+
+
+def test_internationalized_names_are_kept_in_their_dns_form():
+    net = parse_policy(policy({"allow": [{"to": "Bücher.de"}, {"to": "*.bücher.de"}]})).network
+    assert [r.name for r in net.allow_names] == ["xn--bcher-kva.de", "*.xn--bcher-kva.de"]
+    assert net.name_allowed("shop.xn--bcher-kva.de") is not None
 
 
 def test_an_all_digit_name_is_a_bad_address_not_a_name():
@@ -151,3 +159,23 @@ def test_one_sandbox_cannot_take_more_than_its_share_of_learned_addresses(monkey
         assert len(resolver.learned[7].entries) == 4
     finally:
         forwarder.stop()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.builds(lambda name, qtype, junk: query(name, qtype)[:junk] if junk else query(name, qtype),
+                           st.from_regex(r"[a-zA-Z0-9-]{1,20}(\.[a-zA-Z0-9-]{1,20}){0,3}", fullmatch=True),
+                           st.sampled_from(["A", "AAAA", "TXT", "ANY", "HTTPS"]), st.integers(0, 40))))
+def test_any_bytes_get_a_question_an_error_answer_or_nothing(data: bytes):
+    """What a sandbox sends the forwarder never raises: a question, or an
+    answer with an error code, or nothing at all (fewer than 12 bytes)."""
+    question = fwd.parse_question(data)
+    if question is not None:
+        assert question.end <= len(data) and question.name == question.name.lower()
+        reply = fwd.reply_with(data, question, fwd.RCODE_REFUSED)
+    else:
+        reply = fwd.reply_with(data, None, fwd.RCODE_FORMERR)
+    if len(data) < 12:
+        assert reply is None
+    else:
+        assert reply is not None and reply[:2] == data[:2] and reply[2] & 0x80

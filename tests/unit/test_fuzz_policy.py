@@ -31,7 +31,15 @@ def plausible(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(value, value, value, anything)
 
 
-address = st.one_of(st.ip_addresses().map(str), st.sampled_from(["10.0.0.0/8", "::/0", "1.2.3.4/33", "x", "", "0/0"]))
+address = st.one_of(st.ip_addresses().map(str), st.sampled_from(["10.0.0.0/8", "::/0", "1.2.3.4/33", "x", "", "0/0"]),
+                    st.sampled_from(["pypi.org", "*.pythonhosted.org", "PyPI.Org.", "*.", "a..b", "-x.org", "bücher.de",
+                                     "10.0.0.300", "*.*.x", "a" * 64 + ".org"]),
+                    st.from_regex(r"(\*\.)?[a-z0-9_-]{1,10}(\.[a-z0-9-]{1,10}){0,3}", fullmatch=True))
+dns_section = st.fixed_dictionaries({}, optional={
+    "upstream": plausible(st.lists(st.one_of(st.ip_addresses().map(str),
+                                             st.sampled_from(["10.0.0.2:5353", "[fd00::2]:53", "[::1]:0", "dns.google",
+                                                              "1.2.3.4:99999"])), max_size=3)),
+    "grace": plausible(st.sampled_from(["30s", "0", 0, 3600, "2h", -1, "soon"]))})
 port = st.one_of(st.integers(-5, 70000), st.text(max_size=12), st.builds(lambda a, b: f"{a}-{b}", st.integers(0, 70000),
                                                                           st.integers(0, 70000)))
 rule = st.fixed_dictionaries({"to": plausible(address)},
@@ -49,7 +57,8 @@ documents = st.fixed_dictionaries(
         "mode": plausible(st.sampled_from(["enforce", "audit", "off"])),
         "network": plausible(st.fixed_dictionaries({}, optional={
             "default": plausible(st.sampled_from(["allow", "deny", "maybe"])),
-            "allow": plausible(st.lists(rule, max_size=4)), "deny": plausible(st.lists(rule, max_size=4))})),
+            "allow": plausible(st.lists(rule, max_size=4)), "deny": plausible(st.lists(rule, max_size=4)),
+            "dns": plausible(dns_section)})),
         "exec": plausible(st.fixed_dictionaries({}, optional={
             "default": plausible(st.sampled_from(["allow", "deny"])),
             "allow": plausible(st.lists(exec_path, max_size=3)), "deny": plausible(st.lists(exec_path, max_size=3))})),
