@@ -331,3 +331,33 @@ def test_garbage_gets_an_error_or_nothing_and_the_audit_record_exports_as_ocsf(
     ocsf = export.to_ocsf(found[0], "host")
     assert ocsf is not None and ocsf["query"]["hostname"] == "evil.test" and ocsf["rcode"] == "Refused"
     assert_valid_ocsf(ocsf)
+
+
+def test_dns_refusals_are_counted_exactly_past_the_event_budget_and_scraped(make_cgroup, sandbox_id, spawn_agent,
+                                                                           world, tmp_path):
+    from tests.e2e.conftest import DaemonProcess
+    from tests.e2e.test_daemon import free_port
+    from tests.e2e.test_metrics import scrape
+
+    port = free_port()
+    proc = DaemonProcess(tmp_path, "--metrics", f"127.0.0.1:{port}", "--events-per-sec", "1")
+    proc.start()
+    try:
+        cg = make_cgroup()
+        agent = spawn_agent(cg, *[resolve(f"x{i}.evil.test") for i in range(5)], netns_name=world.agent_netns)
+        with proc.client() as enf:
+            enf.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}]))
+            assert agent.go() == ["REFUSED"] * 5
+            stats = enf.stats(sandbox_id)
+            reported = wait_denials(enf, sandbox_id, 1)
+            time.sleep(0.3)
+            reported = wait_denials(enf, sandbox_id, 1)
+            # One per second within the budget (two if the queries straddled a second); all counted.
+            assert stats.dns.refused == 5 and len(reported) <= 2
+            assert stats.events_suppressed == 5 - len(reported)
+            assert reported[0].dns.name == "x0.evil.test"
+        samples = scrape(port)
+        assert samples[("enforcer_denials_total", (("action", "refused"), ("kind", "dns"),
+                                                    ("sandbox", sandbox_id)))] == 5
+    finally:
+        assert proc.stop() == 0
