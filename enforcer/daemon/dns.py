@@ -42,8 +42,8 @@ import structlog
 
 from enforcer import netns
 from enforcer.kernel import layout
-from enforcer.kernel.encode import PROTOCOL_NUMBERS
-from enforcer.kernel.events import DnsDetail
+from enforcer.kernel.encode import IPPROTO_TCP, IPPROTO_UDP, PROTOCOL_NUMBERS
+from enforcer.kernel.events import DNS_DENIED, DNS_NOT_ALLOWED, DnsDetail
 from enforcer.kernel.guard import SandboxGuard
 from enforcer.kernel.names import Grant, grants_value, name_key, parse_grants, parse_name_key
 from enforcer.policy import Mode, NetworkPolicy, Policy, Upstream
@@ -71,10 +71,6 @@ _HEADER = struct.Struct("!HHHHHH")
 QR_BIT = 0x8000
 OPCODE_MASK = 0x7800
 
-REASON_NOT_ALLOWED = 1
-REASON_DENIED = 2
-TRANSPORT_UDP = 17
-TRANSPORT_TCP = 6
 
 # sandbox, slot, detail, layout.ACTION_* -> False if it could not be taken (counted lost)
 Reporter = Callable[[str, int, DnsDetail, int], bool]
@@ -673,10 +669,10 @@ class DnsForwarder:
         view = resolver.current
         network = view.network
         if any(rule.matches(question.name) for rule in network.deny_names):
-            allowed, reason = False, REASON_DENIED
+            allowed, reason = False, DNS_DENIED
         else:
             allowed = any(rule.matches(question.name) for rule in network.allow_names)
-            reason = REASON_NOT_ALLOWED
+            reason = DNS_NOT_ALLOWED
         if not allowed:
             self._refused(resolver, question, reason, transport)
             if not view.audit:
@@ -755,7 +751,7 @@ class DnsForwarder:
 
     def _query(self, sock: socket.socket, resolver: SandboxResolver, listener: Listener, packet: bytes,
                client: tuple[object, ...]) -> None:
-        reply, question = self._decide(resolver, packet, TRANSPORT_UDP)
+        reply, question = self._decide(resolver, packet, IPPROTO_UDP)
         if question is None:
             if reply:
                 with contextlib.suppress(OSError):
@@ -843,7 +839,7 @@ class DnsForwarder:
                 with self._lock:
                     if resolver.sandbox not in self._resolvers:
                         return
-                    reply, question = self._decide(resolver, query, TRANSPORT_TCP)
+                    reply, question = self._decide(resolver, query, IPPROTO_TCP)
                     upstreams = resolver.upstreams
                 if question is not None:
                     response = _ask_tcp(upstreams, query)

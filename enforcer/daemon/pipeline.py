@@ -22,6 +22,8 @@ from enforcer.daemon.audit import AUDIT_LOGGER
 from enforcer.daemon.store import PolicyStore, TagInfo
 from enforcer.kernel import layout
 from enforcer.kernel.events import (
+    DNS_DENIED,
+    DNS_NOT_ALLOWED,
     DeviceDetail,
     DnsDetail,
     EscalationDetail,
@@ -59,7 +61,7 @@ PUBLISH_CHUNK = 512
 # Denials decided in userspace (the DNS forwarder) waiting for the drain thread,
 # which alone numbers events; beyond this they are counted lost.
 MAX_SUBMITTED = 65536
-_DNS_REASONS = {1: pb.DNS_REASON_NOT_ALLOWED, 2: pb.DNS_REASON_DENIED}
+_DNS_REASONS = {DNS_NOT_ALLOWED: pb.DNS_REASON_NOT_ALLOWED, DNS_DENIED: pb.DNS_REASON_DENIED}
 
 
 class EventSource(Protocol):

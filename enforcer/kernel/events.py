@@ -68,12 +68,16 @@ class EscalationDetail(NamedTuple):
     acted: bool      # False in audit mode
 
 
+DNS_NOT_ALLOWED = 1  # DnsDetail.reason: no allow rule names it
+DNS_DENIED = 2       # a deny rule names it
+
+
 class DnsDetail(NamedTuple):
     """Not from the kernel: the daemon's DNS forwarder refused a query."""
 
     name: str
     query_type: str  # A, AAAA, TXT, ... or TYPE<n>
-    reason: int      # 1: no allow rule names it, 2: a deny rule does
+    reason: int      # DNS_NOT_ALLOWED / DNS_DENIED
     transport: int   # IPPROTO_UDP / IPPROTO_TCP
 
 
