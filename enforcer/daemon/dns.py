@@ -667,14 +667,9 @@ class DnsForwarder:
         if question.flags & OPCODE_MASK:
             return reply_with(data, question, RCODE_NOTIMP), None
         view = resolver.current
-        network = view.network
-        if any(rule.matches(question.name) for rule in network.deny_names):
-            allowed, reason = False, DNS_DENIED
-        else:
-            allowed = any(rule.matches(question.name) for rule in network.allow_names)
-            reason = DNS_NOT_ALLOWED
-        if not allowed:
-            self._refused(resolver, question, reason, transport)
+        if view.network.name_allowed(question.name) is None:
+            denied = any(rule.matches(question.name) for rule in view.network.deny_names)
+            self._refused(resolver, question, DNS_DENIED if denied else DNS_NOT_ALLOWED, transport)
             if not view.audit:
                 return reply_with(data, question, RCODE_REFUSED), None
             return None, question
