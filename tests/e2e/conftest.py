@@ -98,7 +98,9 @@ class DaemonProcess:
     directory. ``stop`` ends its enforcement too (``--uninstall``) unless told
     to keep it, as a restart does."""
 
-    def __init__(self, workdir: Path, *extra: str) -> None:
+    def __init__(self, workdir: Path, *extra: str, wrapper: tuple[str, ...] = ()) -> None:
+        """``wrapper``: a command the daemon is run under (its argv appended)."""
+        self.wrapper = wrapper
         self.socket = str(workdir / "enforcer.sock")
         self.log_path = workdir / "daemon.log"
         self.audit_path = workdir / "audit.jsonl"
@@ -116,7 +118,7 @@ class DaemonProcess:
 
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enforcer.cli", "daemon", "--socket", self.socket,
+            [*self.wrapper, sys.executable, "-m", "enforcer.cli", "daemon", "--socket", self.socket,
              "--audit-log", str(self.audit_path), *self.dirs, *self.extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
