@@ -25,7 +25,8 @@ say() { echo "lsm-vm: $*" >&2; }
 if [ $# -eq 0 ]; then
     # (the map-capacity test writes 280,000 entries: minutes under emulation, and
     # nothing in it depends on the kernel's LSM)
-    set -- .venv/bin/python -m pytest -q -p no:cacheprovider --require-bpf \
+    # (faulthandler: a test stuck for 5 minutes prints every thread's stack to the console)
+    set -- .venv/bin/python -m pytest -q -p no:cacheprovider --require-bpf -o faulthandler_timeout=300 \
         -k "not full_exec_maps and (not test_restart or holds_across_a_restart)" \
         tests/e2e/test_exec.py tests/e2e/test_devices.py tests/e2e/test_layout.py tests/e2e/test_trainer.py \
         tests/e2e/test_restart.py tests/e2e/test_demo.py tests/e2e/test_clients.py tests/e2e/test_dns.py

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -405,6 +406,10 @@ def spawn_agent(cleanup: Cleanup, tmp_path: Path) -> Callable[..., AgentRun]:
         proc.stdin.write(json.dumps(list(ops)))
         proc.stdin.close()
         proc.stdin = None  # communicate() must not write again
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"the agent did not start within 60 s: {proc.communicate()[1][-800:]}")
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
         return AgentRun(proc, go_file)
 
