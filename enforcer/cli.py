@@ -18,6 +18,11 @@ from typing import Any
 
 from google.protobuf import json_format
 
+# `enforcer run` forks its command (into the sandbox's cgroup) while a gRPC
+# channel is open; gRPC's fork handlers, meant for children that keep using
+# gRPC, can hang such a fork (grpc/grpc#13998). Before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from enforcer.settings import (
     DEFAULT_AUDIT_KEEP,
     DEFAULT_AUDIT_LOG,

@@ -24,6 +24,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+# The loop forks agents into their sandboxes while it streams over gRPC: keep
+# gRPC's fork handlers (for children that go on using gRPC) out of those forks.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from enforcer import rl
 from enforcer.cgroupfs import cgroup2_mount, create_cgroup, move_pid, remove_cgroup
 from enforcer.client import Enforcer

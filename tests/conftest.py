@@ -6,7 +6,16 @@ skipped fails instead: CI must run the kernel tests, not skip them."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The tests fork (subprocess with preexec_fn) while gRPC channels are open.
+# gRPC's fork handlers are for children that go on using gRPC; ours exec at
+# once, and with the handlers on, a fork hung for good in _fork_exec (seen once
+# on the host, once in the 6.1 VM; grpc/grpc#13998, #22624). Set before any
+# import of grpc; the daemons the tests start inherit it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
