@@ -16,7 +16,6 @@ removed at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import shutil
@@ -291,21 +290,19 @@ def daemon(world: World) -> Iterator[str]:
 
 
 AGENT_UID = 65534  # nobody: agents in containers run without root, and the daemon's socket is root's (0600)
-CLONE_NEWNET = 0x40000000
 
 
 def run_in_sandbox(cgroup: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
     """As a containerised agent runs: in the sandbox's cgroup and network
     namespace, as an unprivileged user."""
+    from enforcer import netns
     from enforcer.cgroupfs import move_pid
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    netns_fd = os.open(f"/run/netns/{SANDBOX_NS}", os.O_RDONLY)
+    namespace = netns.open_named(SANDBOX_NS)
 
     def enter() -> None:
         move_pid(0, cgroup)
-        if libc.setns(netns_fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
+        netns.enter(namespace)
         os.setgroups([])
         os.setgid(AGENT_UID)
         os.setuid(AGENT_UID)
@@ -316,7 +313,7 @@ def run_in_sandbox(cgroup: Path, command: list[str]) -> subprocess.CompletedProc
     except PermissionError as exc:  # the exec itself refused (BPF-LSM): what a shell would report
         return subprocess.CompletedProcess(command, 126, "", f"{command[0]}: {exc.strerror}")
     finally:
-        os.close(netns_fd)
+        namespace.close()
 
 
 def daemon_pid(socket_path: str) -> int:

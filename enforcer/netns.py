@@ -50,6 +50,12 @@ def open_namespace(pid: int | None = None) -> NetworkNamespace:
     return NetworkNamespace(os.fstat(fd).st_ino, fd)
 
 
+def open_named(name: str) -> NetworkNamespace:
+    """A namespace made by `ip netns add` (or pyroute2), pinned under /run/netns."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    return NetworkNamespace(os.fstat(fd).st_ino, fd)
+
+
 def namespaces_of(pids: list[int]) -> dict[int, int]:
     """inode -> one pid in it, for the namespaces these processes are in
     (processes that exit meanwhile are skipped)."""
@@ -82,9 +88,7 @@ def run_in(namespace: NetworkNamespace | None, fn: Callable[[], T]) -> T:
 
     def enter_and_run() -> None:
         try:
-            if _libc.setns(namespace.fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise NetnsError(f"entering network namespace {namespace.inode} failed: {os.strerror(err)}")
+            enter(namespace)
             result.append(fn())
         except BaseException as exc:  # handed to the caller
             failure.append(exc)

@@ -694,9 +694,9 @@ class DnsForwarder:
     # ---- the UDP loop -----------------------------------------------------------
 
     def _serve(self) -> None:
-        next_sweep = time.monotonic() + SWEEP_S
+        next_sweep = next_deadline = time.monotonic() + SWEEP_S
         while not self._stopping:
-            timeout = max(0.0, min(next_sweep, self._next_deadline()) - time.monotonic())
+            timeout = max(0.0, min(next_sweep, next_deadline) - time.monotonic())
             try:
                 events = self._selector.select(timeout)
             except OSError:
@@ -712,17 +712,13 @@ class DnsForwarder:
                 except Exception:
                     log.exception("dns_forwarder_error")
             now = time.monotonic()
-            self._expire(now)
+            next_deadline = self._expire(now)
             if now >= next_sweep:
                 next_sweep = now + SWEEP_S
                 try:
                     self._sweep()
                 except Exception:
                     log.exception("dns_sweep_failed")
-
-    def _next_deadline(self) -> float:
-        with self._lock:
-            return min((p.deadline for p in self._pending.values()), default=time.monotonic() + SWEEP_S)
 
     def _handle(self, sock: socket.socket, data: tuple[str, SandboxResolver, Listener]) -> None:
         what, resolver, listener = data
@@ -799,13 +795,24 @@ class DnsForwarder:
         with contextlib.suppress(OSError):
             sock.sendto(reply, pending.client)
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float) -> float:
+        """Ask the next upstream for what the last one left unanswered (SERVFAIL
+        after the last); returns when the next pending query times out. One pass."""
         with self._lock:
-            late = [key for key, p in self._pending.items() if p.deadline <= now]
+            late = []
+            next_deadline = now + SWEEP_S
+            for key, pending in self._pending.items():
+                if pending.deadline <= now:
+                    late.append(key)
+                else:
+                    next_deadline = min(next_deadline, pending.deadline)
             for key in late:
                 pending = self._pending.pop(key)
                 pending.upstream_index += 1
                 self._send_upstream(pending)
+                if pending.deadline > now:
+                    next_deadline = min(next_deadline, pending.deadline)
+            return next_deadline
 
     # ---- TCP ------------------------------------------------------------------------
 

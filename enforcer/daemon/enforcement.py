@@ -419,18 +419,22 @@ class Enforcement:
 
     def _restore_forwarders(self, reapplied: set[str]) -> None:
         """The earlier daemon's forwarders died with it: listen again for the
-        adopted sandboxes that resolve by name, keeping what they learned."""
+        adopted sandboxes that resolve by name, keeping what they learned (the
+        forwarder owns those entries from here). Learned entries of any other
+        generation (an apply cut short, a sandbox applied again) are deleted."""
         learned: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in self._guard.read_name_addrs():
+        for key, value in self._guard.read_name_addrs():  # one pass over the map
             learned.setdefault(layout.key_generation(layout.MAP_NAME_ADDRS, key), []).append((key, value))
         for record in self._store.all():
             if not record.policy.network.by_name or record.policy.sandbox in reapplied:
                 continue
+            entries = learned.pop(record.generation, [])
             try:
-                self.dns.adopt(record.policy, record.slot, record.generation, record.cgroup.path,
-                               learned.get(record.generation, []))
+                self.dns.adopt(record.policy, record.slot, record.generation, record.cgroup.path, entries)
             except Exception as exc:  # the sandbox stays guarded; its queries go nowhere
                 log.error("dns_forwarder_restore_failed", sandbox=record.policy.sandbox, error=str(exc))
+                learned[record.generation] = entries
+        self._guard.delete_entries(layout.MAP_NAME_ADDRS, [key for entries in learned.values() for key, _ in entries])
 
     def remove_all(self) -> None:
         for record in self._store.all():

@@ -192,16 +192,20 @@ class DenialPipeline:
     def _publish(self, denials: list[KernelDenial], positions: list[int] | None = None) -> None:
         infos = [self._store.tag_info(d.tag, d.slot) for d in denials]  # once per event, for the stream and the log
         events = []
+        unserved_dns: dict[tuple[int, int], KernelDenial] = {}  # one per process and batch, not per refusal
         for denial, info in zip(denials, infos, strict=True):
             if denial.kind == layout.KIND_ESCALATION and self._escalations:
                 try:
                     self._escalations.on_escalation(denial)
                 except Exception:
                     log.exception("escalation_failed")
-            elif (self._escalations and isinstance(denial.detail, NetDetail) and denial.detail.port == layout.DNS_PORT
+            elif (isinstance(denial.detail, NetDetail) and denial.detail.port == layout.DNS_PORT
                   and denial.kind != layout.KIND_SOCKET):
-                self._escalations.on_unserved_dns(denial)
+                unserved_dns.setdefault((denial.slot, denial.tgid), denial)
             events.append(self._to_proto(denial, info))
+        if self._escalations:
+            for denial in unserved_dns.values():
+                self._escalations.on_unserved_dns(denial)
         # Only this thread assigns sequence numbers. The audit log gets the batch
         # first: an event a subscriber sees is already recorded.
         for seq, event in enumerate(events, self._next_seq):

@@ -437,9 +437,10 @@ class SandboxGuard:
                 for key, value in self._bpf["sandboxes"].items()}
 
     def rule_keys_by_generation(self) -> dict[int, dict[str, list[bytes]]]:
-        """Every rule entry's key, by the generation it belongs to."""
+        """Every rule entry's key, by the generation it belongs to (not the
+        learned addresses: the DNS forwarder owns those, see read_name_addrs)."""
         found: dict[int, dict[str, list[bytes]]] = {}
-        for map_name in (layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, layout.MAP_NAME_ADDRS):
+        for map_name in (layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS):
             for key in self._bpf[map_name]:
                 raw = bytes(key)
                 generation = layout.key_generation(map_name, raw)

@@ -7,7 +7,6 @@ path (``network.allow[1].to``) whichever way the policy arrived.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import ipaddress
 import json
@@ -302,15 +301,15 @@ def _parse_rules(value: Any, path: str, deny: bool) -> tuple[list[NetworkRule], 
     addresses: list[NetworkRule] = []
     names: list[NameRule] = []
     for i, item in enumerate(value):
-        rule = _parse_rule(item, f"{path}[{i}]", deny)
+        rule = _parse_rule(item, i, f"{path}[{i}]", deny)
         if isinstance(rule, NameRule):
             names.append(rule)
         else:
-            addresses.append(dataclasses.replace(rule, index=i) if names else rule)
+            addresses.append(rule)
     return addresses, names
 
 
-def _parse_rule(value: Any, path: str, deny: bool) -> NetworkRule | NameRule:
+def _parse_rule(value: Any, index: int, path: str, deny: bool) -> NetworkRule | NameRule:
     _require_mapping(value, path, "a rule")
     _refuse_unknown(value, _RULE_FIELDS, path)
     to = value.get("to")
@@ -330,7 +329,7 @@ def _parse_rule(value: Any, path: str, deny: bool) -> NetworkRule | NameRule:
         return NameRule(name=name, ports=ports, protocol=protocol)
     if network is None:
         network = _parse_address(to, f"{path}.to")  # raises, naming what is wrong
-    return NetworkRule(to=network, ports=ports, protocol=protocol)
+    return NetworkRule(to=network, ports=ports, protocol=protocol, index=index)
 
 
 def _try_network(value: Any) -> IPNetwork | None:

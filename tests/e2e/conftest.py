@@ -354,7 +354,7 @@ def dns_world(session_cleanup: Cleanup) -> DnsWorld:
     (etc / "resolv.conf").write_text(f"nameserver {w.DNS4}\noptions timeout:2 attempts:1\n")
 
     zone = w.Zone()
-    inet_ns = w.open_named(INET_NETNS)
+    inet_ns = enf_netns.open_named(INET_NETNS)
     session_cleanup.add(inet_ns.close)
 
     def serve_inet() -> list[Any]:

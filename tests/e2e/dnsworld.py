@@ -24,8 +24,6 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from enforcer import netns
-
 AGENT4, INET4 = "10.232.0.2", "10.232.0.1"
 AGENT6, INET6 = "fd00:232::2", "fd00:232::1"
 HOSTS4, HOSTS6 = "10.233.0.0/24", "fd00:233::/64"
@@ -169,11 +167,3 @@ def listen_tcp(address: str, port: int) -> socket.socket:
     sock.bind((address, port))
     sock.listen(64)
     return sock
-
-
-def open_named(name: str) -> netns.NetworkNamespace:
-    """A namespace made by `ip netns add` / pyroute2 (pinned under /run/netns)."""
-    import os
-
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    return netns.NetworkNamespace(os.fstat(fd).st_ino, fd)

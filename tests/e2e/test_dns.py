@@ -51,6 +51,21 @@ def wait_file(path: Path, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
+class Pause:
+    """Where an agent stops midway: it says it got there, then waits to be let go."""
+
+    def __init__(self, directory: Path) -> None:
+        self.reached_file, self.release_file = directory / "pause-reached", directory / "pause-release"
+        self.ops = [{"op": "touch", "path": str(self.reached_file)},
+                    {"op": "wait_file", "path": str(self.release_file)}]
+
+    def reached(self) -> None:
+        wait_file(self.reached_file)
+
+    def release(self) -> None:
+        self.release_file.touch()
+
+
 @pytest.fixture
 def world(dns_world):
     zone = dns_world.zone
@@ -197,25 +212,18 @@ def test_sandbox_in_the_hosts_namespace(client, make_cgroup, sandbox_id, spawn_a
     assert agent.go() == ["127.0.0.10", "OK:127.0.0.10", "EPERM", "REFUSED"]
 
 
-def test_replace_keeps_what_the_new_policy_still_allows(client, make_cgroup, sandbox_id, spawn_agent, world):
+def test_replace_keeps_what_the_new_policy_still_allows(client, make_cgroup, sandbox_id, spawn_agent, world,
+                                                        tmp_path):
     cg = make_cgroup()
-    marker = Path(f"/tmp/{sandbox_id}-replaced")
-    marker.unlink(missing_ok=True)
-    resolved = Path(f"/tmp/{sandbox_id}-resolved")
-    resolved.unlink(missing_ok=True)
-    agent = spawn_agent(cg, resolve("pypi.test"), resolve("files.hosted.test"), {"op": "touch", "path": str(resolved)},
-                        {"op": "wait_file", "path": str(marker)},
+    pause = Pause(tmp_path)
+    agent = spawn_agent(cg, resolve("pypi.test"), resolve("files.hosted.test"), *pause.ops,
                         connect("10.233.0.10"), connect("10.233.0.11"), netns_name=world.agent_netns)
     client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}, {"to": "files.hosted.test"}]))
     agent.go_file.touch()
-    wait_file(resolved)
+    pause.reached()
     client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}]))
-    marker.touch()
-    try:
-        assert agent.go() == ["10.233.0.10", "10.233.0.11", "OK", "OK", "OK:10.233.0.10", "EPERM"]
-    finally:
-        marker.unlink(missing_ok=True)
-        resolved.unlink(missing_ok=True)
+    pause.release()
+    assert agent.go() == ["10.233.0.10", "10.233.0.11", "OK", "OK", "OK:10.233.0.10", "EPERM"]
 
 
 def test_remove_stops_the_forwarder_and_bad_dns_input_changes_nothing(client, make_cgroup, sandbox_id, world):
@@ -269,24 +277,22 @@ def test_a_restarted_daemon_serves_names_again_and_keeps_what_was_learned(make_c
 
     proc = DaemonProcess(tmp_path)
     proc.start()
-    marker = tmp_path / "restarted"
+    pause = Pause(tmp_path)
     try:
         cg = make_cgroup()
-        resolved = tmp_path / "resolved"
-        agent = spawn_agent(cg, resolve("pypi.test"), {"op": "touch", "path": str(resolved)},
-                            {"op": "wait_file", "path": str(marker)},
-                            connect("10.233.0.10"), resolve("files.hosted.test"), connect("10.233.0.11"),
+        agent = spawn_agent(cg, resolve("pypi.test"), *pause.ops, connect("10.233.0.10"),
+                            resolve("files.hosted.test"), connect("10.233.0.11"),
                             resolve("evil.test"), connect("10.233.0.12"), netns_name=world.agent_netns)
         with proc.client() as enf:
             enf.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test", "ports": [443]},
                                                         {"to": "files.hosted.test", "ports": [443]}]))
         agent.go_file.touch()
-        wait_file(resolved)
+        pause.reached()
         assert proc.stop(keep_enforcing=True) == 0
         proc.start()
         with proc.client() as enf:
             assert enf.status().dns_forwarders == 1
-            marker.touch()
+            pause.release()
             assert agent.go() == ["10.233.0.10", "OK", "OK", "OK:10.233.0.10", "10.233.0.11", "OK:10.233.0.11",
                                   "REFUSED", "EPERM"]
             assert enf.stats(sandbox_id).dns.refused == 1
@@ -294,26 +300,18 @@ def test_a_restarted_daemon_serves_names_again_and_keeps_what_was_learned(make_c
         proc.stop()
 
 
-def test_a_replace_can_move_the_upstream(client, make_cgroup, sandbox_id, spawn_agent, world):
+def test_a_replace_can_move_the_upstream(client, make_cgroup, sandbox_id, spawn_agent, world, tmp_path):
     cg = make_cgroup()
-    marker = Path(f"/tmp/{sandbox_id}-moved")
-    marker.unlink(missing_ok=True)
-    resolved = Path(f"/tmp/{sandbox_id}-resolved")
-    resolved.unlink(missing_ok=True)
-    agent = spawn_agent(cg, resolve("pypi.test"), {"op": "touch", "path": str(resolved)},
-                        {"op": "wait_file", "path": str(marker)}, resolve("pypi.test"),
+    pause = Pause(tmp_path)
+    agent = spawn_agent(cg, resolve("pypi.test"), *pause.ops, resolve("pypi.test"),
                         resolve("pypi.test", tcp=True), netns_name=world.agent_netns)
     client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}]))
     agent.go_file.touch()
-    wait_file(resolved)
+    pause.reached()
     asked = world.zone.asked["pypi.test"]
     client.apply(dns_policy(sandbox_id, cg, allow=[{"to": "pypi.test"}], upstream=[w.DNS6, w.DNS4]))
-    marker.touch()
-    try:
-        assert agent.go() == ["10.233.0.10", "OK", "OK", "10.233.0.10", "10.233.0.10"]
-    finally:
-        marker.unlink(missing_ok=True)
-        resolved.unlink(missing_ok=True)
+    pause.release()
+    assert agent.go() == ["10.233.0.10", "OK", "OK", "10.233.0.10", "10.233.0.10"]
     assert world.zone.asked["pypi.test"] == asked + 2
 
 
