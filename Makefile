@@ -1,11 +1,11 @@
 # The two commands a newcomer types (as root, on Debian/Ubuntu):
 #   make demo   - the ROME replay: a sandbox's reverse SSH tunnel, mining-pool
 #                 connection, miner binary and GPU refused in the kernel and reported
-#   make test   - everything CI runs, including the exec/device tests again on a
-#                 BPF-LSM kernel under qemu (test-lsm)
+#   make test   - everything CI runs: lint, types, the tests that do not depend
+#                 on the kernel, then test-kernels
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test test-lsm check unit bench clean
+.PHONY: bootstrap demo test test-kernels check unit bench clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -14,13 +14,14 @@ demo: bootstrap
 	$(PY) -m enforcer.demo
 
 test: bootstrap check
-	$(PY) -m pytest --require-bpf tests
-	$(MAKE) test-lsm
+	$(PY) -m pytest --require-bpf -m "not kernel" tests
+	$(MAKE) test-kernels
 
-# This kernel cannot load BPF-LSM programs: boot Debian's 6.1 kernel, which can,
-# and run the exec, device and layout tests there (about 2 minutes).
-test-lsm: bootstrap
-	scripts/lsm-vm.sh
+# The tests whose outcome depends on the kernel (marked `kernel`), on this
+# machine's kernel and on Debian's 6.1 with BPF-LSM under qemu, with a report
+# per kernel (tests/kernels/matrix.py; about 25 minutes).
+test-kernels: bootstrap
+	$(PY) -m tests.kernels.matrix
 
 check: bootstrap
 	.venv/bin/ruff check enforcer tests bench examples

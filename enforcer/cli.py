@@ -111,7 +111,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if args.print_bpf:
         from enforcer.kernel.guard import print_source
 
-        print(print_source())
+        print(print_source(None if args.exec_mode == "auto" else args.exec_mode))
         return 0
     from enforcer.daemon.logs import configure
     from enforcer.daemon.server import DaemonConfig, StartupError, run_daemon, run_uninstall
@@ -133,6 +133,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca,
         max_message_bytes=args.max_message_bytes,
         metrics=args.metrics,
+        exec_mode=args.exec_mode,
     )
     try:
         if args.uninstall:
@@ -373,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--pin-dir", help="bpffs directory of the pinned programs and maps (default <bpffs>/enforcer)")
     daemon.add_argument("--uninstall", action="store_true",
                         help="end enforcement: detach and unpin everything daemons left, forget saved policies")
+    daemon.add_argument("--exec-mode", choices=("auto", "lsm", "tracepoint"), default="auto",
+                        help="how a refused exec is stopped: lsm (EPERM from bprm_check_security; the kernel must "
+                             "enable BPF-LSM), tracepoint (SIGKILL before the program's first instruction), or auto: "
+                             "lsm where it loads, else tracepoint (default)")
     daemon.add_argument("--print-bpf", action="store_true", help="print the BPF C that would be loaded, and exit")
 
     apply = command("apply", "apply (create or replace) a policy from a YAML/JSON file")

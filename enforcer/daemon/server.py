@@ -67,6 +67,7 @@ class DaemonConfig:
     tls_client_ca: str | None = None  # given: clients must present a certificate it signed (mTLS)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     metrics: str | None = None       # host:port of a Prometheus endpoint (opt-in)
+    exec_mode: str = "auto"          # auto, lsm or tracepoint (enforcer.kernel.guard.EXEC_MODES)
 
 
 def _claim_socket(path: Path) -> None:
@@ -156,7 +157,7 @@ def run_daemon(config: DaemonConfig) -> int:
     try:
         state = StateDir(Path(config.state_dir))
         saved = state.load()
-        guard = SandboxGuard(pin_root(config), events_per_sec=config.events_per_sec)
+        guard = SandboxGuard(pin_root(config), events_per_sec=config.events_per_sec, exec_mode=config.exec_mode)
     except (StateError, KernelError, PinError) as exc:
         raise StartupError(str(exc)) from exc
     enforcement = Enforcement(guard, state, events_per_sec=config.events_per_sec)
@@ -170,8 +171,10 @@ def run_daemon(config: DaemonConfig) -> int:
     enforcement.restore(saved)
     pipeline.start()
     guard.activate()
+    if guard.lsm_unavailable:
+        log.warning("exec_lsm_unavailable", using=guard.exec_mode, error=guard.lsm_unavailable)
     log.info("enforcement_taken_over" if guard.adopted else "enforcement_started", build=f"{guard.build:08x}",
-             layout=guard.layout, sandboxes=len(enforcement.store.all()), next_seq=last_seq + 1)
+             layout=guard.layout, exec_mode=guard.exec_mode, sandboxes=len(enforcement.store.all()), next_seq=last_seq + 1)
     # Everything loaded so far lives as long as the daemon: keep it out of the
     # collector, and collect less often, so a large apply is not stalled by a
     # full collection (measured: p99 of a 1,000-rule apply 45 ms -> 16 ms).

@@ -12,7 +12,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from enforcer.cgroupfs import Cgroup
 from enforcer.kernel import btf, devices, layout
@@ -40,6 +40,8 @@ LSM_LIST = Path("/sys/kernel/security/lsm")
 
 EXEC_MODE_LSM = "lsm"               # bprm_check_security refuses with EPERM
 EXEC_MODE_TRACEPOINT = "tracepoint"  # sched_process_exec + SIGKILL
+EXEC_MODE_AUTO = "auto"              # lsm where the kernel enables BPF-LSM and it loads, else tracepoint
+EXEC_MODES = (EXEC_MODE_AUTO, EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT)
 
 
 def bpf_source() -> str:
@@ -157,10 +159,19 @@ class SandboxGuard:
     """Owns the compiled BPF object. Not thread-safe: the daemon serialises map
     writes; the event poller only reads the ring buffer."""
 
-    def __init__(self, pin_root: Path, events_per_sec: int = 2000, exec_mode: str | None = None) -> None:
+    def __init__(self, pin_root: Path, events_per_sec: int = 2000, exec_mode: str = EXEC_MODE_AUTO) -> None:
+        """``exec_mode``: one of EXEC_MODES. ``lsm`` asked for on a kernel where
+        BPF-LSM does not load is a KernelError; ``auto`` then falls back to the
+        tracepoint and says why in ``lsm_unavailable``."""
         from bcc.libbcc import lib
         from bcc.utils import get_possible_cpus
 
+        if exec_mode not in EXEC_MODES:
+            raise KernelError(f"exec mode {exec_mode!r}: must be one of {', '.join(EXEC_MODES)}")
+        if exec_mode == EXEC_MODE_LSM and not bpf_lsm_available():
+            raise KernelError("exec mode lsm: this kernel does not enable BPF-LSM (bpf is not in "
+                              f"{LSM_LIST}; boot it with lsm=...,bpf), use --exec-mode auto or tracepoint")
+        self.lsm_unavailable: str | None = None
         self._lib = lib
         self._ncpus = len(get_possible_cpus())
         self.pins = PinDir(pin_root)
@@ -179,18 +190,20 @@ class SandboxGuard:
         pin_defines = {"ENF_MAPS_DIR": f'"{maps_dir}"', "ENF_ACTIVE_PATH": f'"{self.pins.active_path}"',
                        "ENF_BUILD": str(self.build)}
         offsets = btf.exec_offsets()
-        exec_mode = exec_mode or default_exec_mode()
+        chosen = default_exec_mode() if exec_mode == EXEC_MODE_AUTO else exec_mode
         source = bpf_source().encode()
         try:
-            self._bpf = _manual_attach_bpf()(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
-        except Exception:
-            if exec_mode != EXEC_MODE_LSM:
+            self._bpf, self._links = self._load(source, chosen, offsets, pin_defines)
+        except Exception as exc:
+            if chosen != EXEC_MODE_LSM:
                 raise
-            # BPF-LSM listed but not loadable (lockdown, no BTF for it): the fallback.
-            exec_mode = EXEC_MODE_TRACEPOINT
-            self._bpf = _manual_attach_bpf()(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
-        self.exec_mode = exec_mode
-        self._links = self._attach_links()
+            if exec_mode == EXEC_MODE_LSM:
+                raise KernelError(f"exec mode lsm: the BPF-LSM program does not load here: {exc}") from exc
+            # BPF-LSM listed but not loadable (lockdown, no BTF for it): the fallback, said out loud.
+            self.lsm_unavailable = str(exc)
+            chosen = EXEC_MODE_TRACEPOINT
+            self._bpf, self._links = self._load(source, chosen, offsets, pin_defines)
+        self.exec_mode = chosen
         self._programs = [(self._bpf.load_func(name, prog_type, None, attach_type), attach_type)
                           for name, (prog_type, attach_type) in CGROUP_PROGRAMS.items()]
         self.pins.pin_build(self.build, {fn.name.decode(): fn.fd for fn, _ in self._programs}, self._links)
@@ -211,28 +224,46 @@ class SandboxGuard:
         for major in self.gpu_majors:
             self._update("gpu_majors", ctypes.c_uint32(major), ctypes.c_uint8(1))
 
-    def _attach_links(self) -> dict[str, int]:
+    def _load(self, source: bytes, exec_mode: str, offsets: dict[str, int],
+              pin_defines: dict[str, str]) -> tuple[Any, dict[str, int]]:
+        """Compile and load for ``exec_mode``, attach the links; nothing is left
+        attached if any step fails."""
+        loaded = _manual_attach_bpf()(text=source, cflags=compile_flags(exec_mode, offsets, pin_defines))
+        try:
+            return loaded, self._attach_links(loaded)
+        except Exception:
+            loaded.cleanup()
+            raise
+
+    def _attach_links(self, loaded: Any) -> dict[str, int]:
         """Attach the tracepoint, raw tracepoint and LSM programs as links (fds
         that a pin keeps alive). bcc would attach them itself, tracepoints with
         a perf-event ioctl that ends with the process; its automatic attachment
-        is off (``_manual_attach_bpf``) and this does it instead."""
+        is off (``_manual_attach_bpf``) and this does it instead. On a failure
+        the links made so far are closed."""
         from bcc import BPF
 
-        links = {}
-        module = self._bpf.module
-        for index in range(self._lib.bpf_num_functions(module)):
-            name = self._lib.bpf_function_name(module, index).decode()
-            if name.startswith("tracepoint__"):
-                _, category, event = name.split("__", 2)
-                fn = self._bpf.load_func(name.encode(), BPF.TRACEPOINT)
-                links[f"tp-{event}"] = self.pins.bpf.perf_link(fn.fd, tracepoint_id(category, event))
-            elif name.startswith("raw_tracepoint__"):
-                fn = self._bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
-                links[f"raw-{name.removeprefix('raw_tracepoint__')}"] = self._link_fd(
-                    self._lib.bpf_attach_raw_tracepoint(fn.fd, name.removeprefix("raw_tracepoint__").encode()), name)
-            elif name.startswith("lsm__"):
-                fn = self._bpf.load_func(name.encode(), BPF.LSM)
-                links[name] = self._link_fd(self._lib.bpf_attach_lsm(fn.fd), name)
+        links: dict[str, int] = {}
+        module = loaded.module
+        try:
+            for index in range(self._lib.bpf_num_functions(module)):
+                name = self._lib.bpf_function_name(module, index).decode()
+                if name.startswith("tracepoint__"):
+                    _, category, event = name.split("__", 2)
+                    fn = loaded.load_func(name.encode(), BPF.TRACEPOINT)
+                    links[f"tp-{event}"] = self.pins.bpf.perf_link(fn.fd, tracepoint_id(category, event))
+                elif name.startswith("raw_tracepoint__"):
+                    fn = loaded.load_func(name.encode(), BPF.RAW_TRACEPOINT)
+                    links[f"raw-{name.removeprefix('raw_tracepoint__')}"] = self._link_fd(
+                        self._lib.bpf_attach_raw_tracepoint(fn.fd, name.removeprefix("raw_tracepoint__").encode()),
+                        name)
+                elif name.startswith("lsm__"):
+                    fn = loaded.load_func(name.encode(), BPF.LSM)
+                    links[name] = self._link_fd(self._lib.bpf_attach_lsm(fn.fd), name)
+        except Exception:
+            for fd in links.values():
+                os.close(fd)
+            raise
         return links
 
     @staticmethod

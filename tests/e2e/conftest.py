@@ -31,6 +31,15 @@ HOST4 = "10.231.0.1"
 NET4 = "10.231.0.0/24"
 HOST6 = "fd00:231::1"
 NET6 = "fd00:231::/64"
+# Under software emulation (the VM kernels of tests/kernels/matrix.py) everything
+# runs several times slower: waits for the system to get somewhere scale with
+# this; what a test asserts about the result never does.
+SLOWDOWN = float(os.environ.get("ENFORCER_TEST_SLOWDOWN", "1"))
+
+
+def patience(seconds: float) -> float:
+    """How long to wait for something that takes ``seconds`` on real hardware."""
+    return seconds * SLOWDOWN
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,6 +67,32 @@ def _bpf_environment() -> None:
     problem = _environment_problem()
     if problem:
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_properties(record_testsuite_property: Callable[[str, object], None]) -> None:
+    """What tests/kernels/report.py prints for each kernel (--junitxml)."""
+    from tests.kernels import features
+
+    record_testsuite_property("kernel", os.uname().release)
+    record_testsuite_property("lsm", ",".join(features.lsm_list()) or "-")
+    record_testsuite_property("expected_features", ",".join(sorted(features.expected())))
+    record_testsuite_property("slowdown", SLOWDOWN)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from tests.kernels import features
+
+    for marker in item.iter_markers("needs_kernel"):
+        feature, reason = marker.args
+        why = features.missing(feature)
+        if why is None:
+            continue
+        if feature in features.expected():
+            pytest.fail(f"this kernel is expected to offer {feature} ({features.FEATURES[feature]}) "
+                        f"but does not: {why}", pytrace=False)
+        item.user_properties.append(("kernel_lacks", feature))
+        pytest.skip(f"needs {feature} ({reason}): {why}")
 
 
 class Cleanup:
@@ -126,7 +161,7 @@ class DaemonProcess:
             cwd=REPO,
         )
         with Enforcer(self.socket) as enf:
-            for _ in range(600):
+            for _ in range(int(patience(600))):
                 if self.proc.poll() is not None:
                     break
                 try:
@@ -288,7 +323,7 @@ def wait_denials(client: Any, sandbox: str, count: int, timeout: float = 10.0) -
     """The sandbox's retained denials, once there are at least ``count``."""
     import time
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         events = list(client.denial_events(sandboxes=[sandbox]))
         if len(events) >= count or time.monotonic() > deadline:

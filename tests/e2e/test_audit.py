@@ -11,9 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import HOST4, DaemonProcess
+import pytest
+
+from tests.e2e.conftest import HOST4, DaemonProcess, patience
 from tests.e2e.test_network import policy, sendto
 from tests.unit.test_export import assert_valid_ocsf
+
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
 
 def records(log: Path) -> list[dict[str, Any]]:
@@ -29,7 +33,7 @@ def whole_lines(text: str) -> list[str]:
 
 
 def wait_for_denials(enf: Any, sandbox: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while sum(len(b.denials) for b in enf.denials(sandboxes=[sandbox])) < count:
         assert time.monotonic() < deadline, "denials did not arrive"
         time.sleep(0.05)

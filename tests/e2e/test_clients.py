@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import HOST4, REPO
 from tests.e2e.test_network import policy, sendto
+
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
 
 def test_asyncio_client_has_the_same_surface(daemon, make_cgroup, sandbox_id, probe):

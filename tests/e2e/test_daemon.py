@@ -37,6 +37,7 @@ def test_socket_is_private_and_a_second_daemon_is_refused(own_daemon: DaemonProc
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.kernel
 def test_clean_shutdown_removes_socket_and_keeps_enforcing(own_daemon: DaemonProcess, make_cgroup, sandbox_id,
                                                            probe: Probe, sig: int):
     cg = make_cgroup()
@@ -203,6 +204,7 @@ def test_a_message_over_the_limit_is_refused_and_changes_nothing(tmp_path: Path,
         assert proc.stop() == 0
 
 
+@pytest.mark.kernel
 def test_events_the_ring_buffer_cannot_take_are_counted_not_lost(tmp_path: Path, make_cgroup, sandbox_id,
                                                                   probe: Probe):
     """Stop the daemon (SIGSTOP) so nothing drains the 4 MiB ring buffer, refuse
@@ -234,6 +236,7 @@ def test_events_the_ring_buffer_cannot_take_are_counted_not_lost(tmp_path: Path,
         assert proc.stop() == 0
 
 
+@pytest.mark.kernel
 def test_status_reports_what_the_kernel_has_attached(own_daemon: DaemonProcess, make_cgroup, sandbox_id):
     """A program detached behind the daemon's back shows as MISSING, and the
     command fails: status asks the kernel, it does not repeat the daemon's belief."""

@@ -16,6 +16,8 @@ import pytest
 
 from tests.e2e.conftest import wait_denials
 
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
+
 PY = os.path.realpath("/usr/bin/python3")
 OPEN_ALL = """
 import errno, json, os, sys

@@ -16,6 +16,8 @@ from enforcer.v1 import enforcer_pb2 as pb
 from tests.e2e import dnsworld as w
 from tests.e2e.conftest import wait_denials
 
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
+
 ALLOWED = ("OK", "ECONNREFUSED")
 
 

@@ -1,9 +1,10 @@
 """Exec allowlists end to end: a real daemon, real sandbox cgroups, real processes
 exec'ing real files, and each known way around an exec allowlist.
 
-On this kernel (no BPF-LSM) a refused exec is killed with SIGKILL after the point
+On a kernel without BPF-LSM a refused exec is killed with SIGKILL after the point
 of no return, before the new program's first instruction; with BPF-LSM the exec
-fails with EPERM instead. ``refused`` is whichever the daemon reports it uses."""
+fails with EPERM instead. ``refused`` is what this kernel must give
+(tests/kernels/features.py), checked against what the daemon reports it uses."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.e2e.conftest import wait_denials
+from tests.e2e.conftest import REPO, DaemonProcess, wait_denials
+
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
 PY = os.path.realpath("/usr/bin/python3")  # the probe's interpreter: every policy here allows it
 EXEC_PROBE = Path(__file__).with_name("exec_probe.py")
@@ -50,10 +54,32 @@ def outcome(cgroup: Path | None, op: str, path: str | Path, *args: str | Path, c
     return str(probe(cgroup, op, path, *args, cwd=cwd)["outcome"])
 
 
+def expected_exec_mode() -> str:
+    """What this kernel must give (tests/kernels/features.py): a kernel that
+    enables BPF-LSM, or is declared to, must get EPERM, never a quiet fallback."""
+    from tests.kernels import features
+
+    return "lsm" if "bpf_lsm" in features.expected() else "tracepoint"
+
+
+REFUSED_BY_MODE = {"tracepoint": "killed", "lsm": "eperm"}
+
+
 @pytest.fixture(scope="module")
-def refused(daemon: Any) -> str:
+def refused(daemon: Any, record_testsuite_property: Callable[[str, object], None]) -> str:
+    """How every refused exec of this module must end on this kernel."""
     with daemon.client() as client:
-        return {"tracepoint": "killed", "lsm": "eperm"}[client.status().exec_enforcement]
+        mode = client.status().exec_enforcement
+    assert mode == expected_exec_mode()
+    record_testsuite_property("exec_enforcement", mode)
+    return REFUSED_BY_MODE[mode]
+
+
+@pytest.fixture(autouse=True)
+def _record_refusal(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> None:
+    """For the per-kernel report: how this test's refused execs had to end."""
+    if "refused" in request.fixturenames:
+        record_property("refused_exec", request.getfixturevalue("refused"))
 
 
 @pytest.fixture
@@ -351,11 +377,53 @@ def test_bad_exec_entries_are_refused_by_field_and_change_nothing(client, apply_
 
 
 def test_status_names_the_exec_enforcement_in_use(client):
-    from enforcer.kernel.guard import bpf_lsm_available
-
     status = client.status()
-    assert status.exec_enforcement == ("lsm" if bpf_lsm_available() else "tracepoint")
+    assert status.exec_enforcement == expected_exec_mode()
     assert {195, 226} <= set(status.gpu_majors)
+
+
+def exec_mode_run(exec_mode: str, tmp_path: Path, cgroup: Path, bins: Path) -> tuple[str, str]:
+    """Under a daemon of its own started with ``--exec-mode``: (the mode it
+    reports, how a refused exec ended). The refused program never ran."""
+    proc = DaemonProcess(tmp_path, "--exec-mode", exec_mode)
+    proc.start()
+    try:
+        with proc.client() as enf:
+            enf.apply({"sandbox": "exec-mode", "target": {"cgroup": str(cgroup)},
+                       "exec": {"default": "deny", "allow": [PY, TRUE]}})
+            marker = tmp_path / "mined"
+            result = outcome(cgroup, "spawn", bins / "xmrig", marker)
+            assert not marker.exists()
+            assert outcome(cgroup, "spawn", TRUE) == "exit:0"
+            return enf.status().exec_enforcement, result
+    finally:
+        assert proc.stop() == 0
+
+
+def test_the_tracepoint_mode_can_be_chosen_on_any_kernel(tmp_path, make_cgroup, bins, record_property):
+    """--exec-mode tracepoint: on a BPF-LSM kernel this is the path the kernels
+    without it get, so both modes are proven on each kernel that has both."""
+    record_property("refused_exec", "killed")
+    assert exec_mode_run("tracepoint", tmp_path, make_cgroup(), bins) == ("tracepoint", "killed")
+
+
+@pytest.mark.needs_kernel("bpf_lsm", "--exec-mode lsm loads bprm_check_security")
+def test_the_lsm_mode_can_be_required(tmp_path, make_cgroup, bins, record_property):
+    record_property("refused_exec", "eperm")
+    assert exec_mode_run("lsm", tmp_path, make_cgroup(), bins) == ("lsm", "eperm")
+
+
+@pytest.mark.needs_kernel("no_bpf_lsm", "shows --exec-mode lsm refused where BPF-LSM is off")
+def test_requiring_the_lsm_mode_without_bpf_lsm_is_refused_with_one_sentence(tmp_path):
+    proc = DaemonProcess(tmp_path, "--exec-mode", "lsm")
+    done = subprocess.run([sys.executable, "-m", "enforcer.cli", "daemon", "--socket", proc.socket,
+                           "--audit-log", str(proc.audit_path), *proc.dirs, "--exec-mode", "lsm"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "enforcer daemon: exec mode lsm: this kernel does not enable BPF-LSM (bpf is not in "
+        "/sys/kernel/security/lsm; boot it with lsm=...,bpf), use --exec-mode auto or tracepoint")
+    assert not proc.pin_dir.exists() and not os.path.exists(proc.socket)
 
 
 def test_full_exec_maps_refuse_the_apply_as_resource_exhausted_and_change_nothing(client, make_cgroup, sandbox_id,

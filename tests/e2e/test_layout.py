@@ -10,6 +10,8 @@ import pytest
 from enforcer.kernel import layout
 from enforcer.kernel.guard import EXEC_MODE_TRACEPOINT, bpf_source, compile_flags
 
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
+
 
 @pytest.fixture(scope="module")
 def compiled():

@@ -9,8 +9,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from enforcer.v1 import enforcer_pb2 as pb
 from tests.e2e.conftest import HOST4, HOST6, Probe, wait_denials
+
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
 ALLOWED = ("OK", "ECONNREFUSED")
 

@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from enforcer.kernel.guard import CGROUP_PROGRAMS
-from tests.e2e.conftest import HOST4, DaemonProcess, Probe
+from tests.e2e.conftest import HOST4, DaemonProcess, Probe, patience
 from tests.e2e.test_audit import records
 from tests.e2e.test_network import connect, policy, sendto
+
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
 
 class BackgroundProbe:
@@ -29,14 +33,14 @@ class BackgroundProbe:
         op = {**op, "repeat": 10_000_000, "until": str(self.stop_file), "started": str(self.started_file)}
         self._thread = threading.Thread(target=lambda: self.result.extend(probe(cgroup, op)))
         self._thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + patience(30)
         while not self.started_file.exists():
             assert time.monotonic() < deadline, "probe did not start"
             time.sleep(0.01)
 
     def finish(self) -> dict[str, int]:
         self.stop_file.touch()
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=patience(60))
         outcomes = {}
         for part in self.result[0].split(","):
             name, count = part.rsplit("*", 1)
@@ -49,7 +53,7 @@ def audit_denials(proc: DaemonProcess, sandbox: str) -> list[dict[str, Any]]:
 
 
 def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)

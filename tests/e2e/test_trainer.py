@@ -14,8 +14,10 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.e2e.conftest import HOST4, PROBE, DaemonProcess, Probe, wait_denials
+from tests.e2e.conftest import HOST4, PROBE, DaemonProcess, Probe, patience, wait_denials
 from tests.e2e.test_network import connect, policy, sendto
+
+pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
 
 def refuse(probe: Probe, cgroup: Path, count: int = 1) -> None:
@@ -68,7 +70,7 @@ def test_resume_after_reconnect_repeats_and_loses_nothing(client, make_cgroup, s
     seen = [e.seq for b in first_batches for e in b.denials]
     resume_at = first_batches[-1].next_seq
     refuse(probe, cgroup, 7)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + patience(10)
     later: list[int] = []
     while len(later) < 7 and time.monotonic() < deadline:
         later = [e.seq for b in client.denials(sandboxes=[sandbox_id], since=resume_at) for e in b.denials]
@@ -85,7 +87,7 @@ def test_a_subscriber_behind_retention_gets_a_gap_record(tmp_path, make_cgroup, 
             cgroup = make_cgroup()
             enf.apply(policy(sandbox_id, cgroup))
             refuse(probe, cgroup, 25)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + patience(10)
             while enf.stats(sandbox_id).sendmsg.refused < 25 and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.3)  # let the drain publish the last of them
@@ -129,7 +131,7 @@ def escalations(client: Any, sandbox: str) -> list[Any]:
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not predicate():
         if time.monotonic() > deadline:
             return False

@@ -1,36 +1,40 @@
 #!/bin/bash
-# Run a command on Debian's 6.1 kernel with BPF-LSM enabled, under qemu (TCG),
+# Run one command on a Debian distro kernel under qemu (TCG: no KVM is needed),
 # with this machine's root filesystem underneath (read-only 9p, a tmpfs overlay
 # on top), so the VM uses this checkout, its .venv, bcc and the exact
-# linux-headers of that kernel. This is how the BPF-LSM exec path is tested on a
-# host whose own kernel cannot load BPF-LSM programs (shared/KERNEL-NOTES.md).
+# linux-headers of the kernel it boots. Everything comes from the package
+# registry (the kernel image, its headers, qemu, busybox) and is cached under
+# $WORK, so a second run boots in seconds (shared/KERNEL-NOTES.md has the path).
 #
-#   scripts/lsm-vm.sh [COMMAND...]     default: the exec and device end-to-end tests
+#   tests/kernels/vm.sh COMMAND...
 #
-# Prints the VM's console; exits with the command's exit status. Needs root and
-# the Debian package registry (qemu-system-x86, busybox-static, kmod, the image).
+#   KVER=6.1.0-57-amd64     the kernel (default: the newest 6.1 the registry has)
+#   LSM=lockdown,capability,landlock,bpf   its lsm= (the default enables BPF-LSM)
+#   RESULTS=DIR             a host directory the command can write (the same
+#                           path inside the VM); nothing else it writes survives
+#
+# Prints the VM's console; exits with the command's exit status (1 if the VM
+# never reported one). Needs root. tests/kernels/matrix.py runs the suite with it.
 set -euo pipefail
 
-# The Debian 6.1 flavour whose headers the bootstrap already installed, if any.
-installed=$(ls -d /usr/src/linux-headers-6.1.*-amd64 2>/dev/null | sort -V | tail -1)
-KVER=${KVER:-${installed:+${installed#/usr/src/linux-headers-}}}
-KVER=${KVER:-6.1.0-56-amd64}
-WORK=${WORK:-/var/tmp/enforcer-lsm-vm}
-REPO=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}
-MEM=${MEM:-4096}
-
-say() { echo "lsm-vm: $*" >&2; }
-
+say() { echo "vm: $*" >&2; }
 [ "$(id -u)" = 0 ] || { say "needs root"; exit 1; }
-if [ $# -eq 0 ]; then
-    # (the map-capacity test writes 280,000 entries: minutes under emulation, and
-    # nothing in it depends on the kernel's LSM)
-    # (faulthandler: a test stuck for 5 minutes prints every thread's stack to the console)
-    set -- .venv/bin/python -m pytest -q -p no:cacheprovider --require-bpf -o faulthandler_timeout=300 \
-        -k "not full_exec_maps and (not test_restart or holds_across_a_restart)" \
-        tests/e2e/test_exec.py tests/e2e/test_devices.py tests/e2e/test_layout.py tests/e2e/test_trainer.py \
-        tests/e2e/test_restart.py tests/e2e/test_demo.py tests/e2e/test_clients.py tests/e2e/test_dns.py
-fi
+[ $# -gt 0 ] || { say "usage: $0 COMMAND..."; exit 2; }
+
+newest_61() {
+    local installed
+    installed=$(ls -d /usr/src/linux-headers-6.1.*-amd64 2>/dev/null | sort -V | tail -1)
+    if [ -n "$installed" ]; then echo "${installed#/usr/src/linux-headers-}"; return; fi
+    apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | cut -d' ' -f1 | sort -V | tail -1 \
+        | sed 's/^linux-image-//'
+}
+KVER=${KVER:-$(newest_61)}
+[ -n "$KVER" ] || { say "no linux-image-6.1.0-*-amd64 in the package registry"; exit 1; }
+LSM=${LSM:-lockdown,capability,landlock,bpf}
+WORK=${WORK:-/var/tmp/enforcer-vm/$KVER}
+REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
+RESULTS=${RESULTS:-}
+MEM=${MEM:-4096}
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
@@ -51,6 +55,7 @@ if [ ! -f "$WORK/root/boot/vmlinuz-$KVER" ]; then
 fi
 
 # The initramfs: busybox, the modules that reach the host filesystem, and init.
+# Rebuilt each run (under a second): it carries the command.
 INITRD="$WORK/initrd"
 rm -rf "$INITRD" && mkdir -p "$INITRD"/{bin,proc,sys,dev,host,upper,newroot,lib/modules/"$KVER"}
 cp /bin/busybox "$INITRD/bin/busybox"
@@ -64,6 +69,15 @@ depmod -b "$INITRD" "$KVER" 2>/dev/null
 
 printf '#!/bin/sh\ncd %q && exec %s\n' "$REPO" "$(printf '%q ' "$@")" > "$WORK/command.sh"
 chmod +x "$WORK/command.sh"
+
+results_share=()
+mount_results=""
+if [ -n "$RESULTS" ]; then
+    mkdir -p "$RESULTS"
+    RESULTS=$(cd "$RESULTS" && pwd)
+    results_share=(-virtfs "local,path=$RESULTS,mount_tag=results,security_model=none")
+    mount_results="mkdir -p \$R$RESULTS && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results \$R$RESULTS"
+fi
 
 cat > "$INITRD/init" <<EOF
 #!/bin/busybox sh
@@ -86,6 +100,7 @@ mount -t bpf bpf \$R/sys/fs/bpf
 mount -t tracefs tracefs \$R/sys/kernel/tracing
 mount -t cgroup2 cgroup2 \$R/sys/fs/cgroup
 mount -t tmpfs tmpfs \$R/run   # not /tmp: the checkout may be there (the overlay makes it writable)
+$mount_results
 mkdir -p \$R/lib/modules/$KVER
 ln -sfn /usr/src/linux-headers-$KVER \$R/lib/modules/$KVER/build
 ln -sfn /usr/src/linux-headers-${KVER%-amd64}-common \$R/lib/modules/$KVER/source
@@ -93,20 +108,22 @@ ln -sfn $WORK/root/lib/modules/$KVER/kernel \$R/lib/modules/$KVER/kernel
 for f in \$R$WORK/root/lib/modules/$KVER/modules.*; do ln -sfn "\${f#\$R}" \$R/lib/modules/$KVER/; done
 ip link set lo up
 chroot \$R /sbin/modprobe -q veth  # the kernel's own module loader cannot see the chroot
-echo "lsm-vm: kernel \$(uname -r), LSMs: \$(cat \$R/sys/kernel/security/lsm)"
+echo "vm: kernel \$(uname -r), LSMs: \$(cat \$R/sys/kernel/security/lsm)"
 chroot \$R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
     /bin/sh $WORK/command.sh
 echo "ENFORCER_VM_EXIT=\$?"
+sync
 poweroff -f
 EOF
 chmod +x "$INITRD/init"
 (cd "$INITRD" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.img"
 
-say "booting $KVER under qemu (TCG; a few minutes)"
+say "booting $KVER (lsm=$LSM) under qemu (TCG)"
 qemu-system-x86_64 -accel tcg -m "$MEM" -smp 2 -nographic -no-reboot \
     -kernel "$WORK/root/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.img" \
-    -append "console=ttyS0 quiet lsm=lockdown,capability,landlock,bpf panic=-1" \
+    -append "console=ttyS0 quiet lsm=$LSM panic=-1" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    "${results_share[@]}" \
     | tee "$WORK/console.log"
 status=$(grep -a -o 'ENFORCER_VM_EXIT=[0-9]*' "$WORK/console.log" | tail -1 | cut -d= -f2)
 [ -n "$status" ] || { say "the VM did not report an exit status"; exit 1; }

@@ -1,0 +1,92 @@
+"""`make test-kernels`: the end-to-end tests whose outcome depends on the kernel
+(marked ``kernel``) on this machine's kernel and on each VM kernel below,
+then one report per kernel (tests/kernels/report.py).
+
+    python -m tests.kernels.matrix [--only NAME]... [--out DIR] [-- PYTEST ARGS]
+
+A VM kernel is booted by tests/kernels/vm.sh under qemu (software emulation)
+with this machine's root filesystem underneath, so it tests this checkout.
+Exits non-zero if any kernel's run failed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.kernels import report
+
+REPO = Path(__file__).resolve().parents[2]
+VM = Path(__file__).with_name("vm.sh")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    description: str
+    vm: bool = False
+    lsm: str = ""                    # the VM kernel's lsm= boot parameter
+    offers: tuple[str, ...] = ()     # features it must offer (tests/kernels/features.py)
+    slowdown: float = 1.0            # how much longer waits may take (software emulation)
+
+
+KERNELS = (
+    Kernel("host", "this machine's running kernel"),
+    # Debian 12's kernel: its newest 6.1 in the registry, booted with BPF-LSM on.
+    # Emulation (TCG) runs the suite ~10x slower than the host.
+    Kernel("debian-6.1-bpf-lsm", "Debian 12's 6.1 kernel with lsm=...,bpf, under qemu",
+           vm=True, lsm="lockdown,capability,landlock,bpf", offers=("bpf_lsm",), slowdown=10.0),
+)
+
+
+def pytest_command(kernel: Kernel, junit: Path, extra: list[str]) -> list[str]:
+    # faulthandler: a test stuck this long (2 min, 5 in a VM) prints every thread's stack.
+    return ["env", f"ENFORCER_TEST_KERNEL_OFFERS={','.join(kernel.offers)}",
+            f"ENFORCER_TEST_SLOWDOWN={kernel.slowdown:g}",
+            str(REPO / ".venv/bin/python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--require-bpf",
+            "-o", "junit_family=xunit1", "-m", "kernel", "-o", f"faulthandler_timeout={max(120, int(30 * kernel.slowdown))}",
+            f"--junitxml={junit}", *extra, "tests/e2e"]
+
+
+def run(kernel: Kernel, out: Path, extra: list[str]) -> int:
+    junit = out / f"{kernel.name}.xml"
+    junit.unlink(missing_ok=True)
+    command = pytest_command(kernel, junit, extra)
+    print(f"== {kernel.name}: {kernel.description}", flush=True)
+    if kernel.vm:
+        env = {**os.environ, "LSM": kernel.lsm, "RESULTS": str(out)}
+        command = [str(VM), *command]
+    else:
+        env = dict(os.environ)
+    print("   " + shlex.join(command), flush=True)
+    started = time.monotonic()
+    status = subprocess.run(command, cwd=REPO, env=env).returncode
+    (out / f"{kernel.name}.status").write_text(f"{status} {time.monotonic() - started:.0f}\n")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=[k.name for k in KERNELS],
+                        help="run only this kernel (repeatable; default: all)")
+    parser.add_argument("--out", default=str(REPO / "build/kernels"), help="where reports go (default build/kernels)")
+    parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    kernels = [k for k in KERNELS if not args.only or k.name in args.only]
+    statuses = {kernel.name: run(kernel, out, args.pytest_args) for kernel in kernels}
+    text = report.render([(kernel.name, kernel.description, out) for kernel in kernels])
+    (out / "report.md").write_text(text)
+    print(text)
+    print(f"(also in {out / 'report.md'})")
+    return 0 if all(status == 0 for status in statuses.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
