@@ -11,6 +11,7 @@
 #define ENF_IPPROTO_ICMP     1
 #define ENF_IPPROTO_ICMPV6  58
 #define ENF_SIGKILL      9
+#define ENF_EPERM        1
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the byte swaps below assume a little-endian host"

@@ -18,7 +18,6 @@
  *   instruction.
  */
 
-#define ENF_EPERM 1
 
 ENF_STATE_TABLE("hash", struct enf_exec_key, u32, exec_ids, ENF_MAX_EXEC_IDS, BPF_F_NO_PREALLOC);
 ENF_STATE_TABLE("lpm_trie", struct enf_path_key, u8, exec_paths, ENF_MAX_EXEC_PATHS, BPF_F_NO_PREALLOC);

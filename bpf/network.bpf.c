@@ -154,9 +154,23 @@ int enf_sock_create(struct bpf_sock *sk)
     return action == ENF_ACTION_AUDITED;
 }
 
-/* Packet sockets bypass every cgroup socket hook, and this kernel has no LSM
- * hook we can load, so the only guard is to stop the process at the syscall:
- * it is killed before socket() returns a descriptor. */
+/* Packet sockets bypass every cgroup socket hook. With BPF-LSM, socket_create
+ * refuses them with EPERM (io_uring's IORING_OP_SOCKET passes there too).
+ * Without it the only guard is to stop the process at the syscall: it is
+ * killed before socket() returns a descriptor. */
+#ifdef ENF_EXEC_LSM
+LSM_PROBE(socket_create, int family, int type, int protocol, int kern)
+{
+    if (family != ENF_AF_PACKET || kern || !enf_active())
+        return 0;
+    struct enf_sandbox *sb = sandbox_of_task();
+    if (!sb)
+        return 0;
+    u8 action = action_of(sb);
+    report_socket(sb, action, ENF_AF_PACKET, (u8)type, (u16)protocol);
+    return action == ENF_ACTION_REFUSED ? -ENF_EPERM : 0;
+}
+#else
 TRACEPOINT_PROBE(syscalls, sys_enter_socket)
 {
     if (args->family != ENF_AF_PACKET || !enf_active())
@@ -170,3 +184,4 @@ TRACEPOINT_PROBE(syscalls, sys_enter_socket)
     report_socket(sb, action, ENF_AF_PACKET, (u8)args->type, (u16)args->protocol);
     return 0;
 }
+#endif

@@ -215,8 +215,8 @@ def cmd_status(args: argparse.Namespace, enf: Any) -> int:
         _print_json(status)
         return 0
     how = {
-        "lsm": "BPF-LSM (exec refused with EPERM)",
-        "tracepoint": "sched_process_exec tracepoint (process killed before the new program runs)",
+        "lsm": "BPF-LSM (exec and packet sockets refused with EPERM)",
+        "tracepoint": "tracepoints (process killed before a refused program runs or a packet socket is made)",
     }
     print(f"exec enforcement: {how.get(status.exec_enforcement, status.exec_enforcement)}")
     print(f"gpu device majors: {', '.join(str(m) for m in status.gpu_majors)}")

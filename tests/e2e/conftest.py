@@ -80,6 +80,15 @@ def _kernel_properties(record_testsuite_property: Callable[[str, object], None])
     record_testsuite_property("slowdown", SLOWDOWN)
 
 
+def expected_exec_mode() -> str:
+    """The exec mode this kernel must get (tests/kernels/features.py): one that
+    enables BPF-LSM, or is declared to, gets "lsm", never a quiet fallback.
+    The mode also decides how packet sockets are stopped."""
+    from tests.kernels import features
+
+    return "lsm" if "bpf_lsm" in features.expected() else "tracepoint"
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     from tests.kernels import features
 

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.e2e.conftest import REPO, DaemonProcess, wait_denials
+from tests.e2e.conftest import REPO, DaemonProcess, expected_exec_mode, wait_denials
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
@@ -52,14 +52,6 @@ def probe(cgroup: Path | None, op: str, path: str | Path, *args: str | Path, cwd
 
 def outcome(cgroup: Path | None, op: str, path: str | Path, *args: str | Path, cwd: Path | None = None) -> str:
     return str(probe(cgroup, op, path, *args, cwd=cwd)["outcome"])
-
-
-def expected_exec_mode() -> str:
-    """What this kernel must give (tests/kernels/features.py): a kernel that
-    enables BPF-LSM, or is declared to, must get EPERM, never a quiet fallback."""
-    from tests.kernels import features
-
-    return "lsm" if "bpf_lsm" in features.expected() else "tracepoint"
 
 
 REFUSED_BY_MODE = {"tracepoint": "killed", "lsm": "eperm"}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from enforcer.kernel.guard import CGROUP_PROGRAMS
-from tests.e2e.conftest import HOST4, DaemonProcess, Probe, patience
+from tests.e2e.conftest import HOST4, DaemonProcess, Probe, expected_exec_mode, patience
 from tests.e2e.test_audit import records
 from tests.e2e.test_network import connect, policy, sendto
 
@@ -99,8 +99,9 @@ def test_enforcement_holds_across_a_restart_with_no_gap(tmp_path, make_cgroup, s
             assert {"enf_connect4", "enf_sendmsg6", "enf_sock_create", "enf_device", "enf_recvmsg4",
                     "enf_getpeername6"} <= set(cgroup_hooks)
             links = {p.name for p in status.programs if p.hook != "cgroup"}
-            assert {"tp-sys_enter_execve", "tp-sys_enter_execveat", "tp-sys_enter_socket"} <= links
-            assert links & {"raw-sched_process_exec", "lsm__bprm_check_security"}
+            assert {"tp-sys_enter_execve", "tp-sys_enter_execveat"} <= links
+            assert links >= ({"lsm__bprm_check_security", "lsm__socket_create"} if expected_exec_mode() == "lsm"
+                             else {"raw-sched_process_exec", "tp-sys_enter_socket"})
             (listed,) = enf.list()
             assert (listed.generation, listed.cgroup_id) == (applied.generation, applied.cgroup_id)
             assert listed.policy.sandbox == sandbox_id

@@ -29,7 +29,8 @@ newest_61() {
         | sed 's/^linux-image-//'
 }
 KVER=${KVER:-$(newest_61)}
-[ -n "$KVER" ] || { say "no linux-image-6.1.0-*-amd64 in the package registry"; exit 1; }
+[ -n "$KVER" ] || { say "no linux-image-6.1.0-*-amd64 in this machine's package registry (Debian 12's has it;
+    elsewhere run only this machine's kernel: ENFORCER_KERNELS=host make test)"; exit 1; }
 LSM=${LSM:-lockdown,capability,landlock,bpf}
 WORK=${WORK:-/var/tmp/enforcer-vm/$KVER}
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
