@@ -232,11 +232,14 @@ def workdir(session_cleanup: Cleanup) -> Path:
 
 
 @pytest.fixture(scope="session")
-def daemon(workdir: Path, session_cleanup: Cleanup) -> DaemonProcess:
+def daemon(workdir: Path, session_cleanup: Cleanup,
+           record_testsuite_property: Callable[[str, object], None]) -> DaemonProcess:
     # A low event budget per sandbox keeps flood tests short; counters stay exact.
     proc = DaemonProcess(workdir, "--events-per-sec", "500")
     proc.start()
     session_cleanup.add(proc.stop)
+    with proc.client() as enf:
+        record_testsuite_property("exec_enforcement", enf.status().exec_enforcement)  # for the per-kernel report
     return proc
 
 

@@ -58,12 +58,11 @@ REFUSED_BY_MODE = {"tracepoint": "killed", "lsm": "eperm"}
 
 
 @pytest.fixture(scope="module")
-def refused(daemon: Any, record_testsuite_property: Callable[[str, object], None]) -> str:
+def refused(daemon: Any) -> str:
     """How every refused exec of this module must end on this kernel."""
     with daemon.client() as client:
         mode = client.status().exec_enforcement
     assert mode == expected_exec_mode()
-    record_testsuite_property("exec_enforcement", mode)
     return REFUSED_BY_MODE[mode]
 
 
