@@ -89,12 +89,14 @@ def test_unreachable_daemon_is_one_clear_line(tmp_path):
 
 
 def test_status_and_exec_denials_in_human_form(daemon, make_cgroup, sandbox_id, tmp_path):
-    from enforcer.kernel.guard import bpf_lsm_available
-    from tests.e2e.conftest import wait_denials
+    from tests.e2e.conftest import expected_exec_mode, wait_denials
     from tests.e2e.test_exec import PY, TRUE, outcome
 
     status = cli(daemon, "status", check=True).stdout
-    assert ("BPF-LSM" if bpf_lsm_available() else "sched_process_exec tracepoint") in status
+    assert status.startswith("exec enforcement: BPF-LSM (exec and packet sockets refused with EPERM)\n"
+                             if expected_exec_mode() == "lsm" else
+                             "exec enforcement: tracepoints (process killed before a refused program runs or a packet "
+                             "socket is made)\n")
     assert "gpu device majors: " in status and "195" in status
     assert f"audit log: {daemon.audit_path} (" in status and " 0 failed)" in status
     cg = make_cgroup()

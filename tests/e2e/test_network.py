@@ -253,6 +253,24 @@ def test_raw_sockets_refused_and_packet_sockets_stopped(client, make_cgroup, san
     assert client.stats(sandbox_id).socket.refused == 4
 
 
+@pytest.mark.needs_kernel("io_uring_socket", "makes the socket through io_uring")
+def test_packet_sockets_made_through_io_uring(client, make_cgroup, sandbox_id, probe: Probe):
+    """IORING_OP_SOCKET makes a socket without the socket() syscall. BPF-LSM's
+    socket_create refuses it like socket(); the tracepoint mode cannot see it:
+    the gap the README names (What it stops), asserted so a change shows."""
+    cg = make_cgroup()
+    client.apply(policy(sandbox_id, cg))
+    result = probe(cg, {"op": "uring_socket", "family": "packet", "type": "raw"})
+    if expected_exec_mode() == "lsm":
+        assert result == ["EPERM"]
+        [event] = wait_denials(client, sandbox_id, 1)
+        assert (event.kind, event.socket.family, event.socket.type) == (
+            pb.DENIAL_KIND_SOCKET, socket.AF_PACKET, socket.SOCK_RAW)
+    else:
+        assert result == ["OK"]
+        assert client.stats(sandbox_id).socket.refused == 0
+
+
 def test_real_traffic_to_an_allowed_service_flows(client, make_cgroup, sandbox_id, probe: Probe):
     """Loopback in the host namespace: a real listener answers the allowed
     connect, and the refused one never reaches it."""

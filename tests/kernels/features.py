@@ -19,6 +19,7 @@ LSM_LIST = Path("/sys/kernel/security/lsm")
 FEATURES = {
     "bpf_lsm": "BPF-LSM programs load and attach",
     "no_bpf_lsm": "the kernel does not enable BPF-LSM",
+    "io_uring_socket": "io_uring makes sockets (IORING_OP_SOCKET, Linux 5.19; io_uring not disabled)",
 }
 
 
@@ -58,8 +59,21 @@ def _bpf_lsm_loads() -> str | None:
     return None
 
 
+@functools.cache
+def _io_uring_socket() -> str | None:
+    from tests.e2e.probe import uring_socket
+
+    try:
+        os.close(uring_socket(2, 2))  # AF_INET, SOCK_DGRAM
+    except OSError as exc:
+        return f"io_uring socket(): {exc}"
+    return None
+
+
 def missing(feature: str) -> str | None:
     """None if this kernel offers ``feature``, else why not."""
+    if feature == "io_uring_socket":
+        return _io_uring_socket()
     if feature == "bpf_lsm":
         return _bpf_lsm_loads()
     if feature == "no_bpf_lsm":

@@ -43,7 +43,7 @@ KERNELS = (
     # Debian 12's kernel: its newest 6.1 in the registry, booted with BPF-LSM on.
     # Emulation (TCG) runs the suite ~10x slower than the host.
     Kernel("debian-6.1-bpf-lsm", "Debian 12's 6.1 kernel with lsm=...,bpf, under qemu",
-           vm=True, lsm="lockdown,capability,landlock,bpf", offers=("bpf_lsm",), slowdown=10.0),
+           vm=True, lsm="lockdown,capability,landlock,bpf", offers=("bpf_lsm", "io_uring_socket"), slowdown=10.0),
 )
 
 
