@@ -46,7 +46,8 @@ def read(name: str, description: str, out: Path) -> KernelRun:
             element = case.find(child)
             if element is not None:
                 outcome = word
-                run.messages[test] = (element.get("message") or "").splitlines()[0] if element.get("message") else ""
+                message = element.get("message") or ""
+                run.messages[test] = message.splitlines()[0] if message else ""
                 break
         # A test that failed in its call and again in teardown has two results: keep the worst.
         if run.outcomes.get(test) in ("failed", "error"):
