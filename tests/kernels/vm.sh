@@ -9,7 +9,9 @@
 #   tests/kernels/vm.sh COMMAND...
 #
 #   KVER=6.1.0-57-amd64     the kernel (default: the newest 6.1 the registry has)
-#   LSM=lockdown,capability,landlock,bpf   its lsm= (the default enables BPF-LSM)
+#   LSM=default             its lsm= list; "default": none given, the kernel's own
+#                           CONFIG_LSM (Debian 12's: landlock,lockdown,yama,integrity,
+#                           apparmor,bpf: BPF-LSM is on as Debian ships it)
 #   RESULTS=DIR             a host directory the command can write (the same
 #                           path inside the VM); nothing else it writes survives
 #
@@ -31,7 +33,9 @@ newest_61() {
 KVER=${KVER:-$(newest_61)}
 [ -n "$KVER" ] || { say "no linux-image-6.1.0-*-amd64 in this machine's package registry (Debian 12's has it;
     elsewhere run only this machine's kernel: ENFORCER_KERNELS=host make test)"; exit 1; }
-LSM=${LSM:-lockdown,capability,landlock,bpf}
+LSM=${LSM:-default}
+lsm_param=""
+[ "$LSM" = default ] || lsm_param="lsm=$LSM"
 WORK=${WORK:-/var/tmp/enforcer-vm/$KVER}
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
 RESULTS=${RESULTS:-}
@@ -122,7 +126,7 @@ chmod +x "$INITRD/init"
 say "booting $KVER (lsm=$LSM) under qemu (TCG)"
 qemu-system-x86_64 -accel tcg -m "$MEM" -smp 2 -nographic -no-reboot \
     -kernel "$WORK/root/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.img" \
-    -append "console=ttyS0 quiet lsm=$LSM panic=-1" \
+    -append "console=ttyS0 quiet $lsm_param panic=-1" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     "${results_share[@]}" \
     | tee "$WORK/console.log"
