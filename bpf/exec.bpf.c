@@ -12,7 +12,7 @@
  * from the running kernel's BTF (enforcer/kernel/btf.py) and passes with -D.
  *
  * Two ways to stop an exec, chosen by the loader:
- * - ENF_EXEC_LSM: bprm_check_security returns -EPERM; the exec fails.
+ * - ENF_LSM: bprm_check_security returns -EPERM; the exec fails.
  * - otherwise: sched_process_exec fires after the point of no return, and
  *   bpf_send_signal(SIGKILL) kills the process before the new image runs an
  *   instruction.
@@ -242,7 +242,7 @@ static __always_inline int judge_exec(struct enf_sandbox *sb, void *bprm, struct
         j->reason = ENF_REASON_DENIED;
         return 0;
     }
-#ifndef ENF_EXEC_LSM
+#ifndef ENF_LSM
     /* binfmt_script replaced bprm->file with the interpreter and dropped the
      * script's file, so the script can only be judged by its path: absolute,
      * plain, and named by an allow entry. (With BPF-LSM the script itself passes
@@ -303,7 +303,7 @@ static __always_inline void report_exec(struct enf_sandbox *sb, struct enf_judge
     send_event(sb, ev, sizeof(*ev));
 }
 
-#ifdef ENF_EXEC_LSM
+#ifdef ENF_LSM
 struct linux_binprm;
 
 LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)

@@ -158,7 +158,7 @@ int enf_sock_create(struct bpf_sock *sk)
  * refuses them with EPERM (io_uring's IORING_OP_SOCKET passes there too).
  * Without it the only guard is to stop the process at the syscall: it is
  * killed before socket() returns a descriptor. */
-#ifdef ENF_EXEC_LSM
+#ifdef ENF_LSM
 LSM_PROBE(socket_create, int family, int type, int protocol, int kern)
 {
     if (family != ENF_AF_PACKET || kern || !enf_active())

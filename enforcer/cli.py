@@ -29,6 +29,8 @@ from enforcer.settings import (
     DEFAULT_AUDIT_MAX_BYTES,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
+    EXEC_MODE_AUTO,
+    EXEC_MODES,
     MAX_MESSAGE_BYTES,
     SOCKET_ENV,
 )
@@ -111,7 +113,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if args.print_bpf:
         from enforcer.kernel.guard import print_source
 
-        print(print_source(None if args.exec_mode == "auto" else args.exec_mode))
+        print(print_source(None if args.exec_mode == EXEC_MODE_AUTO else args.exec_mode))
         return 0
     from enforcer.daemon.logs import configure
     from enforcer.daemon.server import DaemonConfig, StartupError, run_daemon, run_uninstall
@@ -374,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--pin-dir", help="bpffs directory of the pinned programs and maps (default <bpffs>/enforcer)")
     daemon.add_argument("--uninstall", action="store_true",
                         help="end enforcement: detach and unpin everything daemons left, forget saved policies")
-    daemon.add_argument("--exec-mode", choices=("auto", "lsm", "tracepoint"), default="auto",
+    daemon.add_argument("--exec-mode", choices=EXEC_MODES, default=EXEC_MODE_AUTO,
                         help="how a refused exec is stopped: lsm (EPERM from bprm_check_security; the kernel must "
                              "enable BPF-LSM), tracepoint (SIGKILL before the program's first instruction), or auto: "
                              "lsm where it loads, else tracepoint (default)")

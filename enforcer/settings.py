@@ -22,6 +22,12 @@ def grpc_target(address: str) -> str:
         return f"unix:{os.path.abspath(address)}"
     return address
 
+# How a refused exec (and a packet socket) is stopped: enforcer daemon --exec-mode.
+EXEC_MODE_LSM = "lsm"               # BPF-LSM hooks refuse with EPERM
+EXEC_MODE_TRACEPOINT = "tracepoint"  # tracepoints + SIGKILL
+EXEC_MODE_AUTO = "auto"              # lsm where the kernel enables BPF-LSM and it loads, else tracepoint
+EXEC_MODES = (EXEC_MODE_AUTO, EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT)
+
 # The daemon's audit log (enforcer daemon --audit-log/--audit-max-bytes/--audit-keep).
 DEFAULT_AUDIT_LOG = "/var/log/enforcer/audit.jsonl"
 DEFAULT_AUDIT_MAX_BYTES = 100 * 1024 * 1024

@@ -36,6 +36,7 @@ from enforcer.settings import (
     DEFAULT_AUDIT_MAX_BYTES,
     DEFAULT_PIN_NAME,
     DEFAULT_STATE_DIR,
+    EXEC_MODE_AUTO,
     MAX_MESSAGE_BYTES,
 )
 from enforcer.v1 import enforcer_pb2 as pb
@@ -67,7 +68,7 @@ class DaemonConfig:
     tls_client_ca: str | None = None  # given: clients must present a certificate it signed (mTLS)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     metrics: str | None = None       # host:port of a Prometheus endpoint (opt-in)
-    exec_mode: str = "auto"          # auto, lsm or tracepoint (enforcer.kernel.guard.EXEC_MODES)
+    exec_mode: str = EXEC_MODE_AUTO  # one of EXEC_MODES
 
 
 def _claim_socket(path: Path) -> None:

@@ -18,6 +18,7 @@ from enforcer.cgroupfs import Cgroup
 from enforcer.kernel import btf, devices, layout
 from enforcer.kernel.pins import PinDir, layout_id, tracepoint_id
 from enforcer.kernel.ringbuf import EventRing
+from enforcer.settings import EXEC_MODE_AUTO, EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT, EXEC_MODES
 
 # UAPI numbers (stable): bpf_prog_type and bpf_attach_type of the cgroup programs.
 _PROG_CGROUP_SOCK, _PROG_CGROUP_DEVICE, _PROG_CGROUP_SOCK_ADDR = 9, 15, 18
@@ -38,10 +39,6 @@ ATTACH_TYPES = {name: attach for name, (_, attach) in CGROUP_PROGRAMS.items()}
 SOURCE = layout.BPF_DIR / "enforcer.bpf.c"
 LSM_LIST = Path("/sys/kernel/security/lsm")
 
-EXEC_MODE_LSM = "lsm"               # bprm_check_security refuses with EPERM
-EXEC_MODE_TRACEPOINT = "tracepoint"  # sched_process_exec + SIGKILL
-EXEC_MODE_AUTO = "auto"              # lsm where the kernel enables BPF-LSM and it loads, else tracepoint
-EXEC_MODES = (EXEC_MODE_AUTO, EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT)
 
 
 def bpf_source() -> str:
@@ -54,15 +51,21 @@ def _inline(path: Path) -> str:
     return re.sub(r'^#include "([^"]+)"$', lambda m: _inline(layout.BPF_DIR / m.group(1)), path.read_text(), flags=re.M)
 
 
-def bpf_lsm_available() -> bool:
+def lsm_list() -> list[str]:
+    """The LSMs the running kernel enabled at boot (none if securityfs is absent)."""
     try:
-        return "bpf" in LSM_LIST.read_text().strip().split(",")
+        return [name for name in LSM_LIST.read_text().strip().split(",") if name]
     except OSError:
-        return False
+        return []
 
 
-def default_exec_mode() -> str:
-    return EXEC_MODE_LSM if bpf_lsm_available() else EXEC_MODE_TRACEPOINT
+def bpf_lsm_available() -> bool:
+    return "bpf" in lsm_list()
+
+
+def default_exec_mode(lsm_available: bool | None = None) -> str:
+    available = bpf_lsm_available() if lsm_available is None else lsm_available
+    return EXEC_MODE_LSM if available else EXEC_MODE_TRACEPOINT
 
 
 def compile_defines(exec_mode: str, offsets: dict[str, int] | None = None,
@@ -72,7 +75,7 @@ def compile_defines(exec_mode: str, offsets: dict[str, int] | None = None,
     offsets = offsets if offsets is not None else btf.exec_offsets()
     defines = {name: str(value) for name, value in offsets.items()}
     if exec_mode == EXEC_MODE_LSM:
-        defines["ENF_EXEC_LSM"] = "1"
+        defines["ENF_LSM"] = "1"
     return {**defines, **(extra or {})}
 
 
@@ -168,7 +171,8 @@ class SandboxGuard:
 
         if exec_mode not in EXEC_MODES:
             raise KernelError(f"exec mode {exec_mode!r}: must be one of {', '.join(EXEC_MODES)}")
-        if exec_mode == EXEC_MODE_LSM and not bpf_lsm_available():
+        lsm_available = bpf_lsm_available()
+        if exec_mode == EXEC_MODE_LSM and not lsm_available:
             raise KernelError("exec mode lsm: this kernel does not enable BPF-LSM (bpf is not in "
                               f"{LSM_LIST}; boot it with lsm=...,bpf), use --exec-mode auto or tracepoint")
         self.lsm_unavailable: str | None = None
@@ -190,7 +194,7 @@ class SandboxGuard:
         pin_defines = {"ENF_MAPS_DIR": f'"{maps_dir}"', "ENF_ACTIVE_PATH": f'"{self.pins.active_path}"',
                        "ENF_BUILD": str(self.build)}
         offsets = btf.exec_offsets()
-        chosen = default_exec_mode() if exec_mode == EXEC_MODE_AUTO else exec_mode
+        chosen = default_exec_mode(lsm_available) if exec_mode == EXEC_MODE_AUTO else exec_mode
         source = bpf_source().encode()
         try:
             self._bpf, self._links = self._load(source, chosen, offsets, pin_defines)

@@ -75,7 +75,9 @@ def _kernel_properties(record_testsuite_property: Callable[[str, object], None])
     from tests.kernels import features
 
     record_testsuite_property("kernel", os.uname().release)
-    record_testsuite_property("lsm", ",".join(features.lsm_list()) or "-")
+    from enforcer.kernel.guard import lsm_list
+
+    record_testsuite_property("lsm", ",".join(lsm_list()) or "-")
     record_testsuite_property("expected_features", ",".join(sorted(features.expected())))
     record_testsuite_property("slowdown", SLOWDOWN)
 
@@ -453,10 +455,10 @@ def spawn_agent(cleanup: Cleanup, tmp_path: Path) -> Callable[..., AgentRun]:
         proc.stdin.write(json.dumps(list(ops)))
         proc.stdin.close()
         proc.stdin = None  # communicate() must not write again
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        ready, _, _ = select.select([proc.stdout], [], [], patience(60))
         if not ready:
             proc.kill()
-            raise AssertionError(f"the agent did not start within 60 s: {proc.communicate()[1][-800:]}")
+            raise AssertionError(f"the agent did not start within {patience(60):g} s: {proc.communicate()[1][-800:]}")
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
         return AgentRun(proc, go_file)
 

@@ -12,22 +12,14 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
-LSM_LIST = Path("/sys/kernel/security/lsm")
+from enforcer.kernel.guard import lsm_list
 
 FEATURES = {
     "bpf_lsm": "BPF-LSM programs load and attach",
     "no_bpf_lsm": "the kernel does not enable BPF-LSM",
     "io_uring_socket": "io_uring makes sockets (IORING_OP_SOCKET, Linux 5.19; io_uring not disabled)",
 }
-
-
-def lsm_list() -> list[str]:
-    try:
-        return [name for name in LSM_LIST.read_text().strip().split(",") if name]
-    except OSError:
-        return []
 
 
 def declared() -> set[str]:

@@ -57,7 +57,7 @@ def pytest_command(kernel: Kernel, junit: Path, extra: list[str]) -> list[str]:
             f"--junitxml={junit}", *extra, "tests/e2e"]
 
 
-def run(kernel: Kernel, out: Path, extra: list[str]) -> int:
+def run(kernel: Kernel, out: Path, extra: list[str]) -> report.KernelRun:
     junit = out / f"{kernel.name}.xml"
     junit.unlink(missing_ok=True)
     command = pytest_command(kernel, junit, extra)
@@ -70,8 +70,7 @@ def run(kernel: Kernel, out: Path, extra: list[str]) -> int:
     print("   " + shlex.join(command), flush=True)
     started = time.monotonic()
     status = subprocess.run(command, cwd=REPO, env=env).returncode
-    (out / f"{kernel.name}.status").write_text(f"{status} {time.monotonic() - started:.0f}\n")
-    return status
+    return report.read(kernel.name, junit, status, time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"ENFORCER_KERNELS: unknown kernel(s) {sorted(unknown)}; known: {[k.name for k in KERNELS]}")
     kernels = [k for k in KERNELS if not only or k.name in only]
-    statuses = {kernel.name: run(kernel, out, args.pytest_args) for kernel in kernels}
-    text = report.render([(kernel.name, kernel.description, out) for kernel in kernels])
+    runs = [run(kernel, out, args.pytest_args) for kernel in kernels]
+    text = report.render(runs)
     (out / "report.md").write_text(text)
     print(text)
     print(f"(also in {out / 'report.md'})")
-    return 0 if all(status == 0 for status in statuses.values()) else 1
+    return 0 if all(run.status == 0 for run in runs) else 1
 
 
 if __name__ == "__main__":

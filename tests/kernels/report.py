@@ -16,9 +16,8 @@ EXEC_MODULE = "tests.e2e.test_exec"
 @dataclass
 class KernelRun:
     name: str
-    description: str
-    status: str                       # the run's exit status, or "not run"
-    seconds: float = 0.0
+    status: int                       # the run's exit status
+    seconds: float
     properties: dict[str, str] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)   # test id -> passed/failed/skipped/error
     messages: dict[str, str] = field(default_factory=dict)   # test id -> skip or failure message
@@ -28,11 +27,8 @@ class KernelRun:
         return sum(1 for o in self.outcomes.values() if o == outcome)
 
 
-def read(name: str, description: str, out: Path) -> KernelRun:
-    status_file = out / f"{name}.status"
-    status, seconds = status_file.read_text().split() if status_file.exists() else ("not run", "0")
-    run = KernelRun(name, description, status, float(seconds))
-    junit = out / f"{name}.xml"
+def read(name: str, junit: Path, status: int, seconds: float) -> KernelRun:
+    run = KernelRun(name, status, seconds)
     if not junit.exists():
         return run
     root = ET.parse(junit).getroot()
@@ -63,8 +59,7 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
-def render(kernels: list[tuple[str, str, Path]]) -> str:
-    runs = [read(name, description, out) for name, description, out in kernels]
+def render(runs: list[KernelRun]) -> str:
     lines = ["# Kernels (make test-kernels): the tests marked `kernel`, on each kernel", "",
              "| kernel | release | LSMs | exec refused by | passed | failed | skipped | exit | time |",
              "|---|---|---|---|---|---|---|---|---|"]
