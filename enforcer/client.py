@@ -33,8 +33,11 @@ PolicyLike = Policy | pb.Policy | Mapping[str, Any] | str | Path
 # out gRPC's default 1 s -> 120 s backoff once the socket is back.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 250),  # a local daemon restarting is seen within 0.25 s
+    # Not grpc.min_reconnect_backoff_ms: gRPC core takes it as the time limit of
+    # each connection attempt (100 ms at least), so on a loaded host a call
+    # failed UNAVAILABLE, "timed out before receiving SETTINGS frame" (seen
+    # in bench/soak.py); the default limit is 20 s.
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
