@@ -187,7 +187,7 @@ class DaemonProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
+        code = self.proc.wait(timeout=patience(20))
         self._log.close()
         if not keep_enforcing:
             self.uninstall()
@@ -314,7 +314,8 @@ def probe(netns: str) -> Probe:
     """Run probe ops as a real process inside ``cgroup`` (and the test netns)."""
     from enforcer.cgroupfs import move_pid
 
-    def run(cgroup: Path | None, *ops: dict[str, Any], in_netns: bool = True) -> list[str]:
+    def run(cgroup: Path | None, *ops: dict[str, Any], in_netns: bool = True, timeout: float = 60) -> list[str]:
+        """``timeout``: seconds on this machine (patience scales it under emulation)."""
         command = [sys.executable, str(PROBE)]
         if in_netns:
             command = ["ip", "netns", "exec", netns, *command]
@@ -323,7 +324,7 @@ def probe(netns: str) -> Probe:
             input=json.dumps(list(ops)),
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=patience(timeout),
             preexec_fn=(lambda: move_pid(0, cgroup)) if cgroup else None,
         )
         if result.returncode != 0:

@@ -31,7 +31,8 @@ class BackgroundProbe:
         self.started_file = workdir / f"started-{id(self)}"
         self.result: list[str] = []
         op = {**op, "repeat": 10_000_000, "until": str(self.stop_file), "started": str(self.started_file)}
-        self._thread = threading.Thread(target=lambda: self.result.extend(probe(cgroup, op)))
+        # It runs across a daemon's stop and start (a compile: a minute under emulation).
+        self._thread = threading.Thread(target=lambda: self.result.extend(probe(cgroup, op, timeout=600)))
         self._thread.start()
         deadline = time.monotonic() + patience(30)
         while not self.started_file.exists():
@@ -41,6 +42,7 @@ class BackgroundProbe:
     def finish(self) -> dict[str, int]:
         self.stop_file.touch()
         self._thread.join(timeout=patience(60))
+        assert self.result, "the background probe gave no result (its thread's exception is in the warnings)"
         outcomes = {}
         for part in self.result[0].split(","):
             name, count = part.rsplit("*", 1)
