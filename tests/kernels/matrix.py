@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.kernels import report
+from tests.kernels import report, watch
 
 REPO = Path(__file__).resolve().parents[2]
 VM = Path(__file__).with_name("vm.sh")
@@ -36,6 +35,14 @@ class Kernel:
     lsm: str = "default"             # the VM kernel's lsm= boot parameter ("default": none given)
     offers: tuple[str, ...] = ()     # features it must offer (tests/kernels/features.py)
     slowdown: float = 1.0            # how much longer waits may take (software emulation)
+    test_timeout: int = 180          # seconds one test may take before it fails with every thread's stack
+    run_timeout: int = 20 * 60       # seconds the whole run may take before it is killed
+
+    @property
+    def stall_timeout(self) -> int:
+        """No test starting or ending for this long is a hang (a timed-out
+        test's clean-up included)."""
+        return self.test_timeout + 300
 
 
 KERNELS = (
@@ -44,33 +51,51 @@ KERNELS = (
     # its CONFIG_LSM lists bpf (with AppArmor, Yama, Landlock, TOMOYO), so stock
     # Debian 12 hosts get the BPF-LSM mode. Emulation (TCG) is ~10x slower.
     Kernel("debian-6.1-bpf-lsm", "Debian 12's 6.1 kernel with its own LSMs (bpf among them), under qemu",
-           vm=True, lsm="default", offers=("bpf_lsm", "io_uring_socket"), slowdown=10.0),
+           vm=True, lsm="default", offers=("bpf_lsm", "io_uring_socket"), slowdown=10.0,
+           test_timeout=600, run_timeout=50 * 60),
 )
 
 
-def pytest_command(kernel: Kernel, junit: Path, extra: list[str]) -> list[str]:
-    # faulthandler: a test stuck this long (2 min, 5 in a VM) prints every thread's stack.
+def pytest_command(kernel: Kernel, junit: Path, progress: Path, extra: list[str]) -> list[str]:
+    # -v: each test's name is on the console when it starts. The time limit
+    # fails a stuck test with every thread's stack and goes on with the next.
     return ["env", f"ENFORCER_TEST_KERNEL_OFFERS={','.join(kernel.offers)}",
-            f"ENFORCER_TEST_SLOWDOWN={kernel.slowdown:g}",
-            str(REPO / ".venv/bin/python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--require-bpf",
-            "-o", "junit_family=xunit1", "-m", "kernel", "-o", f"faulthandler_timeout={max(120, int(30 * kernel.slowdown))}",
-            f"--junitxml={junit}", *extra, "tests/e2e"]
+            f"ENFORCER_TEST_SLOWDOWN={kernel.slowdown:g}", f"ENFORCER_TEST_PROGRESS={progress}",
+            str(REPO / ".venv/bin/python"), "-m", "pytest", "-v", "-p", "no:cacheprovider",
+            "-p", "tests.kernels.progress", "--require-bpf", "-o", "junit_family=xunit1", "-m", "kernel",
+            "-o", f"timeout={kernel.test_timeout}", f"--junitxml={junit}", *extra, "tests/e2e"]
 
 
 def run(kernel: Kernel, out: Path, extra: list[str]) -> report.KernelRun:
     junit = out / f"{kernel.name}.xml"
-    junit.unlink(missing_ok=True)
-    command = pytest_command(kernel, junit, extra)
+    progress = out / f"{kernel.name}.progress"
+    console = out / f"{kernel.name}.console.log"
+    for stale in (junit, progress, console):
+        stale.unlink(missing_ok=True)
+    command = pytest_command(kernel, junit, progress, extra)
     print(f"== {kernel.name}: {kernel.description}", flush=True)
     if kernel.vm:
-        env = {**os.environ, "LSM": kernel.lsm, "RESULTS": str(out)}
+        # The VM's own limit is a little longer: the watchdog here says why it ended.
+        env = {**os.environ, "LSM": kernel.lsm, "RESULTS": str(out), "CONSOLE": str(console),
+               "VM_TIMEOUT": str(kernel.run_timeout + 60)}
         command = [str(VM), *command]
     else:
         env = dict(os.environ)
+        host_log = watch.host_kernel_log()
     print("   " + shlex.join(command), flush=True)
     started = time.monotonic()
-    status = subprocess.run(command, cwd=REPO, env=env).returncode
-    return report.read(kernel.name, junit, status, time.monotonic() - started)
+    outcome = watch.run_watched(command, env, REPO, progress, kernel.stall_timeout, kernel.run_timeout)
+    if outcome.hang:
+        print(f"== {kernel.name}: {outcome.hang}", flush=True)
+    kernel_log = (console.read_text(errors="replace") if console.exists() else "") if kernel.vm \
+        else watch.new_lines(host_log, watch.host_kernel_log())
+    run = report.read(kernel.name, junit, outcome.status, time.monotonic() - started)
+    run.hang = outcome.hang
+    run.running = watch.running_test(progress)
+    run.kernel_trouble = watch.kernel_trouble(kernel_log)
+    if run.kernel_trouble and run.status == 0:
+        run.status = 1  # a lockup or stall the kernel recovered from is still a failure
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

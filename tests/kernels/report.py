@@ -22,6 +22,9 @@ class KernelRun:
     outcomes: dict[str, str] = field(default_factory=dict)   # test id -> passed/failed/skipped/error
     messages: dict[str, str] = field(default_factory=dict)   # test id -> skip or failure message
     refusals: dict[str, str] = field(default_factory=dict)   # test id -> how its refused execs ended
+    hang: str | None = None            # why the watchdog killed the run (tests/kernels/watch.py)
+    running: str | None = None         # the test that had started and not ended when the run stopped
+    kernel_trouble: list[str] = field(default_factory=list)  # lockup/stall/panic reports, with stacks
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes.values() if o == outcome)
@@ -71,6 +74,13 @@ def render(runs: list[KernelRun]) -> str:
                      f"| {run.count('failed') + run.count('error')} | {run.count('skipped')} | {run.status} "
                      f"| {minutes(run.seconds)} |")
     for run in runs:
+        if run.hang:
+            lines += ["", f"{run.name}: HUNG: {run.hang}"]
+        if run.running and (run.hang or run.kernel_trouble or not run.outcomes):
+            lines += ["", f"{run.name}: the test running when it stopped: {run.running}"]
+        if run.kernel_trouble:
+            lines += ["", f"{run.name}: the kernel reported a lockup, stall or panic (a failure even if "
+                          "the tests passed):", "", "```", *run.kernel_trouble, "```"]
         if not run.outcomes:
             lines += ["", f"{run.name}: no results (exit {run.status}): see its console output above."]
         bad = [t for t, o in run.outcomes.items() if o in ("failed", "error")]

@@ -14,9 +14,18 @@
 #                           apparmor,bpf: BPF-LSM is on as Debian ships it)
 #   RESULTS=DIR             a host directory the command can write (the same
 #                           path inside the VM); nothing else it writes survives
+#   CONSOLE=FILE            where the console is kept too (default $WORK/console.log)
+#   VM_TIMEOUT=SECONDS      the VM is killed after this long (default 3600)
+#   KERNEL_ARGS=...         more kernel parameters
 #
-# Prints the VM's console; exits with the command's exit status (1 if the VM
-# never reported one). Needs root. tests/kernels/matrix.py runs the suite with it.
+# The guest's lockup detectors end the run: a CPU stuck in the kernel for 40 s
+# (soft lockup) or a task blocked for 5 minutes (hung task) panics the guest
+# after printing every CPU's and every task's stack, so a hung kernel costs
+# about a minute, not the CI's 90. (rcu stall warnings are printed, not fatal.)
+#
+# Prints the VM's console; exits with the command's exit status, 1 if the VM
+# never reported one (it panicked, it was killed at VM_TIMEOUT: the last lines
+# say which). Needs root. tests/kernels/matrix.py runs the suite with it.
 set -euo pipefail
 
 say() { echo "vm: $*" >&2; }
@@ -40,6 +49,10 @@ WORK=${WORK:-/var/tmp/enforcer-vm/$KVER}
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
 RESULTS=${RESULTS:-}
 MEM=${MEM:-4096}
+CONSOLE=${CONSOLE:-$WORK/console.log}
+VM_TIMEOUT=${VM_TIMEOUT:-3600}
+# softlockup after 2 x watchdog_thresh; panic_print=1: every task's state and stack.
+WATCHDOG_ARGS="watchdog_thresh=20 softlockup_panic=1 softlockup_all_cpu_backtrace=1 hung_task_panic=1 panic_print=1"
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
@@ -105,6 +118,7 @@ mount -t bpf bpf \$R/sys/fs/bpf
 mount -t tracefs tracefs \$R/sys/kernel/tracing
 mount -t cgroup2 cgroup2 \$R/sys/fs/cgroup
 mount -t tmpfs tmpfs \$R/run   # not /tmp: the checkout may be there (the overlay makes it writable)
+echo 300 > /proc/sys/kernel/hung_task_timeout_secs
 $mount_results
 mkdir -p \$R/lib/modules/$KVER
 ln -sfn /usr/src/linux-headers-$KVER \$R/lib/modules/$KVER/build
@@ -123,13 +137,27 @@ EOF
 chmod +x "$INITRD/init"
 (cd "$INITRD" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.img"
 
-say "booting $KVER (lsm=$LSM) under qemu (TCG)"
-qemu-system-x86_64 -accel tcg -m "$MEM" -smp 2 -nographic -no-reboot \
+say "booting $KVER (lsm=$LSM) under qemu (TCG), at most ${VM_TIMEOUT} s"
+mkdir -p "$(dirname "$CONSOLE")"
+# panic=-1 + -no-reboot: a panicking guest ends qemu at once.
+set +e
+timeout -s KILL "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m "$MEM" -smp 2 -nographic -no-reboot \
     -kernel "$WORK/root/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.img" \
-    -append "console=ttyS0 quiet $lsm_param panic=-1" \
+    -append "console=ttyS0 quiet $lsm_param panic=-1 $WATCHDOG_ARGS ${KERNEL_ARGS:-}" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     "${results_share[@]}" \
-    | tee "$WORK/console.log"
-status=$(grep -a -o 'ENFORCER_VM_EXIT=[0-9]*' "$WORK/console.log" | tail -1 | cut -d= -f2)
-[ -n "$status" ] || { say "the VM did not report an exit status"; exit 1; }
+    | tee "$CONSOLE"
+qemu_status=${PIPESTATUS[0]}
+set -e
+status=$(grep -a -o 'ENFORCER_VM_EXIT=[0-9]*' "$CONSOLE" | tail -1 | cut -d= -f2 || true)
+if [ -z "$status" ]; then
+    if [ "$qemu_status" = 137 ]; then
+        say "the VM was killed after ${VM_TIMEOUT} s (VM_TIMEOUT) before its command ended"
+    elif panic=$(grep -a -m1 'Kernel panic' "$CONSOLE"); then
+        say "the guest kernel panicked: ${panic#*] }"
+    else
+        say "the VM ended (qemu exit $qemu_status) without reporting the command's exit status"
+    fi
+    exit 1
+fi
 exit "$status"
