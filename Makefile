@@ -13,8 +13,11 @@ bootstrap:
 demo: bootstrap
 	$(PY) -m enforcer.demo
 
+# Each test has a time limit (pyproject.toml); the whole first run has one too,
+# for a test stuck where no signal reaches it: ^C after 20 minutes prints where.
 test: bootstrap check
-	$(PY) -m pytest --require-bpf -m "not kernel" tests
+	timeout --signal=INT --kill-after=60 20m $(PY) -m pytest --require-bpf -m "not kernel" tests \
+	    || { s=$$?; [ $$s -ne 124 ] || echo "make test: the tests ran over 20 minutes and were stopped as hung"; exit $$s; }
 	$(MAKE) test-kernels
 
 # The tests whose outcome depends on the kernel (marked `kernel`), on this
