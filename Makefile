@@ -5,7 +5,7 @@
 #                 on the kernel, then test-kernels
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test test-kernels check unit bench clean
+.PHONY: bootstrap demo test test-kernels check unit bench soak clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -35,6 +35,12 @@ unit: bootstrap
 
 bench: bootstrap
 	$(PY) -m bench.run
+
+# Not CI: 30 minutes of churn, floods and take-overs on this kernel; fails on
+# a leak (programs, maps, links, pins, cgroups, fds), a growing daemon, a gap
+# or a kernel lockup report (bench/soak.py; SOAK_MINUTES=M to change).
+soak: bootstrap
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf .venv enforcer/v1/*_pb2*.py enforcer/v1/*_pb2*.pyi
