@@ -17,6 +17,7 @@
 #   CONSOLE=FILE            where the console is kept too (default $WORK/console.log)
 #   VM_TIMEOUT=SECONDS      the VM is killed after this long (default 3600)
 #   KERNEL_ARGS=...         more kernel parameters
+#   ACCEL=..., SMP=N        qemu's -accel and -smp (default tcg,thread=single and 2)
 #
 # The guest's lockup detectors end the run: a CPU stuck in the kernel for 40 s
 # (soft lockup) or a task blocked for 5 minutes (hung task) panics the guest
@@ -49,6 +50,13 @@ WORK=${WORK:-/var/tmp/enforcer-vm/$KVER}
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
 RESULTS=${RESULTS:-}
 MEM=${MEM:-4096}
+# Single-threaded TCG: both vCPUs take turns on one host thread. qemu 7.2's
+# multi-threaded TCG livelocks the vCPUs that run a function while the kernel
+# patches its entry (text_poke_bp: BPF trampolines, ftrace, static keys): soft
+# lockup at the patch site, with or without BPF (text_poke_stress.sh). That
+# hung this VM in the restart test (issue 14). ACCEL=tcg brings it back.
+ACCEL=${ACCEL:-tcg,thread=single}
+SMP=${SMP:-2}
 CONSOLE=${CONSOLE:-$WORK/console.log}
 VM_TIMEOUT=${VM_TIMEOUT:-3600}
 # softlockup after 2 x watchdog_thresh; panic_print=1: every task's state and stack.
@@ -137,11 +145,11 @@ EOF
 chmod +x "$INITRD/init"
 (cd "$INITRD" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.img"
 
-say "booting $KVER (lsm=$LSM) under qemu (TCG), at most ${VM_TIMEOUT} s"
+say "booting $KVER (lsm=$LSM) under qemu ($ACCEL, $SMP vCPUs), at most ${VM_TIMEOUT} s"
 mkdir -p "$(dirname "$CONSOLE")"
 # panic=-1 + -no-reboot: a panicking guest ends qemu at once.
 set +e
-timeout -s KILL "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m "$MEM" -smp 2 -nographic -no-reboot \
+timeout -s KILL "$VM_TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -m "$MEM" -smp "$SMP" -nographic -no-reboot \
     -kernel "$WORK/root/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.img" \
     -append "console=ttyS0 quiet $lsm_param panic=-1 $WATCHDOG_ARGS ${KERNEL_ARGS:-}" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
