@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 from enforcer.kernel.guard import lsm_list
 
@@ -19,7 +20,9 @@ FEATURES = {
     "bpf_lsm": "BPF-LSM programs load and attach",
     "no_bpf_lsm": "the kernel does not enable BPF-LSM",
     "io_uring_socket": "io_uring makes sockets (IORING_OP_SOCKET, Linux 5.19; io_uring not disabled)",
+    "code_patching": "ftrace patches a chosen function's entry (the function tracer with a filter)",
 }
+TRACING = Path("/sys/kernel/tracing")
 
 
 def declared() -> set[str]:
@@ -62,12 +65,25 @@ def _io_uring_socket() -> str | None:
     return None
 
 
+@functools.cache
+def _code_patching() -> str | None:
+    try:
+        if "function" not in (TRACING / "available_tracers").read_text().split():
+            return "this kernel has no function tracer"
+        (TRACING / "set_ftrace_filter").write_text("")  # clears the filter: what the tests leave anyway
+    except OSError as exc:
+        return f"ftrace cannot patch here: {exc}"
+    return None
+
+
 def missing(feature: str) -> str | None:
     """None if this kernel offers ``feature``, else why not."""
     if feature == "io_uring_socket":
         return _io_uring_socket()
     if feature == "bpf_lsm":
         return _bpf_lsm_loads()
+    if feature == "code_patching":
+        return _code_patching()
     if feature == "no_bpf_lsm":
         return None if _bpf_lsm_loads() else "this kernel enables BPF-LSM"
     raise ValueError(f"unknown kernel feature {feature!r}; known: {sorted(FEATURES)}")

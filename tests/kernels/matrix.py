@@ -51,7 +51,7 @@ KERNELS = (
     # its CONFIG_LSM lists bpf (with AppArmor, Yama, Landlock, TOMOYO), so stock
     # Debian 12 hosts get the BPF-LSM mode. Emulation (TCG) is ~10x slower.
     Kernel("debian-6.1-bpf-lsm", "Debian 12's 6.1 kernel with its own LSMs (bpf among them), under qemu",
-           vm=True, lsm="default", offers=("bpf_lsm", "io_uring_socket"), slowdown=10.0,
+           vm=True, lsm="default", offers=("bpf_lsm", "io_uring_socket", "code_patching"), slowdown=10.0,
            test_timeout=600, run_timeout=50 * 60),
 )
 
