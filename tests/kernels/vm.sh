@@ -22,7 +22,8 @@
 # The guest's lockup detectors end the run: a CPU stuck in the kernel for 40 s
 # (soft lockup) or a task blocked for 5 minutes (hung task) panics the guest
 # after printing every CPU's and every task's stack, so a hung kernel costs
-# about a minute, not the CI's 90. (rcu stall warnings are printed, not fatal.)
+# about a minute, not the CI's 90. (An RCU stall warning does not stop the
+# guest; the kernel matrix still counts it as a failure.)
 #
 # Prints the VM's console; exits with the command's exit status, 1 if the VM
 # never reported one (it panicked, it was killed at VM_TIMEOUT: the last lines

@@ -21,7 +21,7 @@ from tests.kernels.progress import FINISHED, STARTED
 
 # What a kernel prints when it is stuck (the first line of each report).
 # Any of them fails the kernel's run, even if every test passed.
-TROUBLE = re.compile(r"BUG: |detected stalls|blocked for more than \d+ seconds|Kernel panic|Oops|"
+TROUBLE = re.compile(r"BUG: |detected stall|blocked for more than \d+ seconds|Kernel panic|Oops|"
                      r"general protection fault")
 KEEP_LINES = 60  # of each report: the message and its stacks
 
