@@ -22,7 +22,7 @@ test: bootstrap check
 
 # The tests whose outcome depends on the kernel (marked `kernel`), on this
 # machine's kernel and on Debian's 6.1 with BPF-LSM under qemu, with a report
-# per kernel (tests/kernels/matrix.py; about 30 minutes).
+# per kernel (tests/kernels/matrix.py; about 20 minutes).
 test-kernels: bootstrap
 	$(PY) -m tests.kernels.matrix
 
