@@ -52,7 +52,7 @@ KERNELS = (
     # Debian 12 hosts get the BPF-LSM mode. Emulation (TCG) is ~10x slower.
     Kernel("debian-6.1-bpf-lsm", "Debian 12's 6.1 kernel with its own LSMs (bpf among them), under qemu",
            vm=True, lsm="default", offers=("bpf_lsm", "io_uring_socket", "code_patching"), slowdown=10.0,
-           test_timeout=600, run_timeout=50 * 60),
+           test_timeout=600, run_timeout=40 * 60),
 )
 
 
@@ -87,8 +87,10 @@ def run(kernel: Kernel, out: Path, extra: list[str]) -> report.KernelRun:
     outcome = watch.run_watched(command, env, REPO, progress, kernel.stall_timeout, kernel.run_timeout)
     if outcome.hang:
         print(f"== {kernel.name}: {outcome.hang}", flush=True)
-    kernel_log = (console.read_text(errors="replace") if console.exists() else "") if kernel.vm \
-        else watch.new_lines(host_log, watch.host_kernel_log())
+    if kernel.vm:  # what the guest kernel said: its console
+        kernel_log = console.read_text(errors="replace") if console.exists() else ""
+    else:          # what this kernel said during the run
+        kernel_log = watch.new_lines(host_log, watch.host_kernel_log())
     run = report.read(kernel.name, junit, outcome.status, time.monotonic() - started)
     run.hang = outcome.hang
     run.running = watch.running_test(progress)
