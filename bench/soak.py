@@ -15,7 +15,7 @@ the same point of the cycle, judged per daemon. Ends with a table; exits 1 on
 a leak, a refused call that got through, a miscount, or a lockup/stall in the
 kernel log.
 
-    python -m bench.soak [--minutes M]
+    python -m bench.soak [--minutes M] [--restart-every CYCLES]
 
 Only loopback is ever addressed (127.0.0.1, where the policy refuses)."""
 
@@ -101,6 +101,11 @@ def probe(cgroup: Path, op: dict, timeout: float = 600) -> list[str]:
     return list(json.loads(done.stdout))
 
 
+def refused_connects(**repeat: object) -> dict:
+    """The probe op every refusal of the soak is made of: a loopback connect no rule allows."""
+    return {"op": "connect", "proto": "tcp", "addr": LOOPBACK, "port": REFUSED_PORT, **repeat}
+
+
 def policy(sandbox: str, cgroup: Path, port: int) -> dict:
     return {"sandbox": sandbox, "target": {"cgroup": str(cgroup)},
             "network": {"default": "deny", "allow": [{"to": LOOPBACK, "ports": [port]}]}}
@@ -113,8 +118,7 @@ class Background:
     def __init__(self, cgroup: Path, workdir: Path, seconds: float) -> None:
         self.stop_file = workdir / "background-stop"
         self.result: list[str] = []
-        op = {"op": "connect", "proto": "tcp", "addr": LOOPBACK, "port": REFUSED_PORT,
-              "repeat": 10**9, "until": str(self.stop_file)}
+        op = refused_connects(repeat=10**9, until=str(self.stop_file))
         self.thread = threading.Thread(target=lambda: self.result.extend(probe(cgroup, op, seconds + 600)))
         self.thread.start()
 
@@ -138,8 +142,7 @@ def flood(proc: DaemonProcess, cgroup: Path) -> str | None:
     """A problem, or None: every refusal refused and counted once."""
     with proc.client() as enf:
         before = enf.stats("flood").connect.refused
-    result = probe(cgroup, {"op": "connect", "proto": "tcp", "addr": LOOPBACK, "port": REFUSED_PORT,
-                            "repeat": FLOOD})
+    result = probe(cgroup, refused_connects(repeat=FLOOD))
     with proc.client() as enf:
         counted = enf.stats("flood").connect.refused - before
     if result != [f"EPERM*{FLOOD}"] or counted != FLOOD:
