@@ -61,9 +61,13 @@ class AuditFile:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._size = os.fstat(self._fd).st_size
 
-    def resume_point(self) -> tuple[int, int]:
-        """(last seq, last ring position) recorded, from the end of the newest
-        file that has a denial: where a restarted daemon carries on."""
+    def resume_point(self, ring: str) -> tuple[int, int]:
+        """(last seq, last position of ``ring`` recorded), from the end of the
+        newest files that have them: where a restarted daemon carries on. A
+        position recorded from another ring (one an uninstall removed, or
+        another daemon's) says nothing about this one: -1 then, and the
+        successor records again what it finds (a duplicate, never a loss)."""
+        seq, ring_pos = 0, -1
         for path in (self.path, self.rotated(1)):
             try:
                 with open(path, "rb") as f:
@@ -71,7 +75,6 @@ class AuditFile:
                     tail = f.read()
             except OSError:
                 continue
-            seq, ring_pos = 0, -1
             for line in reversed(tail.splitlines()):
                 try:
                     record = json.loads(line)
@@ -81,13 +84,14 @@ class AuditFile:
                     continue
                 if not seq and isinstance(record.get("seq"), int):
                     seq = record["seq"]
-                if ring_pos < 0 and isinstance(record.get("ring_pos"), int) and record["ring_pos"] >= 0:
-                    ring_pos = record["ring_pos"]
+                position = record.get("ring_pos")
+                if ring_pos < 0 and record.get("ring") == ring and isinstance(position, int) and position >= 0:
+                    ring_pos = position
                 if seq and ring_pos >= 0:
-                    break
+                    return seq, ring_pos
             if seq:
                 return seq, ring_pos
-        return 0, -1
+        return seq, ring_pos
 
     def rotated(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index}")

@@ -65,6 +65,8 @@ _DNS_REASONS = {DNS_NOT_ALLOWED: pb.DNS_REASON_NOT_ALLOWED, DNS_DENIED: pb.DNS_R
 
 
 class EventSource(Protocol):
+    identity: str  # which ring buffer: its positions mean nothing for another
+
     def read(self, limit: int) -> list[RingRecord]: ...
     def commit(self, before: int | None = None) -> None: ...
     def wait(self, timeout_ms: int) -> None: ...
@@ -98,8 +100,8 @@ class DenialPipeline:
     def __init__(self, source: EventSource, store: PolicyStore, retention: int = 65536,
                  escalations: EscalationHandler | None = None, next_seq: int = 1,
                  recorded_through: int = -1) -> None:
-        """``next_seq`` and ``recorded_through`` (the last ring position in the
-        audit log) carry on from an earlier daemon's audit log."""
+        """``next_seq`` and ``recorded_through`` (the last position of this
+        ring buffer in the audit log) carry on from an earlier daemon's audit log."""
         self._source = source
         self._escalations = escalations
         self._last_escalation_poll = 0.0
@@ -163,6 +165,9 @@ class DenialPipeline:
                 if records[0].position <= self._recorded_through:
                     # An earlier daemon wrote these down and was stopped before giving them back.
                     records = [r for r in records if r.position > self._recorded_through]
+                    if not records:
+                        self._source.commit()
+                        continue
                 # In chunks, each given back to the kernel once recorded: the ring
                 # buffer's room is not held for a whole batch, nor its first events.
                 for start in range(0, len(records), PUBLISH_CHUNK):
@@ -210,6 +215,7 @@ class DenialPipeline:
         # first: an event a subscriber sees is already recorded.
         for seq, event in enumerate(events, self._next_seq):
             event.seq = seq
+        ring = self._source.identity if positions else ""  # denials the forwarder decided have no ring
         for denial, info, event, position in zip(denials, infos, events, positions or [-1] * len(events),
                                                  strict=True):
             detail = denial.detail
@@ -218,9 +224,9 @@ class DenialPipeline:
                 audit.info("denial", seq=event.seq, sandbox=event.sandbox, labels=info.label_map if info else {},
                            kind=_KIND_NAMES[denial.kind], action=_ACTION_NAMES.get(denial.action, ""),
                            pid=denial.tgid, comm=denial.comm, address=detail.address, port=detail.port,
-                           protocol=detail.protocol, time_unix_ns=event.time_unix_ns, ring_pos=position)
+                           protocol=detail.protocol, time_unix_ns=event.time_unix_ns, ring=ring, ring_pos=position)
             else:
-                audit.info("denial", **_audit_fields(event), ring_pos=position)
+                audit.info("denial", **_audit_fields(event), ring=ring, ring_pos=position)
         with self._cond:
             self._retained.extend(events)
             self._next_seq += len(events)

@@ -162,10 +162,11 @@ def run_daemon(config: DaemonConfig) -> int:
     except (StateError, KernelError, PinError) as exc:
         raise StartupError(str(exc)) from exc
     enforcement = Enforcement(guard, state, events_per_sec=config.events_per_sec)
-    last_seq, last_ring_pos = audit_log.resume_point()
+    ring = guard.events_ring()
+    last_seq, last_ring_pos = audit_log.resume_point(ring.identity)
     # The ring buffer is the adopted one: whatever the old build reported while no
     # daemon ran is in it, drained once the restored store can name its sandboxes.
-    pipeline = DenialPipeline(guard.events_ring(), enforcement.store, retention=config.retention,
+    pipeline = DenialPipeline(ring, enforcement.store, retention=config.retention,
                               escalations=enforcement, next_seq=last_seq + 1,
                               recorded_through=last_ring_pos if guard.adopted else -1)
     enforcement.dns.report_to(pipeline.submit_dns)

@@ -38,6 +38,7 @@ CGROUP_PROGRAMS = {  # name -> (program type, attach type)
 ATTACH_TYPES = {name: attach for name, (_, attach) in CGROUP_PROGRAMS.items()}
 SOURCE = layout.BPF_DIR / "enforcer.bpf.c"
 LSM_LIST = Path("/sys/kernel/security/lsm")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 
@@ -448,7 +449,7 @@ class SandboxGuard:
         attached list, links by their pins."""
         rows = []
         for fn, attach_type in self._programs:
-            prog_id = self.pins.bpf.prog_id(fn.fd)
+            prog_id = self.pins.bpf.object_id(fn.fd)
             attached = expected = 0
             for fd in self._attached.values():
                 try:
@@ -541,7 +542,8 @@ class SandboxGuard:
     # ---- events -----------------------------------------------------------
 
     def events_ring(self) -> EventRing:
-        return EventRing(self._bpf["events"].get_fd(), layout.RINGBUF_BYTES)
+        fd = self._bpf["events"].get_fd()
+        return EventRing(fd, layout.RINGBUF_BYTES, identity=ring_identity(self.pins.bpf.object_id(fd)))
 
     def close(self) -> None:
         """Let go of the programs and maps, leaving them attached and pinned:
@@ -551,6 +553,14 @@ class SandboxGuard:
         self._attached.clear()
         self._links.clear()
         self._bpf.cleanup()
+
+
+def ring_identity(map_id: int, boot_id_path: Path = BOOT_ID) -> str:
+    """Names one ring buffer among all this host has had: the boot and the map's
+    id (ids are handed out in turn, reused only after 2^31 maps). A position in the audit
+    log means something only for the ring it was read from: after an uninstall
+    the pinned ring is a new one, counting from 0 again."""
+    return f"{boot_id_path.read_text().strip()[:8]}-{map_id}"
 
 
 def _manual_attach_bpf() -> type:  # a class made late: importing bcc loads libbcc

@@ -107,10 +107,11 @@ class _Libbpf:
     def detach(self, prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
         self._check(self.lib.bpf_prog_detach2(prog_fd, cgroup_fd, attach_type), "detaching")
 
-    def prog_id(self, prog_fd: int) -> int:
-        info = ctypes.create_string_buffer(256)  # struct bpf_prog_info: type, id, ...
+    def object_id(self, fd: int) -> int:
+        """The kernel's id of a program or map: unique among this boot's objects."""
+        info = ctypes.create_string_buffer(256)  # struct bpf_prog_info and bpf_map_info both start: type, id
         size = ctypes.c_uint32(len(info))
-        self._check(self.lib.bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)), "reading program info")
+        self._check(self.lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "reading object info")
         return int(struct.unpack_from("<I", info, 4)[0])
 
     def attached_ids(self, cgroup_fd: int, attach_type: int) -> set[int]:

@@ -42,10 +42,13 @@ class RingRecord(NamedTuple):  # a tuple: made tens of thousands of times a seco
 
 
 class EventRing:
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, identity: str = "") -> None:
+        """``identity`` names this ring (guard.ring_identity): positions are
+        only comparable between records of the same ring."""
         if size & (size - 1) or size % PAGE:
             raise ValueError(f"ring buffer size {size} is not a power-of-2 number of pages")
         self._fd = fd
+        self.identity = identity
         self._mask = size - 1
         self._consumer = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._consumer_pos = ctypes.c_uint64.from_buffer(self._consumer)  # aligned: one store per update

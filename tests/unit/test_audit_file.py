@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from enforcer.daemon.audit import AuditFile, AuditLogError
@@ -38,3 +40,25 @@ def test_bad_settings_and_unwritable_places_are_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(AuditLogError, match="cannot open the audit log"):
         AuditFile(tmp_path / "file" / "audit.jsonl")
+
+
+def test_the_resume_point_is_the_last_position_of_the_same_ring(tmp_path):
+    """A position belongs to the ring it was read from: after an uninstall the
+    pinned ring is new and counts from 0, and the old ring's higher positions
+    must not make a successor skip its records (a silent loss)."""
+    log = AuditFile(tmp_path / "audit.jsonl")
+    for seq in range(1, 4):
+        log.msg(json.dumps({"event": "denial", "seq": seq, "ring": "b00t-11", "ring_pos": 400_000 + seq * 64}))
+    log.msg(json.dumps({"event": "denial", "seq": 4, "ring": "b00t-12", "ring_pos": 0}))
+    log.msg(json.dumps({"event": "denial", "seq": 5, "ring": "", "ring_pos": -1}))  # a DNS denial: no ring
+    log.msg(json.dumps({"event": "policy_applied", "sandbox": "a"}))
+    log.close()
+    assert log.resume_point("b00t-12") == (5, 0)
+    assert log.resume_point("b00t-11") == (5, 400_192)
+    assert log.resume_point("b00t-13") == (5, -1)  # never recorded from it: record all it holds again
+
+
+def test_records_from_before_rings_were_named_resume_nothing(tmp_path):
+    (tmp_path / "audit.jsonl").write_text('{"event": "denial", "seq": 9, "ring_pos": 5000}\n')
+    assert AuditFile(tmp_path / "audit.jsonl").resume_point("b00t-1") == (9, -1)
+    assert AuditFile(tmp_path / "empty.jsonl").resume_point("b00t-1") == (0, -1)

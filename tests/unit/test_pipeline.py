@@ -22,6 +22,8 @@ from enforcer.v1 import enforcer_pb2 as pb
 class RingBufferStandIn:
     """read/commit/wait as enforcer.kernel.ringbuf.EventRing offers them."""
 
+    identity = "test-ring"
+
     def __init__(self) -> None:
         self.pending: queue.Queue[bytes] = queue.Queue()
         self.position = 0
@@ -99,6 +101,27 @@ def test_events_are_decoded_attributed_and_sequenced():
     denials = [entry for entry in logs if entry["event"] == "denial"]
     assert [(d["seq"], d["sandbox"], d["port"], d["kind"]) for d in denials] == [
         (1, "rollout-17", 3333, "DENIAL_KIND_CONNECT"), (2, "rollout-17", 22, "DENIAL_KIND_CONNECT")]
+    assert [(d["ring"], d["ring_pos"]) for d in denials] == [("test-ring", 0), ("test-ring", 1)]
+
+
+def test_records_an_earlier_daemon_wrote_down_are_skipped_and_given_back():
+    store = PolicyStore(4)
+    store.note_tag(5, "rollout-17", (("episode", "17"), ("run", "ppo-7")))
+    ring = RingBufferStandIn()
+    for port in (1, 2, 3):
+        ring.pending.put(raw_event(5, port))
+    pipeline = DenialPipeline(ring, store, recorded_through=2)  # type: ignore[arg-type]
+    pipeline.start()
+    try:
+        deadline = time.monotonic() + 5
+        while ring.committed < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ring.committed == 3  # the space is given back though nothing was new
+        ring.pending.put(raw_event(5, 4))
+        events, _ = read_all(pipeline, 1, 1)
+    finally:
+        pipeline.stop()
+    assert [(e.seq, e.destination.port) for e in events] == [(1, 4)]
 
 
 def test_exec_and_device_denials_carry_their_details():
