@@ -65,14 +65,7 @@ def resolve_target(target: Target, mount: Path | None = None) -> Cgroup:
     mount = mount or cgroup2_mount()
     where = f"target.{target.kind.value}"
     if target.kind is TargetKind.CGROUP:
-        path = Path(target.value)
-        if not path.is_absolute():
-            path = mount / path
-        elif not _within(Path(os.path.realpath(path)), mount):
-            # An absolute path written as if cgroup2 were at /sys/fs/cgroup also works.
-            relative = _relative_to_any_cgroup_root(path)
-            if relative is not None:
-                path = mount / relative
+        path = _cgroup_path(target.value, mount)
         if not path.exists():
             raise PolicyError(where, f"cgroup {target.value} does not exist")
     elif target.kind is TargetKind.PID:
@@ -86,6 +79,46 @@ def resolve_target(target: Target, mount: Path | None = None) -> Cgroup:
     if cgroup.level == 0:
         raise PolicyError(where, "the root cgroup cannot be a sandbox (it holds the whole host)")
     return cgroup
+
+
+def _cgroup_path(value: str, mount: Path) -> Path:
+    path = Path(value)
+    if not path.is_absolute():
+        return mount / path
+    if not _within(Path(os.path.realpath(path)), mount):
+        # An absolute path written as if cgroup2 were at /sys/fs/cgroup also works.
+        relative = _relative_to_any_cgroup_root(path)
+        if relative is not None:
+            return mount / relative
+    return path
+
+
+def create_target_cgroup(target: Target, mount: Path) -> list[Path]:
+    """Make the cgroup a ``create: true`` target names, and its missing parents.
+    Returns the directories made, outermost first (what undoing removes)."""
+    where = "target.cgroup"
+    path = _cgroup_path(target.value, mount)
+    if not _within(path, mount) or path == mount:
+        raise PolicyError(where, f"{target.value} is not below the cgroup2 mount {mount}: it cannot be created")
+    missing = [p for p in [path, *path.parents] if _within(p, mount) and not p.exists()]
+    made: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            directory.mkdir()
+            made.append(directory)
+    except OSError as exc:
+        remove_created(made)
+        raise PolicyError(where, f"cannot create cgroup {directory}: {exc.strerror}") from exc
+    return made
+
+
+def remove_created(made: list[Path]) -> None:
+    """Undo create_target_cgroup, innermost first; what is in use stays."""
+    for directory in reversed(made):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _relative_to_any_cgroup_root(path: Path) -> Path | None:

@@ -40,6 +40,7 @@ def policy_to_proto(policy: Policy) -> pb.Policy:
         msg.target.pid = int(policy.target.value)
     elif policy.target.kind is TargetKind.CGROUP:
         msg.target.cgroup = policy.target.value
+        msg.target.create = policy.target.create
     else:
         msg.target.container = policy.target.value
     msg.labels.update(policy.labels)
@@ -100,6 +101,8 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
     kind = msg.target.WhichOneof("kind")
     if kind is not None:
         doc["target"] = {kind: getattr(msg.target, kind)}
+    if msg.target.create:
+        doc.setdefault("target", {})["create"] = True
     doc["mode"] = _MODE_NAMES.get(msg.mode, f"<enum value {msg.mode}>")
     if msg.HasField("network"):
         doc["network"] = {

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from enforcer.cgroupfs import Cgroup, cgroup2_mount, resolve_target, write_control
+from enforcer.cgroupfs import (
+    Cgroup,
+    cgroup2_mount,
+    create_target_cgroup,
+    remove_created,
+    resolve_target,
+    write_control,
+)
 from enforcer.daemon.dns import DnsChange, DnsForwarder
 from enforcer.daemon.state import StateDir
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
@@ -125,9 +132,18 @@ class Enforcement:
         made here when not given; ``cgroup``: already resolved (a restored sandbox
         keeps its cgroup); ``still_wanted``: asked just before the switch, so a
         caller that gave up (deadline, cancel) does not get a policy it was told
-        failed (CallerGone, nothing applied)."""
+        failed (CallerGone, nothing applied). A ``create: true`` target's cgroup
+        is made first, and removed again if the apply fails."""
+        made = create_target_cgroup(policy.target, self._mount) if cgroup is None and policy.target.create else []
+        try:
+            return self._apply(policy, wire, cgroup or resolve_target(policy.target, self._mount), still_wanted)
+        except BaseException:
+            remove_created(made)
+            raise
+
+    def _apply(self, policy: Policy, wire: tuple[bytes, str] | None, cgroup: Cgroup,
+               still_wanted: Callable[[], bool] | None) -> ApplyResult:
         started = time.perf_counter()
-        cgroup = cgroup or resolve_target(policy.target, self._mount)
         # Both may refuse the policy: before any change.
         compiled = encode.compile_prefixes(policy.network)
         compiled_exec = exec_rules.compile_exec(policy.exec) if policy.exec is not None else None
@@ -216,6 +232,13 @@ class Enforcement:
         self._store.release_slot(record.slot)
         if self._state:  # after the kernel: killed in between, the next daemon guards it again (fail closed)
             self._state.delete(sandbox)
+        if record.policy.target.create:
+            try:
+                record.cgroup.path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # containers still run in it: theirs to end, no longer guarded
+                log.warning("created_cgroup_kept", sandbox=sandbox, cgroup=str(record.cgroup.path), error=exc.strerror)
         return record
 
     def _save(self, record: SandboxRecord) -> None:
@@ -378,13 +401,17 @@ class Enforcement:
         any of it, so the sandbox is never unguarded. Rule entries of no live
         generation (an apply cut short) are deleted."""
         kernel = self._guard.kernel_sandboxes() if self._guard.adopted else {}
-        reapply = []
+        reapply: list[SandboxRecord] = []
+        recreate: list[SandboxRecord] = []  # a created cgroup that is gone (a reboot): made and guarded again
         with self._lock:
             for record in saved:
                 if not record.cgroup.still_exists():
-                    log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
                     self._guard.forget_sandbox(record.cgroup.id)
                     kernel.pop(record.cgroup.id, None)
+                    if record.policy.target.create:
+                        recreate.append(record)
+                        continue
+                    log.info("vanished_sandbox_dropped", sandbox=record.policy.sandbox, cgroup=str(record.cgroup.path))
                     if self._state:
                         self._state.delete(record.policy.sandbox)
                     continue
@@ -405,17 +432,19 @@ class Enforcement:
                 else:
                     self._guard.delete_rules(keys)
             self._restore_forwarders({r.policy.sandbox for r in reapply})
-        for record in reapply:
+        cut_short = "the kernel's entry differs from the saved policy (a change was cut short)"
+        gone = "the cgroup it created was gone (a reboot): created again"
+        for record, why in [*((r, cut_short) for r in reapply), *((r, gone) for r in recreate)]:
             try:
-                self.apply(record.policy, (record.policy_wire, record.policy_sha256), cgroup=record.cgroup)
+                self.apply(record.policy, (record.policy_wire, record.policy_sha256),
+                           cgroup=record.cgroup if why is cut_short else None)
             except Exception as exc:
                 log.error("sandbox_restore_failed", sandbox=record.policy.sandbox, error=str(exc),
                           guarded=self._store.find(record.policy.sandbox) is not None)
                 continue
-            log.warning("sandbox_reapplied", sandbox=record.policy.sandbox,
-                        why="the kernel's entry differs from the saved policy (a change was cut short)")
+            log.warning("sandbox_reapplied", sandbox=record.policy.sandbox, why=why)
         self.dns.forget_stale_forwarders()
-        log.info("state_restored", sandboxes=len(self._store.all()), reapplied=len(reapply))
+        log.info("state_restored", sandboxes=len(self._store.all()), reapplied=len(reapply) + len(recreate))
 
     def _restore_forwarders(self, reapplied: set[str]) -> None:
         """The earlier daemon's forwarders died with it: listen again for the

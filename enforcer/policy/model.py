@@ -36,6 +36,11 @@ class TargetKind(enum.Enum):
 class Target:
     kind: TargetKind
     value: str  # a cgroup path, a pid in decimal, or a container id
+    # With a cgroup: the daemon makes it if it does not exist, and removes it
+    # with the policy once nothing is left in it. A container runtime then
+    # starts containers inside it (docker run --cgroup-parent), guarded from
+    # their first instruction.
+    create: bool = False
 
     def describe(self) -> str:
         return f"{self.kind.value} {self.value}"

@@ -209,7 +209,10 @@ def _parse_target(value: Any, path: str) -> Target:
     if value is None:
         raise PolicyError(path, "is required (one of: cgroup, pid, container)")
     _require_mapping(value, path, "a target")
-    _refuse_unknown(value, [k.value for k in TargetKind], path)
+    _refuse_unknown(value, [*(k.value for k in TargetKind), "create"], path)
+    create = value.get("create", False)
+    if not isinstance(create, bool):
+        raise PolicyError(f"{path}.create", f"must be true or false, got {create!r}")
     given = [k for k in TargetKind if k.value in value]
     if len(given) != 1:
         raise PolicyError(
@@ -220,6 +223,8 @@ def _parse_target(value: Any, path: str) -> Target:
     kind = given[0]
     raw = value[kind.value]
     where = f"{path}.{kind.value}"
+    if create and kind is not TargetKind.CGROUP:
+        raise PolicyError(f"{path}.create", f"applies to a cgroup target only (this one is a {kind.value})")
     if kind is TargetKind.PID:
         if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= PID_MAX_LIMIT:
             raise PolicyError(where, f"must be a process id (1-{PID_MAX_LIMIT}), got {raw!r}")
@@ -230,7 +235,9 @@ def _parse_target(value: Any, path: str) -> Target:
         raise PolicyError(where, f"{raw!r} is not a container id (12 to 64 lowercase hex digits)")
     if kind is TargetKind.CGROUP and "\0" in raw:
         raise PolicyError(where, "must not contain NUL")
-    return Target(kind, raw)
+    if create and ".." in Path(raw).parts:
+        raise PolicyError(where, "must not contain '..' when the daemon is to create it")
+    return Target(kind, raw, create=create)
 
 
 def parse_labels(value: Any, path: str = "labels") -> tuple[tuple[str, str], ...]:

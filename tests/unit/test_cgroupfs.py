@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.cgroupfs import CgroupError, cgroup2_mount, find_container_cgroup
-from enforcer.policy import PolicyError
+from enforcer.cgroupfs import CgroupError, cgroup2_mount, create_target_cgroup, find_container_cgroup, remove_created
+from enforcer.policy import PolicyError, Target, TargetKind
 
 CID = "0123456789abcdef" * 4
 
@@ -47,3 +47,21 @@ def test_unknown_and_ambiguous_container_ids(tmp_path):
     (tmp_path / "docker" / (CID[:12] + "f" * 52)).mkdir()
     with pytest.raises(PolicyError, match="ambiguous"):
         find_container_cgroup(CID[:12], tmp_path)
+
+
+def test_a_created_target_makes_what_is_missing_and_undoes_only_that(tmp_path):
+    (tmp_path / "rollouts").mkdir()
+    made = create_target_cgroup(Target(TargetKind.CGROUP, "rollouts/ppo/17", create=True), tmp_path)
+    assert made == [tmp_path / "rollouts/ppo", tmp_path / "rollouts/ppo/17"] and made[-1].is_dir()
+    assert create_target_cgroup(Target(TargetKind.CGROUP, str(tmp_path / "rollouts/ppo/17"), create=True),
+                                tmp_path) == []  # there already
+    remove_created(made)
+    assert [p.name for p in tmp_path.iterdir()] == ["rollouts"] and not any((tmp_path / "rollouts").iterdir())
+
+
+def test_a_created_target_stays_below_the_mount(tmp_path):
+    with pytest.raises(PolicyError, match=r"target\.cgroup: /elsewhere/x is not below the cgroup2 mount"):
+        create_target_cgroup(Target(TargetKind.CGROUP, "/elsewhere/x", create=True), tmp_path / "mount")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PolicyError, match="cannot create cgroup"):
+        create_target_cgroup(Target(TargetKind.CGROUP, "file/x", create=True), tmp_path)

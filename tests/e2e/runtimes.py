@@ -1,0 +1,185 @@
+"""Real container runtimes for the tests: Docker (docker.io, runc) and Podman
+(podman, crun) from the distro, each run privately for the test session, and a
+test image built from the distro's busybox-static (no registry is reachable).
+
+Docker gets its own dockerd (socket, data root, exec root, pid file under
+/run and /var/lib ``enforcer-test-docker``), with no default bridge and no
+iptables or forwarding changes; containers run with ``--network none`` (their
+own loopback only). Podman gets its own storage root. An operator's own Docker
+or Podman, if any, is not touched.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE = "enforcer-test/busybox:1"
+DOCKER_DIR = Path("/run/enforcer-test-docker")
+DOCKER_DATA = Path("/var/lib/enforcer-test-docker")
+PODMAN_ROOT = Path("/var/lib/enforcer-test-podman")
+PODMAN_RUNROOT = Path("/run/enforcer-test-podman")
+BUSYBOX = Path("/bin/busybox")  # busybox-static: one static binary, no loader or libraries needed
+PACKAGES = {"docker": ["docker.io", "runc", "busybox-static"], "podman": ["podman", "crun", "busybox-static"]}
+
+
+class RuntimeUnavailable(RuntimeError):
+    pass
+
+
+def _installed(package: str) -> bool:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return "ok installed" in done.stdout
+
+
+def ensure_packages(packages: list[str]) -> None:
+    """apt-get install what is missing (the distro's packages; as vm.sh does for qemu)."""
+    missing = [p for p in packages if not _installed(p)]
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # No init system starts services here; policy-rc.d keeps the packages' scripts from trying.
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        done = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                              capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
+            done = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                                  capture_output=True, text=True, env=env, timeout=900)
+    finally:
+        if made_policy:
+            policy.unlink()
+    if done.returncode != 0:
+        raise RuntimeUnavailable(f"apt-get install {' '.join(missing)} failed:\n{done.stderr[-2000:]}")
+
+
+def busybox_rootfs_tar() -> bytes:
+    """A root filesystem of one static busybox and its applets as symlinks, as a tar."""
+    applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "tmp", "etc", "proc", "sys", "dev", "root"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(str(BUSYBOX), arcname="bin/busybox")
+        for applet in applets:
+            name = applet.lstrip("/")
+            if name == "bin/busybox":
+                continue
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, "/bin/busybox"
+            tar.addfile(info)
+        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", "root:x:0:\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclass
+class Runtime:
+    """One runtime's CLI with the options that point it at the private instance."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True,
+            stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*self.argv, *args], capture_output=True, timeout=timeout, input=stdin,
+                              env={**os.environ, **self.env})
+        result = subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
+                                             done.stderr.decode(errors="replace"))
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{' '.join(result.args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        return result
+
+    def import_image(self) -> None:
+        if self.run("image", "inspect", IMAGE, check=False).returncode == 0:
+            return
+        self.run("import", "-", IMAGE, stdin=busybox_rootfs_tar())
+
+    def init_pid(self, container: str) -> int:
+        return int(self.run("inspect", "--format", "{{.State.Pid}}", container).stdout.strip())
+
+
+class DockerDaemon:
+    def __init__(self) -> None:
+        self.socket = DOCKER_DIR / "docker.sock"
+        self.log = DOCKER_DIR / "dockerd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        # The distro's client, not whatever else is first on PATH.
+        self.cli = Runtime("docker", ["/usr/bin/docker", "--host", f"unix://{self.socket}"])
+
+    def start(self, timeout: float = 60) -> Runtime:
+        ensure_packages(PACKAGES["docker"])
+        DOCKER_DIR.mkdir(parents=True, exist_ok=True)
+        if self.cli.run("version", check=False, timeout=10).returncode == 0:
+            return self.cli  # left running by an earlier session: reuse it
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/dockerd", "--host", f"unix://{self.socket}", "--data-root", str(DOCKER_DATA),
+                 "--exec-root", str(DOCKER_DIR / "exec"), "--pidfile", str(DOCKER_DIR / "dockerd.pid"),
+                 "--bridge", "none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
+                 "--exec-opt", "native.cgroupdriver=cgroupfs", "--storage-driver", "overlay2"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self.cli.run("version", check=False, timeout=10).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeUnavailable(f"dockerd did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        return self.cli
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def podman_oci_runtime(mount: Path) -> tuple[str, str]:
+    """crun, the runtime Podman defaults to, unless this host is one crun 1.8
+    refuses: a hybrid layout whose cgroup2 hierarchy still holds a controller
+    (here: hugetlb, which has no v1 mount), "cgroups in hybrid mode not
+    supported". runc runs there (as it does for Docker). Returns the runtime
+    and why it was chosen."""
+    controllers = (mount / "cgroup.controllers").read_text().split()
+    if mount != Path("/sys/fs/cgroup") and controllers:
+        return "runc", (f"hybrid cgroups with {', '.join(controllers)} in the cgroup2 hierarchy at {mount}: "
+                        "crun refuses that layout")
+    return "crun", "the default"
+
+
+def podman(mount: Path) -> Runtime:
+    ensure_packages(PACKAGES["podman"])
+    if shutil.which("podman") is None:
+        raise RuntimeUnavailable("podman is not on PATH after installing it")
+    # As root Podman gives a container open-file and process limits the runtime
+    # may not be able to set where the caller lacks CAP_SYS_RESOURCE (as here:
+    # "setrlimit RLIMIT_NOFILE: Operation not permitted"); lowering always works.
+    PODMAN_RUNROOT.mkdir(parents=True, exist_ok=True)
+    conf = PODMAN_RUNROOT / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
+    oci_runtime, _ = podman_oci_runtime(mount)
+    return Runtime("podman", ["podman", "--root", str(PODMAN_ROOT), "--runroot", str(PODMAN_RUNROOT),
+                              "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", oci_runtime],
+                   env={"CONTAINERS_CONF": str(conf)})

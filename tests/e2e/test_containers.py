@@ -1,0 +1,141 @@
+"""Real containers: Docker and Podman containers started the way labs start them,
+under a guarded parent cgroup the daemon creates (``target: {cgroup: ...,
+create: true}`` then ``--cgroup-parent``), are held to the policy from their
+first instruction, and their refusals reach the stream with the sandbox's labels.
+
+Not marked ``kernel``: the runtimes run on this machine only (the VM kernels of
+the matrix have none); what the kernel does is covered there by the cgroup tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enforcer.cgroupfs import cgroup2_mount
+from tests.e2e.conftest import Cleanup, DaemonProcess, wait_denials
+from tests.e2e.runtimes import IMAGE, DockerDaemon, Runtime, podman, podman_oci_runtime
+
+# Inside the container (its own loopback, --network none): a listener on the
+# allowed port, then the program under test as the container's first process.
+ALLOWED_PORT, REFUSED_PORT = 8080, 9090
+NC_REFUSED = "can't connect to remote host (127.0.0.1): Operation not permitted"  # busybox nc, EPERM
+CONNECT_TWICE = (f"nc -l -p {ALLOWED_PORT} -e true & sleep 0.5; "
+                 f"nc 127.0.0.1 {ALLOWED_PORT} </dev/null && echo allowed:OK; "
+                 f"nc 127.0.0.1 {REFUSED_PORT} </dev/null 2>&1; echo refused:$?")
+
+
+@pytest.fixture(scope="session")
+def docker(session_cleanup: Cleanup) -> Runtime:
+    daemon = DockerDaemon()
+    cli = daemon.start()
+    session_cleanup.add(daemon.stop)
+    cli.import_image()
+    return cli
+
+
+@pytest.fixture(scope="session")
+def podman_cli(record_testsuite_property: Any) -> Runtime:
+    cli = podman(cgroup2_mount())
+    record_testsuite_property("podman_oci_runtime", " ".join(podman_oci_runtime(cgroup2_mount())))
+    cli.import_image()
+    return cli
+
+
+@pytest.fixture(params=["docker", "podman"])
+def runtime(request: pytest.FixtureRequest) -> Runtime:
+    return request.getfixturevalue("docker" if request.param == "docker" else "podman_cli")
+
+
+def guarded_parent(cgroup_root: Path, sandbox: str) -> tuple[Path, str]:
+    """A cgroup path the daemon is to create, and the --cgroup-parent that names it."""
+    path = cgroup_root / sandbox
+    return path, "/" + str(path.relative_to(cgroup2_mount()))
+
+
+def parent_policy(sandbox: str, path: Path, **extra: Any) -> dict[str, Any]:
+    return {"sandbox": sandbox, "target": {"cgroup": str(path), "create": True},
+            "labels": {"run": "ppo-7", "runtime": sandbox.split("-")[-1]},
+            "network": {"default": "deny", "allow": [{"to": "127.0.0.1", "ports": [ALLOWED_PORT], "protocol": "tcp"}]},
+            **extra}
+
+
+def test_a_container_under_a_guarded_parent_is_held_from_its_first_instruction(
+        client, cgroup_root, runtime: Runtime, cleanup: Cleanup):
+    sandbox = f"container-{runtime.name}"
+    path, parent = guarded_parent(cgroup_root, sandbox)
+    assert not path.exists()
+    client.apply(parent_policy(sandbox, path))
+    cleanup.add(lambda: client.remove(sandbox))
+    assert path.is_dir()  # the daemon made it
+    # The container's very first program is the refused connect.
+    first = runtime.run("run", "--rm", "--network", "none", f"--cgroup-parent={parent}", IMAGE,
+                        "nc", "127.0.0.1", str(REFUSED_PORT), check=False)
+    assert first.returncode != 0 and NC_REFUSED in first.stdout + first.stderr, first.stdout + first.stderr
+    both = runtime.run("run", "--rm", "--network", "none", f"--cgroup-parent={parent}", IMAGE, "sh", "-c", CONNECT_TWICE)
+    assert "allowed:OK" in both.stdout and NC_REFUSED in both.stdout, both.stdout + both.stderr
+    denials = wait_denials(client, sandbox, 2)
+    assert [(d.destination.address, d.destination.port) for d in denials] == [("127.0.0.1", REFUSED_PORT)] * 2
+    assert all(d.process.comm == "nc" and dict(d.labels)["runtime"] == runtime.name for d in denials)
+    stats = client.stats(sandbox)
+    assert stats.connect.refused == 2 and stats.events_lost == 0
+
+
+def test_the_container_cgroup_is_inside_the_guarded_parent(client, cgroup_root, docker: Runtime, cleanup: Cleanup):
+    """Where the runtime puts the container, read from its init's ``0::`` line."""
+    sandbox = "container-placement"
+    path, parent = guarded_parent(cgroup_root, sandbox)
+    client.apply(parent_policy(sandbox, path))
+    cleanup.add(lambda: client.remove(sandbox))
+    container = docker.run("run", "-d", "--network", "none", f"--cgroup-parent={parent}", IMAGE,
+                           "sleep", "60").stdout.strip()
+    cleanup.add(lambda: docker.run("rm", "-f", container, check=False))
+    pid = docker.init_pid(container)
+    line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if x.startswith("0::"))
+    assert cgroup2_mount() / line[3:].lstrip("/") == path / container
+
+
+def test_removing_the_policy_removes_the_cgroup_the_daemon_created(client, cgroup_root):
+    sandbox = "created-cgroup"
+    path = cgroup_root / sandbox / "nested"
+    client.apply(parent_policy(sandbox, path))
+    assert path.is_dir()
+    client.remove(sandbox)
+    assert not path.exists() and (cgroup_root / sandbox).is_dir()  # only the cgroup it names
+
+
+def test_a_created_cgroup_gone_while_no_daemon_ran_is_made_and_guarded_again(tmp_path, cgroup_root):
+    """After a reboot the cgroup is gone but the saved policy is not: a container
+    started with --cgroup-parent must not land in an unguarded cgroup that the
+    runtime makes itself."""
+    sandbox = "created-again"
+    path = cgroup_root / sandbox
+    proc = DaemonProcess(tmp_path)
+    proc.start()
+    try:
+        with proc.client() as enf:
+            enf.apply(parent_policy(sandbox, path))
+            first_id = enf.get(sandbox).cgroup_id
+        proc.stop(keep_enforcing=True)
+        path.rmdir()
+        proc.start()
+        with proc.client() as enf:
+            applied = enf.get(sandbox)
+        assert path.is_dir() and applied.cgroup_path == str(path) and applied.cgroup_id != first_id
+        assert any(e.get("event") == "sandbox_reapplied" and "created again" in e.get("why", "")
+                   for e in proc.log_events())
+    finally:
+        proc.stop()
+
+
+def test_a_failed_apply_leaves_no_created_cgroup(client, cgroup_root):
+    from enforcer.client import EnforcerError
+
+    path = cgroup_root / "never-made" / "sb"
+    # Refused by the daemon after it made the cgroup: exec entries are resolved there.
+    with pytest.raises(EnforcerError, match=r"exec.allow\[0\]: /no/such/program does not exist"):
+        client.apply(parent_policy("never-made", path, exec={"default": "deny", "allow": ["/no/such/program"]}))
+    assert not (cgroup_root / "never-made").exists()
+    assert "never-made" not in [p.policy.sandbox for p in client.list()]
