@@ -204,6 +204,19 @@ def remove_cgroup(path: Path, timeout: float = 5.0) -> None:
                 time.sleep(0.01)
 
 
+def a_process_in(cgroup: Path) -> int | None:
+    """Some process of the cgroup or below it (a container's processes share
+    its root and mounts); None when it is empty."""
+    for dirpath, _, _ in os.walk(cgroup):
+        try:
+            pids = (Path(dirpath) / "cgroup.procs").read_text().split()
+        except OSError:
+            continue
+        if pids:
+            return int(pids[0])
+    return None
+
+
 def move_pid(pid: int, cgroup: Path) -> None:
     """Move a process (0: the caller) into a cgroup."""
     (cgroup / "cgroup.procs").write_text(str(pid))

@@ -19,6 +19,7 @@ import structlog
 
 from enforcer.cgroupfs import (
     Cgroup,
+    a_process_in,
     cgroup2_mount,
     create_target_cgroup,
     remove_created,
@@ -31,7 +32,8 @@ from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore,
 from enforcer.kernel import encode, exec_rules, layout
 from enforcer.kernel.events import EscalationDetail, KernelDenial
 from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
-from enforcer.policy import EscalationAction, Mode, Policy, Verdict, parse_labels
+from enforcer.kernel.rootfs import RootFs
+from enforcer.policy import EscalationAction, Mode, Policy, PolicyError, TargetKind, Verdict, parse_labels
 from enforcer.wire import policy_wire
 
 ESCALATE_CODES = {
@@ -146,7 +148,7 @@ class Enforcement:
         started = time.perf_counter()
         # Both may refuse the policy: before any change.
         compiled = encode.compile_prefixes(policy.network)
-        compiled_exec = exec_rules.compile_exec(policy.exec) if policy.exec is not None else None
+        compiled_exec = self._compile_exec(policy, cgroup) if policy.exec is not None else None
         with self._lock:
             self._place(policy, cgroup)
             previous = self._store.find(policy.sandbox)
@@ -217,6 +219,25 @@ class Enforcement:
             replaced=previous is not None,
         )
         return ApplyResult(record, replaced=previous is not None)
+
+    @staticmethod
+    def _compile_exec(policy: Policy, cgroup: Cgroup) -> exec_rules.CompiledExec:
+        """A container's entries name the container's files: resolved inside its
+        root (that of a process in its cgroup), not the daemon's."""
+        assert policy.exec is not None
+        if policy.target.kind is not TargetKind.CONTAINER:
+            return exec_rules.compile_exec(policy.exec)
+        pid = a_process_in(cgroup.path)
+        if pid is None:
+            raise PolicyError("target.container", f"container {policy.target.value} has no process left: its files "
+                                                  "cannot be resolved (has it exited?)")
+        try:
+            rootfs = RootFs.of_process(pid)
+        except OSError as exc:
+            raise PolicyError("target.container", f"cannot open the root of container {policy.target.value} "
+                                                  f"(pid {pid}): {exc.strerror}") from exc
+        with rootfs:
+            return exec_rules.compile_exec(policy.exec, rootfs)
 
     def remove(self, sandbox: str) -> SandboxRecord:
         with self._lock:

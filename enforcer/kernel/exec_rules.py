@@ -13,6 +13,7 @@ itself: a directory entry such as ``/usr/lib/`` does not let it run.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import stat
@@ -21,10 +22,12 @@ import threading
 from dataclasses import dataclass, field
 
 from enforcer.kernel import layout
+from enforcer.kernel.rootfs import RootFs
 from enforcer.policy import ExecPolicy, PolicyError, Verdict
 
 LOADER_DIRS = ("/lib64", "/lib", "/usr/lib64", "/usr/lib")
-LOADER_PATTERNS = (*(f"{d}/ld-*.so*" for d in LOADER_DIRS), "/lib/*/ld-*.so*", "/usr/lib/*/ld-*.so*")
+_LOADER_NAME = "ld-*.so*"
+LOADER_PATTERNS = (*(f"{d}/{_LOADER_NAME}" for d in LOADER_DIRS), f"/lib/*/{_LOADER_NAME}", f"/usr/lib/*/{_LOADER_NAME}")
 
 Identity = tuple[int, int]  # (kernel dev, inode)
 
@@ -39,11 +42,12 @@ class SuperBlocks:
     what the kernel side compares. They differ where a file system reports a
     made-up st_dev: overlayfs with layers on different file systems (a per-layer
     pseudo device; found running the exec tests on an overlay root) and btrfs
-    subvolumes. /proc/self/mountinfo gives the super_block's device of the mount
-    a file is on; one st_dev always belongs to one super_block, so each st_dev is
-    looked up once."""
+    subvolumes. The mountinfo of the root's mount namespace gives the
+    super_block's device of the mount a file is on; one st_dev always belongs to
+    one super_block, so each st_dev is looked up once."""
 
-    def __init__(self) -> None:
+    def __init__(self, rootfs: RootFs | None = None) -> None:
+        self._rootfs = rootfs
         self._known: dict[int, int] = {}
         self._mounts: dict[int, int] | None = None
 
@@ -55,26 +59,19 @@ class SuperBlocks:
         return (dev, st.st_ino)
 
     def _lookup(self, path: str) -> int | None:
+        rootfs = self._rootfs or RootFs()
         try:
-            fd = os.open(path, os.O_PATH)
-        except OSError:
-            return None
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as info:
-                mnt_id = next((int(line.split()[1]) for line in info if line.startswith("mnt_id:")), None)
-        except OSError:
-            return None
+            mnt_id = rootfs.mount_id(path)
+            return None if mnt_id is None else self._mount_devices(rootfs.mountinfo).get(mnt_id)
         finally:
-            os.close(fd)
-        if mnt_id is None:
-            return None
-        return self._mount_devices().get(mnt_id)
+            if self._rootfs is None:
+                rootfs.close()
 
-    def _mount_devices(self) -> dict[int, int]:
+    def _mount_devices(self, mountinfo: str) -> dict[int, int]:
         if self._mounts is None:
             self._mounts = {}
-            with open("/proc/self/mountinfo") as mountinfo:
-                for line in mountinfo:
+            with open(mountinfo) as lines:
+                for line in lines:
                     fields = line.split(maxsplit=3)
                     major, minor = fields[2].split(":")
                     self._mounts[int(fields[0])] = (int(major) << 20) | int(minor)
@@ -92,18 +89,41 @@ class CompiledExec:
     paths: dict[bytes, int] = field(default_factory=dict)   # entry text (file entries end in NUL) -> verdict
 
 
-def loader_identities(devices: SuperBlocks | None = None) -> dict[Identity, str]:
-    devices = devices or SuperBlocks()
+def loader_identities(devices: SuperBlocks | None = None, rootfs: RootFs | None = None) -> dict[Identity, str]:
+    """The dynamic loaders of a root (the host's, or a container's)."""
+    devices = devices or SuperBlocks(rootfs)
     found: dict[Identity, str] = {}
-    for pattern in LOADER_PATTERNS:
-        for path in glob.glob(pattern):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found.setdefault(devices.identity(path, st), os.path.realpath(path))
+    if rootfs is None or rootfs.is_host:
+        for pattern in LOADER_PATTERNS:
+            for path in glob.glob(pattern):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    found.setdefault(devices.identity(path, st), os.path.realpath(path))
+        return found
+    for path in _loader_candidates(rootfs):
+        try:
+            st = rootfs.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.setdefault(devices.identity(path, st), path)
     return found
+
+
+def _loader_candidates(rootfs: RootFs) -> list[str]:
+    """LOADER_PATTERNS, matched inside another root without leaving it."""
+    candidates = []
+    for directory in LOADER_DIRS:
+        names = rootfs.listdir(directory)
+        candidates += [f"{directory}/{n}" for n in names if fnmatch.fnmatch(n, _LOADER_NAME)]
+        if directory in ("/lib", "/usr/lib"):
+            for sub in names:
+                candidates += [f"{directory}/{sub}/{n}" for n in rootfs.listdir(f"{directory}/{sub}")
+                               if fnmatch.fnmatch(n, _LOADER_NAME)]
+    return candidates
 
 
 def _loader_dirs_state() -> tuple[tuple[str, int], ...]:
@@ -141,15 +161,17 @@ class _LoaderCache:
 _loaders = _LoaderCache()
 
 
-def compile_exec(policy: ExecPolicy) -> CompiledExec:
-    """Raises PolicyError naming the entry when it cannot be resolved."""
+def compile_exec(policy: ExecPolicy, rootfs: RootFs | None = None) -> CompiledExec:
+    """The policy's entries as files of ``rootfs`` (the host's root if None: a
+    container's policy names the container's files). Raises PolicyError naming
+    the entry when it cannot be resolved."""
     compiled = CompiledExec()
-    devices = SuperBlocks()
+    devices = SuperBlocks(rootfs)
     deny_texts: set[bytes] = set()
     for verdict, entries, where in ((Verdict.ALLOW, policy.allow, "exec.allow"), (Verdict.DENY, policy.deny, "exec.deny")):
         for index, entry in enumerate(entries):
             is_dir = entry.endswith("/")
-            st = _resolve(entry, is_dir, f"{where}[{index}]")
+            st = _resolve(entry, is_dir, f"{where}[{index}]", rootfs)
             if is_dir:
                 bit = layout.EXEC_DIR_ALLOW if verdict is Verdict.ALLOW else layout.EXEC_DIR_DENY
             else:
@@ -163,20 +185,22 @@ def compile_exec(policy: ExecPolicy) -> CompiledExec:
     for text in compiled.paths:
         if _covered_by(text, deny_texts):
             compiled.paths[text] = layout.VERDICT_DENY
-    for identity in _loaders.get(devices):
+    loaders = _loaders.get(devices) if rootfs is None or rootfs.is_host else loader_identities(devices, rootfs)
+    for identity in loaders:
         if not compiled.ids.get(identity, 0) & layout.EXEC_FILE_ALLOW:
             compiled.ids[identity] = compiled.ids.get(identity, 0) | layout.EXEC_FILE_DENY
     return compiled
 
 
-def _resolve(entry: str, is_dir: bool, where: str) -> os.stat_result:
+def _resolve(entry: str, is_dir: bool, where: str, rootfs: RootFs | None) -> os.stat_result:
+    place = rootfs.where if rootfs else "on this host"
     try:
-        st = os.stat(entry)
+        st = rootfs.stat(entry) if rootfs else os.stat(entry)
     except NotADirectoryError:
         raise PolicyError(where, f"{entry} ends with '/' but is not a directory" if is_dir else
                                  f"cannot resolve {entry}: a component of it is not a directory") from None
     except FileNotFoundError:
-        raise PolicyError(where, f"{entry} does not exist on this host (exec entries are resolved to files when "
+        raise PolicyError(where, f"{entry} does not exist {place} (exec entries are resolved to files when "
                                  "the policy is applied)") from None
     except OSError as exc:
         raise PolicyError(where, f"cannot resolve {entry}: {exc.strerror}") from None

@@ -139,3 +139,59 @@ def test_a_failed_apply_leaves_no_created_cgroup(client, cgroup_root):
         client.apply(parent_policy("never-made", path, exec={"default": "deny", "allow": ["/no/such/program"]}))
     assert not (cgroup_root / "never-made").exists()
     assert "never-made" not in [p.policy.sandbox for p in client.list()]
+
+
+def running(runtime: Runtime, cleanup: Cleanup, *args: str) -> str:
+    """A container left running (``sleep``), removed after the test; its id."""
+    container = runtime.run("run", "-d", "--network", "none", *args, IMAGE, "sleep", "600").stdout.strip()
+    cleanup.add(lambda: runtime.run("rm", "-f", container, check=False))
+    return container
+
+
+def exec_in(runtime: Runtime, container: str, *command: str) -> tuple[int, str]:
+    done = runtime.run("exec", container, *command, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def refused(code: int, output: str) -> bool:
+    """Stopped before it ran: SIGKILL (tracepoint mode: 137 from the runtime) or EPERM (BPF-LSM)."""
+    return code == 137 or "permission denied" in output.lower() or "not permitted" in output.lower()
+
+
+def test_exec_entries_of_a_container_target_name_the_containers_files(
+        client, runtime: Runtime, cleanup: Cleanup):
+    """``/bin/`` is the image's /bin (busybox), not the host's: its programs run,
+    and a copy written into the container's upper layer is refused."""
+    sandbox = f"container-exec-{runtime.name}"
+    container = running(runtime, cleanup)
+    assert exec_in(runtime, container, "cp", "/bin/busybox", "/tmp/copy") == (0, "")  # before the policy
+    client.apply({"sandbox": sandbox, "target": {"container": container[:12]},
+                  "exec": {"default": "deny", "allow": ["/bin/"]}})
+    cleanup.add(lambda: client.remove(sandbox))
+    assert exec_in(runtime, container, "/bin/sh", "-c", "echo in-container") == (0, "in-container\n")
+    assert exec_in(runtime, container, "echo", "by-name") == (0, "by-name\n")
+    assert refused(*exec_in(runtime, container, "/tmp/copy", "echo", "copied"))
+    denials = wait_denials(client, sandbox, 1)
+    assert [d.exec.path for d in denials] == ["/tmp/copy"]
+
+
+def test_exec_entries_missing_from_the_image_are_refused_by_field(client, runtime: Runtime, cleanup: Cleanup):
+    from enforcer.client import EnforcerError
+
+    container = running(runtime, cleanup)
+    # /usr/bin/python3 is on this host, not in the busybox image: the image decides.
+    with pytest.raises(EnforcerError, match=r"exec.allow\[1\]: /usr/bin/python3 does not exist in the container's"):
+        client.apply({"sandbox": "missing-exec", "target": {"container": container},
+                      "exec": {"default": "deny", "allow": ["/bin/", "/usr/bin/python3"]}})
+    assert "missing-exec" not in [p.policy.sandbox for p in client.list()]
+
+
+def test_a_container_that_has_exited_is_refused_by_field(client, docker: Runtime, cleanup: Cleanup):
+    from enforcer.client import EnforcerError
+
+    container = docker.run("run", "-d", "--network", "none", IMAGE, "true").stdout.strip()
+    cleanup.add(lambda: docker.run("rm", "-f", container, check=False))
+    docker.run("wait", container)
+    with pytest.raises(EnforcerError, match=r"target.container: no cgroup found for container"):
+        client.apply({"sandbox": "exited", "target": {"container": container},
+                      "exec": {"default": "deny", "allow": ["/bin/"]}})
