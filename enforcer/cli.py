@@ -27,12 +27,14 @@ from enforcer.settings import (
     DEFAULT_AUDIT_KEEP,
     DEFAULT_AUDIT_LOG,
     DEFAULT_AUDIT_MAX_BYTES,
+    DEFAULT_POLICY_DIR,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
     EXEC_MODE_AUTO,
     EXEC_MODES,
     MAX_MESSAGE_BYTES,
     SOCKET_ENV,
+    socket_path,
 )
 
 # The per-kind counter fields of SandboxStats, in display order.
@@ -334,6 +336,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oci_hook(args: argparse.Namespace, enf: Any) -> int:
+    from enforcer.oci import HookError, run_hook
+
+    try:
+        run_hook(args.stage, sys.stdin.read(), enf, Path(args.policy_dir))
+    except HookError as exc:
+        print(f"enforcer oci-hook: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_oci_runtime(args: argparse.Namespace) -> int:
+    from enforcer.oci import exec_runtime
+
+    runtime_args = args.runtime_args[1:] if args.runtime_args[:1] == ["--"] else args.runtime_args
+    hook = [sys.executable, "-m", "enforcer.cli", "--socket", socket_path(args.socket), "oci-hook",
+            "--policy-dir", args.policy_dir]
+    exec_runtime(args.runtime, runtime_args, hook)
+    return 1  # not reached: exec_runtime becomes the runtime
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="enforcer", description="eBPF network, exec and device policy enforcer for AI-agent sandboxes"
@@ -428,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="jsonl", choices=("jsonl", "ocsf", "csv"))
     export.add_argument("--output", "-o", help="write here instead of stdout")
 
+    hook = command("oci-hook", "OCI hook (createRuntime, poststop): guard the container on stdin, or refuse it")
+    hook.add_argument("stage", choices=("createRuntime", "poststop"))
+    hook.add_argument("--policy-dir", default=DEFAULT_POLICY_DIR,
+                      help=f"where policy names are looked up (default {DEFAULT_POLICY_DIR})")
+    runtime = command("oci-runtime", "stand in for runc (Docker's --runtime): add the hooks, then run runc")
+    runtime.add_argument("--runtime", default="/usr/sbin/runc", help="the OCI runtime to hand over to")
+    runtime.add_argument("--policy-dir", default=DEFAULT_POLICY_DIR,
+                         help=f"where policy names are looked up (default {DEFAULT_POLICY_DIR})")
+    runtime.add_argument("runtime_args", nargs=argparse.REMAINDER, help="-- then the runtime's arguments")
+
     run = command("run", "run a command in a fresh cgroup under a policy")
     run.add_argument("--policy", required=True)
     run.add_argument("--sandbox", help="sandbox id (default: the policy's)")
@@ -446,6 +479,7 @@ COMMANDS = {
     "release": cmd_release,
     "denials": cmd_denials,
     "run": cmd_run,
+    "oci-hook": cmd_oci_hook,
 }
 
 
@@ -455,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_daemon(args)
     if args.command_name == "export":
         return cmd_export(args)
+    if args.command_name == "oci-runtime":
+        return cmd_oci_runtime(args)
     from enforcer.client import Enforcer, EnforcerError, TlsFiles
     from enforcer.policy import PolicyError
 

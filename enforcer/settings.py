@@ -36,4 +36,6 @@ DEFAULT_AUDIT_KEEP = 10
 # What outlives the daemon: the policy store on disk, and the pinned BPF state
 # (a directory in the bpffs mount, /sys/fs/bpf on most hosts).
 DEFAULT_STATE_DIR = "/var/lib/enforcer"
+# Where `enforcer oci-hook` looks up the policy a container names (enforcer.oci).
+DEFAULT_POLICY_DIR = "/etc/enforcer/policies"
 DEFAULT_PIN_NAME = "enforcer"

@@ -41,6 +41,7 @@ def policy_to_proto(policy: Policy) -> pb.Policy:
     elif policy.target.kind is TargetKind.CGROUP:
         msg.target.cgroup = policy.target.value
         msg.target.create = policy.target.create
+        msg.target.root = policy.target.root
     else:
         msg.target.container = policy.target.value
     msg.labels.update(policy.labels)
@@ -103,6 +104,8 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
         doc["target"] = {kind: getattr(msg.target, kind)}
     if msg.target.create:
         doc.setdefault("target", {})["create"] = True
+    if msg.target.root:
+        doc.setdefault("target", {})["root"] = msg.target.root
     doc["mode"] = _MODE_NAMES.get(msg.mode, f"<enum value {msg.mode}>")
     if msg.HasField("network"):
         doc["network"] = {

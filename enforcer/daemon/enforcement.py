@@ -223,8 +223,15 @@ class Enforcement:
     @staticmethod
     def _compile_exec(policy: Policy, cgroup: Cgroup) -> exec_rules.CompiledExec:
         """A container's entries name the container's files: resolved inside its
-        root (that of a process in its cgroup), not the daemon's."""
+        root (``target.root``, or that of a process in its cgroup), not the daemon's."""
         assert policy.exec is not None
+        if policy.target.root:
+            try:
+                rootfs = RootFs(policy.target.root)
+            except OSError as exc:
+                raise PolicyError("target.root", f"cannot open {policy.target.root}: {exc.strerror}") from exc
+            with rootfs:
+                return exec_rules.compile_exec(policy.exec, rootfs)
         if policy.target.kind is not TargetKind.CONTAINER:
             return exec_rules.compile_exec(policy.exec)
         pid = a_process_in(cgroup.path)

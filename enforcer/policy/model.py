@@ -41,6 +41,9 @@ class Target:
     # starts containers inside it (docker run --cgroup-parent), guarded from
     # their first instruction.
     create: bool = False
+    # With a cgroup: the directory exec entries are resolved in (a container's
+    # root filesystem, as an OCI hook finds it), instead of the host's root.
+    root: str = ""
 
     def describe(self) -> str:
         return f"{self.kind.value} {self.value}"

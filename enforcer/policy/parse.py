@@ -209,10 +209,13 @@ def _parse_target(value: Any, path: str) -> Target:
     if value is None:
         raise PolicyError(path, "is required (one of: cgroup, pid, container)")
     _require_mapping(value, path, "a target")
-    _refuse_unknown(value, [*(k.value for k in TargetKind), "create"], path)
+    _refuse_unknown(value, [*(k.value for k in TargetKind), "create", "root"], path)
     create = value.get("create", False)
     if not isinstance(create, bool):
         raise PolicyError(f"{path}.create", f"must be true or false, got {create!r}")
+    root = value.get("root", "")
+    if not isinstance(root, str) or (root and (not root.startswith("/") or "\0" in root)):
+        raise PolicyError(f"{path}.root", f"must be an absolute directory path, got {root!r}")
     given = [k for k in TargetKind if k.value in value]
     if len(given) != 1:
         raise PolicyError(
@@ -223,8 +226,9 @@ def _parse_target(value: Any, path: str) -> Target:
     kind = given[0]
     raw = value[kind.value]
     where = f"{path}.{kind.value}"
-    if create and kind is not TargetKind.CGROUP:
-        raise PolicyError(f"{path}.create", f"applies to a cgroup target only (this one is a {kind.value})")
+    for flag, given_value in (("create", create), ("root", root)):
+        if given_value and kind is not TargetKind.CGROUP:
+            raise PolicyError(f"{path}.{flag}", f"applies to a cgroup target only (this one is a {kind.value})")
     if kind is TargetKind.PID:
         if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= PID_MAX_LIMIT:
             raise PolicyError(where, f"must be a process id (1-{PID_MAX_LIMIT}), got {raw!r}")
@@ -237,7 +241,7 @@ def _parse_target(value: Any, path: str) -> Target:
         raise PolicyError(where, "must not contain NUL")
     if create and ".." in Path(raw).parts:
         raise PolicyError(where, "must not contain '..' when the daemon is to create it")
-    return Target(kind, raw, create=create)
+    return Target(kind, raw, create=create, root=root)
 
 
 def parse_labels(value: Any, path: str = "labels") -> tuple[tuple[str, str], ...]:

@@ -12,13 +12,17 @@ or Podman, if any, is not touched.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from enforcer.oci import STAGE_CREATE, STAGE_POSTSTOP, hooks_d_entry
 
 IMAGE = "enforcer-test/busybox:1"
 DOCKER_DIR = Path("/run/enforcer-test-docker")
@@ -116,10 +120,35 @@ class Runtime:
         return int(self.run("inspect", "--format", "{{.State.Pid}}", container).stdout.strip())
 
 
+# What the OCI hook finds: the daemon under test (a link the tests point at its
+# socket) and the policies containers name.
+HOOK_SOCKET = DOCKER_DIR / "enforcer.sock"
+HOOK_POLICIES = DOCKER_DIR / "policies"
+PODMAN_HOOKS = PODMAN_RUNROOT / "hooks.d"
+
+
+def hook_argv() -> list[str]:
+    return [sys.executable, "-m", "enforcer.cli", "--socket", str(HOOK_SOCKET), "oci-hook",
+            "--policy-dir", str(HOOK_POLICIES)]
+
+
+def point_hooks_at(daemon_socket: str) -> None:
+    """Make the hooks talk to this daemon (a symlink: the runtimes' config stays)."""
+    HOOK_POLICIES.mkdir(parents=True, exist_ok=True)
+    scratch = HOOK_SOCKET.with_name("enforcer.sock.new")
+    scratch.unlink(missing_ok=True)
+    scratch.symlink_to(daemon_socket)
+    os.replace(scratch, HOOK_SOCKET)
+
+
 class DockerDaemon:
+    """A private dockerd. Its daemon.json has the ``enforcer`` runtime, as an
+    operator would set it up: ``enforcer oci-runtime`` in front of runc."""
+
     def __init__(self) -> None:
         self.socket = DOCKER_DIR / "docker.sock"
         self.log = DOCKER_DIR / "dockerd.log"
+        self.config = DOCKER_DIR / "daemon.json"
         self.proc: subprocess.Popen[bytes] | None = None
         # The distro's client, not whatever else is first on PATH.
         self.cli = Runtime("docker", ["/usr/bin/docker", "--host", f"unix://{self.socket}"])
@@ -127,12 +156,19 @@ class DockerDaemon:
     def start(self, timeout: float = 60) -> Runtime:
         ensure_packages(PACKAGES["docker"])
         DOCKER_DIR.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(json.dumps({"runtimes": {"enforcer": {
+            "path": str(Path(sys.executable).with_name("enforcer")),
+            "runtimeArgs": ["--socket", str(HOOK_SOCKET), "oci-runtime", "--policy-dir", str(HOOK_POLICIES), "--"],
+        }}}))
         if self.cli.run("version", check=False, timeout=10).returncode == 0:
-            return self.cli  # left running by an earlier session: reuse it
+            if "enforcer" in self.cli.run("info", "--format", "{{json .Runtimes}}").stdout:
+                return self.cli  # left running by an earlier session: reuse it
+            self._stop_earlier()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ["/usr/sbin/dockerd", "--host", f"unix://{self.socket}", "--data-root", str(DOCKER_DATA),
                  "--exec-root", str(DOCKER_DIR / "exec"), "--pidfile", str(DOCKER_DIR / "dockerd.pid"),
+                 "--config-file", str(self.config),
                  "--bridge", "none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
                  "--exec-opt", "native.cgroupdriver=cgroupfs", "--storage-driver", "overlay2"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -143,6 +179,17 @@ class DockerDaemon:
                 raise RuntimeUnavailable(f"dockerd did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.2)
         return self.cli
+
+    def _stop_earlier(self) -> None:
+        """A dockerd of an earlier session without the runtime: ended by its pid file."""
+        try:
+            pid = int((DOCKER_DIR / "dockerd.pid").read_text())
+            os.kill(pid, 15)
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + 30
+        while self.cli.run("version", check=False, timeout=10).returncode == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -180,6 +227,12 @@ def podman(mount: Path) -> Runtime:
     conf = PODMAN_RUNROOT / "containers.conf"
     conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
     oci_runtime, _ = podman_oci_runtime(mount)
+    # The hooks as an operator would install them in /usr/share/containers/oci/hooks.d.
+    PODMAN_HOOKS.mkdir(parents=True, exist_ok=True)
+    for stage in (STAGE_CREATE, STAGE_POSTSTOP):
+        (PODMAN_HOOKS / f"enforcer-{stage}.json").write_text(json.dumps(hooks_d_entry(hook_argv(), stage)))
     return Runtime("podman", ["podman", "--root", str(PODMAN_ROOT), "--runroot", str(PODMAN_RUNROOT),
-                              "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", oci_runtime],
+                              "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", oci_runtime,
+                              "--hooks-dir", str(PODMAN_HOOKS)],
                    env={"CONTAINERS_CONF": str(conf)})
+

@@ -128,6 +128,8 @@ def test_exec_path_limit_matches_the_kernel_key():
         (base(target={"container": "XYZ"}), "target.container", "not a container id"),
         (base(target={"cgroup": "/a", "create": "yes"}), "target.create", "must be true or false"),
         (base(target={"pid": 3, "create": True}), "target.create", "a cgroup target only"),
+        (base(target={"cgroup": "/a", "root": "rootfs"}), "target.root", "must be an absolute directory path"),
+        (base(target={"container": "ab" * 6, "root": "/r"}), "target.root", "a cgroup target only"),
         (base(target={"cgroup": "rollouts/../../etc", "create": True}), "target.cgroup", "must not contain '..'"),
         (base(labels={"k": [1]}), "labels.k", "label values are strings"),
         (base(labels={"": "v"}), "labels['']", "label names"),

@@ -20,7 +20,8 @@ def test_round_trip():
                               "exec": {"default": "allow", "allow": ["/usr/bin/git"], "deny": ["/usr/bin/ssh", "/tmp/"]},
                               "escalate": {"after": 20, "within": "10s", "action": "quarantine"}})
     assert wire.policy_from_proto(wire.policy_to_proto(with_exec)) == with_exec
-    for target in ({"cgroup": "/a/b"}, {"cgroup": "/a/c", "create": True}, {"container": "ab" * 32}):
+    for target in ({"cgroup": "/a/b"}, {"cgroup": "/a/c", "create": True}, {"cgroup": "/a/d", "root": "/b/rootfs"},
+                   {"container": "ab" * 32}):
         p = parse_policy({"sandbox": "s", "target": target})
         assert wire.policy_from_proto(wire.policy_to_proto(p)) == p
 

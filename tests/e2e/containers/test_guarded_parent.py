@@ -16,7 +16,7 @@ import pytest
 
 from enforcer.cgroupfs import cgroup2_mount
 from tests.e2e.conftest import Cleanup, DaemonProcess, wait_denials
-from tests.e2e.runtimes import IMAGE, DockerDaemon, Runtime, podman, podman_oci_runtime
+from tests.e2e.runtimes import IMAGE, Runtime
 
 # Inside the container (its own loopback, --network none): a listener on the
 # allowed port, then the program under test as the container's first process.
@@ -25,28 +25,6 @@ NC_REFUSED = "can't connect to remote host (127.0.0.1): Operation not permitted"
 CONNECT_TWICE = (f"nc -l -p {ALLOWED_PORT} -e true & sleep 0.5; "
                  f"nc 127.0.0.1 {ALLOWED_PORT} </dev/null && echo allowed:OK; "
                  f"nc 127.0.0.1 {REFUSED_PORT} </dev/null 2>&1; echo refused:$?")
-
-
-@pytest.fixture(scope="session")
-def docker(session_cleanup: Cleanup) -> Runtime:
-    daemon = DockerDaemon()
-    cli = daemon.start()
-    session_cleanup.add(daemon.stop)
-    cli.import_image()
-    return cli
-
-
-@pytest.fixture(scope="session")
-def podman_cli(record_testsuite_property: Any) -> Runtime:
-    cli = podman(cgroup2_mount())
-    record_testsuite_property("podman_oci_runtime", " ".join(podman_oci_runtime(cgroup2_mount())))
-    cli.import_image()
-    return cli
-
-
-@pytest.fixture(params=["docker", "podman"])
-def runtime(request: pytest.FixtureRequest) -> Runtime:
-    return request.getfixturevalue("docker" if request.param == "docker" else "podman_cli")
 
 
 def guarded_parent(cgroup_root: Path, sandbox: str) -> tuple[Path, str]:

@@ -1,0 +1,112 @@
+"""The OCI hook: a container that names a policy is guarded before its first
+instruction, each container its own sandbox, or it does not start at all.
+
+Podman runs the hook from hooks.d (``--annotation enforcer.policy=NAME``);
+Docker through the ``enforcer`` runtime of its daemon.json (``--runtime
+enforcer -e ENFORCER_POLICY=NAME``), both as tests/e2e/runtimes.py sets them up
+the way an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cleanup, wait_denials
+from tests.e2e.runtimes import HOOK_POLICIES, HOOK_SOCKET, IMAGE, Runtime, point_hooks_at
+
+REFUSED_PORT = 9090
+NC_REFUSED = "can't connect to remote host (127.0.0.1): Operation not permitted"
+
+
+@pytest.fixture
+def hooks(daemon: Any) -> Path:
+    """The hooks talk to this session's daemon; policies go in the returned directory."""
+    point_hooks_at(daemon.socket)
+    return HOOK_POLICIES
+
+
+def write_policy(directory: Path, name: str, **fields: Any) -> None:
+    doc = {"labels": {"run": "ppo-7"}, "network": {"default": "deny"}, **fields}
+    (directory / f"{name}.json").write_text(json.dumps(doc))
+
+
+def naming(runtime: Runtime, policy: str, *labels: str) -> list[str]:
+    """The flags by which a container names its policy (and extra labels)."""
+    if runtime.name == "podman":
+        return ["--annotation", f"enforcer.policy={policy}",
+                *(a for label in labels for a in ("--annotation", f"enforcer.label.{label}"))]
+    return ["--runtime", "enforcer", "-e", f"ENFORCER_POLICY={policy}",
+            *(["-e", f"ENFORCER_LABELS={','.join(labels)}"] if labels else [])]
+
+
+def run_to_end(runtime: Runtime, cleanup: Cleanup, *args: str) -> tuple[str, str, int]:
+    """Start a container and wait for it: (its id, its output, its exit code)."""
+    container = runtime.run("run", "-d", "--network", "none", *args).stdout.strip()
+    cleanup.add(lambda: runtime.run("rm", "-f", container, check=False))
+    code = int(runtime.run("wait", container).stdout.strip())
+    logs = runtime.run("logs", container)
+    return container, logs.stdout + logs.stderr, code
+
+
+def test_a_container_naming_a_policy_is_its_own_sandbox_from_its_first_instruction(
+        client, hooks: Path, runtime: Runtime, cleanup: Cleanup):
+    write_policy(hooks, "no-egress")
+    # The container's first program is the refused connect; then it stays up.
+    container = runtime.run("run", "-d", "--network", "none", *naming(runtime, "no-egress", "episode=17"), IMAGE,
+                            "sh", "-c", f"nc 127.0.0.1 {REFUSED_PORT}; sleep 600").stdout.strip()
+    cleanup.add(lambda: runtime.run("rm", "-f", container, check=False))
+    denials = wait_denials(client, container, 1)
+    assert [(d.destination.port, d.process.comm) for d in denials] == [(REFUSED_PORT, "nc")]
+    assert dict(denials[0].labels) == {"run": "ppo-7", "episode": "17", "container": container[:12]}
+    assert NC_REFUSED in runtime.run("logs", container).stderr
+    pid = runtime.init_pid(container)
+    line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if x.startswith("0::"))
+    assert client.get(container).cgroup_path.endswith(line[3:])  # the container's own cgroup
+    runtime.run("rm", "-f", container)  # poststop: the sandbox ends with the container
+    assert container not in [p.policy.sandbox for p in client.list()]
+
+
+def test_exec_entries_name_the_images_files(client, hooks: Path, runtime: Runtime, cleanup: Cleanup):
+    write_policy(hooks, "busybox-only", exec={"default": "deny", "allow": ["/bin/"]})
+    container, output, _ = run_to_end(
+        runtime, cleanup, *naming(runtime, "busybox-only"), IMAGE,
+        "sh", "-c", "echo image-ok; cp /bin/busybox /tmp/copy; /tmp/copy echo copy-ran; echo after:$?")
+    assert "image-ok" in output and "copy-ran" not in output, output
+    assert [d.exec.path for d in wait_denials(client, container, 1)] == ["/tmp/copy"]
+
+
+@pytest.mark.parametrize("problem", ["unknown policy", "daemon unreachable", "bad policy"])
+def test_a_container_that_cannot_be_guarded_does_not_start(
+        client, hooks: Path, runtime: Runtime, cleanup: Cleanup, daemon: Any, problem: str):
+    name = "never-written"
+    if problem == "daemon unreachable":
+        write_policy(hooks, "fine")
+        name = "fine"
+        point_hooks_at("/nonexistent/enforcer.sock")
+        cleanup.add(lambda: point_hooks_at(daemon.socket))
+    elif problem == "bad policy":
+        write_policy(hooks, "bad", exec={"default": "deny", "allow": ["/usr/bin/python3"]})  # not in the image
+        name = "bad"
+    before = {p.policy.sandbox for p in client.list()}
+    marker = f"enforcer-test-started-{runtime.name}-{problem.replace(' ', '-')}"
+    done = runtime.run("run", "--rm", "--network", "none", *naming(runtime, name), IMAGE, "echo", marker,
+                       check=False)
+    assert done.returncode != 0 and marker not in done.stdout, done.stdout + done.stderr
+    expected = {"unknown policy": f"no policy 'never-written' in {HOOK_POLICIES}",
+                "daemon unreachable": "enforcer: cannot reach the daemon at unix:/run/enforcer-test-docker/enforcer.sock",
+                "bad policy": "exec.allow[0]: /usr/bin/python3 does not exist in the container's root"}[problem]
+    assert expected in done.stderr, done.stderr
+    assert {p.policy.sandbox for p in client.list()} == before  # nothing half-applied
+
+
+def test_a_container_of_the_enforcer_runtime_without_a_policy_does_not_start(
+        hooks: Path, docker: Runtime):
+    done = docker.run("run", "--rm", "--network", "none", "--runtime", "enforcer", IMAGE, "echo", "started",
+                      check=False)
+    assert done.returncode != 0 and "started" not in done.stdout
+    assert "names no policy" in done.stderr, done.stderr
+    assert HOOK_SOCKET.is_symlink()
