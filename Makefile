@@ -5,7 +5,7 @@
 #                 on the kernel, then test-kernels
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test test-kernels check unit bench soak clean
+.PHONY: bootstrap demo test test-kernels check unit bench bench-containers soak clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -35,6 +35,10 @@ unit: bootstrap
 
 bench: bootstrap
 	$(PY) -m bench.run
+
+# What guarding adds to `docker run` / `podman run` (guarded parent, OCI hook).
+bench-containers: bootstrap
+	$(PY) -m bench.containers
 
 # Not CI: 30 minutes of churn, floods and take-overs on this kernel; fails on
 # a leak (programs, maps, links, pins, cgroups, fds), a growing daemon, a gap
