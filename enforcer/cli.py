@@ -74,7 +74,9 @@ def format_denial(event: Any) -> str:
         what = (f"{esc.after} denials within {esc.within_seconds:g}s: {verb}"
                 f"{pb.EscalationAction.Name(esc.action).removeprefix('ESCALATION_ACTION_').lower()}")
     elif event.HasField("device"):
-        what = f"{event.device.major}:{event.device.minor} access={event.device.access}"
+        device = event.device
+        named = " ".join(filter(None, (device.name, f"({device.driver})" if device.driver else "")))
+        what = f"{named + ' ' if named else ''}{device.major}:{device.minor} access={device.access}"
     elif event.HasField("dns"):
         reason = pb.DnsReason.Name(event.dns.reason).removeprefix("DNS_REASON_").lower()
         what = f"{event.dns.name} {event.dns.query_type}/{PROTOCOL_NAMES.get(event.dns.transport, '?')} ({reason})"

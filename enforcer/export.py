@@ -43,7 +43,8 @@ POLICY_EVENTS = ("policy_applied", "policy_removed", "labels_updated", "sandbox_
 KINDS = (*DENIAL_KINDS, "policy")
 
 CSV_COLUMNS = ("seq", "timestamp", "event", "sandbox", "kind", "action", "pid", "comm", "address", "port",
-               "path", "argv", "reason", "major", "minor", "access", "escalation", "name", "query_type", "labels",
+               "path", "argv", "reason", "major", "minor", "access", "driver", "device", "escalation", "name",
+               "query_type", "labels",
                "policy_sha256", "client", "generation")
 
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
@@ -280,7 +281,9 @@ def _message(kind: str, record: dict[str, Any], refused: bool) -> str:
     if kind == "exec":
         return f"exec of {record.get('path')} {verb} in sandbox {sandbox}"
     if kind == "device":
-        return f"device {record.get('major')}:{record.get('minor')} ({record.get('access')}) {verb} in sandbox {sandbox}"
+        named = " ".join(str(part) for part in (record.get("device"), record.get("driver")) if part)
+        return (f"device {named + ' ' if named else ''}{record.get('major')}:{record.get('minor')} "
+                f"({record.get('access')}) {verb} in sandbox {sandbox}")
     if kind == "dns":
         return f"DNS query for {record.get('name')} ({record.get('query_type')}) {verb} in sandbox {sandbox}"
     if kind == "escalation":

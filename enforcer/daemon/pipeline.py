@@ -21,6 +21,7 @@ import structlog
 from enforcer.daemon.audit import AUDIT_LOGGER
 from enforcer.daemon.store import PolicyStore, TagInfo
 from enforcer.kernel import layout
+from enforcer.kernel.devices import device_name
 from enforcer.kernel.events import (
     DNS_DENIED,
     DNS_NOT_ALLOWED,
@@ -99,7 +100,7 @@ def boot_to_unix_offset_ns() -> int:
 class DenialPipeline:
     def __init__(self, source: EventSource, store: PolicyStore, retention: int = 65536,
                  escalations: EscalationHandler | None = None, next_seq: int = 1,
-                 recorded_through: int = -1) -> None:
+                 recorded_through: int = -1, device_drivers: dict[int, str] | None = None) -> None:
         """``next_seq`` and ``recorded_through`` (the last position of this
         ring buffer in the audit log) carry on from an earlier daemon's audit log."""
         self._source = source
@@ -107,6 +108,7 @@ class DenialPipeline:
         self._last_escalation_poll = 0.0
         self._store = store
         self._recorded_through = recorded_through
+        self._drivers = device_drivers or {}  # GPU majors -> driver, to name a device in its denials
         self._retained: deque[pb.DenialEvent] = deque(maxlen=retention)
         self._next_seq = next_seq
         self._lag_ns = 0
@@ -250,7 +252,7 @@ class DenialPipeline:
             time_unix_ns=denial.boot_ns + self._offset_ns,
             process=pb.Process(pid=denial.tgid, tid=denial.tid, comm=denial.comm, cgroup_id=denial.cgroup_id,
                                ppid=detail.ppid if isinstance(detail, ExecDetail) else 0),
-            **_detail_fields(denial.kind, detail),
+            **_detail_fields(denial.kind, detail, self._drivers),
         )
 
     @property
@@ -277,7 +279,7 @@ class DenialPipeline:
             return events, max(stop, cursor), missed
 
 
-def _detail_fields(kind: int, detail: object) -> dict[str, Any]:
+def _detail_fields(kind: int, detail: object, drivers: dict[int, str]) -> dict[str, Any]:
     """The kind-specific part of a DenialEvent, as constructor arguments."""
     if isinstance(detail, NetDetail):
         if kind == layout.KIND_SOCKET:
@@ -293,8 +295,10 @@ def _detail_fields(kind: int, detail: object) -> dict[str, Any]:
             action=_ESCALATION_ACTIONS.get(detail.action, pb.ESCALATION_ACTION_UNSPECIFIED), after=detail.after,
             within_seconds=detail.within_ns / 1e9, acted=detail.acted, denials=detail.fired_at)}
     if isinstance(detail, DeviceDetail):
+        driver, name = device_name(detail.major, detail.minor, drivers)
         return {"device": pb.DeviceInfo(major=detail.major, minor=detail.minor,
-                                        access="".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit))}
+                                        access="".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit),
+                                        driver=driver, name=name)}
     if isinstance(detail, DnsDetail):
         return {"dns": pb.DnsInfo(name=detail.name, query_type=detail.query_type,
                                   reason=_DNS_REASONS.get(detail.reason, pb.DNS_REASON_UNSPECIFIED),
@@ -321,7 +325,8 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
         fields.update(escalation=pb.EscalationAction.Name(event.escalation.action), after=event.escalation.after,
                       within_seconds=event.escalation.within_seconds, acted=event.escalation.acted)
     elif event.HasField("device"):
-        fields.update(major=event.device.major, minor=event.device.minor, access=event.device.access)
+        fields.update(major=event.device.major, minor=event.device.minor, access=event.device.access,
+                      driver=event.device.driver, device=event.device.name)
     elif event.HasField("dns"):
         fields.update(name=event.dns.name, query_type=event.dns.query_type,
                       reason=pb.DnsReason.Name(event.dns.reason),

@@ -168,7 +168,8 @@ def run_daemon(config: DaemonConfig) -> int:
     # daemon ran is in it, drained once the restored store can name its sandboxes.
     pipeline = DenialPipeline(ring, enforcement.store, retention=config.retention,
                               escalations=enforcement, next_seq=last_seq + 1,
-                              recorded_through=last_ring_pos if guard.adopted else -1)
+                              recorded_through=last_ring_pos if guard.adopted else -1,
+                              device_drivers=guard.gpu_majors)
     enforcement.dns.report_to(pipeline.submit_dns)
     enforcement.restore(saved)
     pipeline.start()

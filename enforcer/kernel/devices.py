@@ -41,3 +41,20 @@ def gpu_majors(proc_devices: str | None = None) -> dict[int, str]:
         if in_char_section and len(parts) == 2 and parts[0].isdigit() and parts[1].startswith(GPU_DRIVER_PREFIXES):
             found[int(parts[0])] = parts[1]
     return found
+
+
+def device_name(major: int, minor: int, drivers: dict[int, str]) -> tuple[str, str]:
+    """(driver, node name) of a character device, as a security team reads them:
+    ("nvidia", "/dev/nvidia0") rather than 195:0. The name is the driver's usual
+    node for that minor (the daemon cannot see the path the sandbox opened);
+    "" where there is no usual one."""
+    driver = drivers.get(major, "")
+    if major == NVIDIA_MAJOR:
+        return driver, {255: "/dev/nvidiactl", 254: "/dev/nvidia-modeset"}.get(minor, f"/dev/nvidia{minor}")
+    if major == DRM_MAJOR:
+        return driver, f"/dev/dri/renderD{minor}" if minor >= 128 else f"/dev/dri/card{minor}"
+    if driver == "kfd":
+        return driver, "/dev/kfd"
+    if driver.startswith("nvidia-"):  # nvidia-uvm (minor 0: /dev/nvidia-uvm, 1: -tools), nvidia-caps, ...
+        return driver, f"/dev/{driver}" if minor == 0 else f"/dev/{driver}-tools" if driver == "nvidia-uvm" else ""
+    return driver, ""

@@ -35,7 +35,7 @@ def test_demo_replays_rome_and_cleans_up():
     assert "--donate-level 1: killed by the kernel" in out or "--donate-level 1: exec refused by the kernel (EPERM)" in out
     assert "rollout-17 refused exec " in out and "/xmrig (not_allowed) argv=[" in out
     assert "nvidia0: Operation not permitted" in out
-    assert "rollout-17 refused device 195:0 access=rw" in out
+    assert "rollout-17 refused device /dev/nvidia0 (nvidia) 195:0 access=rw" in out
     assert "exec     refused        1" in out and "device   refused        1" in out
     # The agent runs unprivileged and cannot reach the daemon, not even through /proc/<pid>/root.
     assert out.count("enforcer.sock: Permission denied") == 2 and "connected" not in out

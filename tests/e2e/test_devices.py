@@ -78,6 +78,10 @@ def test_gpu_nodes_are_refused_by_default_and_reported(client, make_cgroup, sand
     events = [e for e in wait_denials(client, sandbox_id, 4) if e.kind == pb.DENIAL_KIND_DEVICE]
     assert [(e.device.major, e.device.minor, e.device.access) for e in events] == [
         (195, 0, "rw"), (195, 255, "rw"), (226, 128, "rw"), (195, 1, "m")]
+    # Named as a security team reads them, not only by number.
+    assert [(e.device.driver, e.device.name) for e in events] == [
+        ("nvidia", "/dev/nvidia0"), ("nvidia", "/dev/nvidiactl"), ("drm", "/dev/dri/renderD128"),
+        ("nvidia", "/dev/nvidia1")]
     assert all(e.action == pb.ACTION_REFUSED and dict(e.labels) == {"gpu-test": "1"} for e in events)
     assert client.stats(sandbox_id).device.refused == 4
 

@@ -9,6 +9,8 @@ the matrix have none); what the kernel does is covered there by the cgroup tests
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,28 @@ def test_a_container_that_has_exited_is_refused_by_field(client, docker: Runtime
     with pytest.raises(EnforcerError, match=r"target.container: no cgroup found for container"):
         client.apply({"sandbox": "exited", "target": {"container": container},
                       "exec": {"default": "deny", "allow": ["/bin/"]}})
+
+
+@pytest.mark.parametrize("gpu", ["deny", "allow"])
+def test_a_gpu_node_handed_in_with_device_is_refused_unless_granted(
+        client, cgroup_root, runtime: Runtime, cleanup: Cleanup, tmp_path, gpu: str):
+    """A node with NVIDIA's real major (no GPU here: with no driver behind it,
+    an open that gets through fails with ENXIO instead of EPERM)."""
+    node = tmp_path / "nvidia0"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(195, 0))
+    sandbox = f"container-gpu-{gpu}-{runtime.name}"
+    path, parent = guarded_parent(cgroup_root, sandbox)
+    client.apply(parent_policy(sandbox, path, devices={"gpu": gpu}))
+    cleanup.add(lambda: client.remove(sandbox))
+    # The same path inside as outside: the runtime's own mknod of the node is
+    # refused too, in the container's cgroup, and runc then bind-mounts the
+    # host's node (a real GPU host has /dev/nvidia0; this test's is elsewhere).
+    done = runtime.run("run", "--rm", "--network", "none", f"--cgroup-parent={parent}",
+                       "--device", str(node), IMAGE, "cat", str(node), check=False)
+    output = done.stdout + done.stderr
+    if gpu == "allow":
+        assert "No such device or address" in output and client.stats(sandbox).device.refused == 0, output
+        return
+    assert "Operation not permitted" in output, output
+    opened = [d for d in wait_denials(client, sandbox, 2) if d.process.comm == "cat"]
+    assert [(d.device.name, d.device.driver, d.device.access) for d in opened] == [("/dev/nvidia0", "nvidia", "r")]
