@@ -5,13 +5,18 @@
 #                 on the kernel, then test-kernels
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test test-kernels check unit bench bench-containers soak clean
+.PHONY: bootstrap demo demo-container test test-kernels check unit bench bench-containers soak clean
 
 bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
 	$(PY) -m enforcer.demo
+
+# The same replay with the agent in a real Podman container, guarded through the OCI hook.
+demo-container:
+	@scripts/bootstrap.sh --containers
+	$(PY) -m enforcer.demo --container
 
 # Each test has a time limit (pyproject.toml); the whole first run has one too,
 # for a test stuck where no signal reaches it: ^C after 20 minutes prints where.

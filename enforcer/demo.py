@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import socket
@@ -289,6 +290,7 @@ def daemon(world: World) -> Iterator[str]:
     yield socket_path
 
 
+CONTAINER_GPU = "/dev/nvidia0"  # where the container's GPU node is
 AGENT_UID = 65534  # nobody: agents in containers run without root, and the daemon's socket is root's (0600)
 
 
@@ -316,6 +318,50 @@ def run_in_sandbox(cgroup: Path, command: list[str]) -> subprocess.CompletedProc
         namespace.close()
 
 
+class ContainerAgent:
+    """The agent in a real Podman container, guarded through the OCI hook from
+    its first instruction: the host's root as its image (``--rootfs /:O``, an
+    overlay it may write to), the sandbox namespace as its network, user nobody."""
+
+    def __init__(self, world: World, socket_path: str, policy: dict[str, Any], gpu_node: Path) -> None:
+        from enforcer.cgroupfs import cgroup2_mount
+        from enforcer.oci import STAGE_CREATE, STAGE_POSTSTOP, hooks_d_entry, podman_oci_runtime
+
+        _tools("podman")
+        hooks = world.tmp / "hooks.d"
+        hooks.mkdir()
+        hook = [sys.executable, "-m", "enforcer.cli", "--socket", socket_path, "oci-hook"]
+        for stage in (STAGE_CREATE, STAGE_POSTSTOP):
+            (hooks / f"enforcer-{stage}.json").write_text(json.dumps(hooks_d_entry(hook, stage)))
+        policy_file = world.tmp / "rollout.json"
+        policy_file.write_text(json.dumps({k: v for k, v in policy.items() if k not in ("sandbox", "target")}))
+        self.podman = ["podman", "--root", str(world.tmp / "podman"), "--runroot", str(world.tmp / "podman-run"),
+                       "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+                       "--runtime", podman_oci_runtime(cgroup2_mount())[0], "--hooks-dir", str(hooks)]
+        world.undo.append(lambda: subprocess.run([*self.podman, "rm", "-f", "-t", "0", "enf-demo-rollout-17"],
+                                                 capture_output=True, timeout=60))
+        labels = [a for k, v in policy["labels"].items() for a in ("--annotation", f"enforcer.label.{k}={v}")]
+        started = subprocess.run(
+            [*self.podman, "run", "-d", "--name", "enf-demo-rollout-17", "--network", f"ns:/run/netns/{SANDBOX_NS}",
+             "--user", str(AGENT_UID), "--annotation", f"enforcer.policy={policy_file}",
+             "--annotation", f"enforcer.sandbox={policy['sandbox']}", *labels,
+             # Lower limits than Podman's own: it cannot raise them where root lacks CAP_SYS_RESOURCE.
+             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+             # The GPU handed in as a training job's container gets it, at /dev/nvidia0.
+             "--device", f"{gpu_node}:{CONTAINER_GPU}", "--rootfs", "/:O", "sleep", "infinity"],
+            capture_output=True, text=True, timeout=120)
+        if started.returncode != 0:
+            raise RuntimeError(f"podman run failed: {started.stderr.strip()}")
+        self.container = started.stdout.strip()
+
+    def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*self.podman, "exec", "--env", "HOME=/nonexistent", self.container, *command],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode == 137:  # the runtime's word for SIGKILL
+            done.returncode = -9
+        return done
+
+
 def daemon_pid(socket_path: str) -> int:
     """The daemon's pid, from the socket's peer credentials."""
     with socket.socket(socket.AF_UNIX) as s:
@@ -332,7 +378,13 @@ def _tools(*names: str) -> list[str]:
     return [os.path.realpath(path) for path in found if path]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the ROME replay under Enforcer")
+    parser.add_argument("--container", action="store_true",
+                        help="run the agent in a real Podman container, guarded through the OCI hook")
+    in_container = parser.parse_args(argv).container
     if os.geteuid() != 0:
         print("make demo needs root (it loads BPF programs and creates namespaces)", file=sys.stderr)
         return 1
@@ -363,10 +415,11 @@ def main() -> int:
         say("Starting the Enforcer daemon and applying the RL-sandbox policy to rollout-17")
         cgroup = create_cgroup(cgroup2_mount() / f"enforcer-demo-{os.getpid()}")
         world.undo.append(lambda: remove_cgroup(cgroup.path))
-        # The container's first process, holding its namespace (as a pod's pause
-        # process does): the policy is applied to a running container.
-        world.spawn(["ip", "netns", "exec", SANDBOX_NS, "sleep", "infinity"],
-                    preexec_fn=lambda: move_pid(0, cgroup.path))
+        if not in_container:
+            # The container's first process, holding its namespace (as a pod's pause
+            # process does): the policy is applied to a running container.
+            world.spawn(["ip", "netns", "exec", SANDBOX_NS, "sleep", "infinity"],
+                        preexec_fn=lambda: move_pid(0, cgroup.path))
         with daemon(world) as socket_path, Enforcer(socket_path) as enf:
             policy = {
                 "sandbox": "rollout-17",
@@ -379,14 +432,25 @@ def main() -> int:
                     "allow": [{"to": MIRROR_NAME, "ports": [8080], "protocol": "tcp"}],
                     "dns": {"upstream": [GATEWAY]},
                 },
-                # The agent's tools.
-                "exec": {"default": "deny", "allow": [os.path.realpath(sys.executable), *_tools("ssh")]},
+                # The agent's tools (and, in a container, the program it starts with).
+                "exec": {"default": "deny", "allow": [os.path.realpath(sys.executable), *_tools("ssh"),
+                                                      *(_tools("sleep") if in_container else [])]},
                 "devices": {"gpu": "deny"},
             }
-            applied = enf.apply(policy).applied
-            print(f"  policy applied to {applied.cgroup_path}: allow {MIRROR_NAME}:8080/tcp by name "
-                  f"(DNS through the daemon), deny the rest;")
-            print("  run only python3 and ssh; no GPU")
+            agent: Callable[[list[str]], subprocess.CompletedProcess[str]]
+            if in_container:
+                container = ContainerAgent(world, socket_path, policy, gpu_node)
+                agent = container
+                applied = enf.get("rollout-17")
+                print(f"  podman run --annotation enforcer.policy=...: container "
+                      f"{container.container[:12]} (rootfs: the host's, overlaid) started; the OCI hook applied")
+                print(f"  the policy to its cgroup {applied.cgroup_path} before its first instruction:")
+            else:
+                agent = functools.partial(run_in_sandbox, cgroup.path)
+                applied = enf.apply(policy).applied
+                print(f"  policy applied to {applied.cgroup_path}:")
+            print(f"  allow {MIRROR_NAME}:8080/tcp by name (DNS through the daemon), deny the rest;")
+            print(f"  run only python3 and ssh{' (and sleep)' if in_container else ''}; no GPU")
 
             def trainer() -> None:
                 with Enforcer(socket_path) as stream:
@@ -396,26 +460,26 @@ def main() -> int:
             threading.Thread(target=trainer, daemon=True).start()
 
             say("The agent fetches a package from the mirror, by name (allowed)")
-            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_FETCH]).stdout.rstrip())
+            print(agent([sys.executable, "-c", AGENT_FETCH]).stdout.rstrip())
 
             say("The agent looks up its tunnel host's name (refused by the forwarder: DNS carries nothing out)")
-            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_LOOKUP]).stdout.rstrip())
+            print(agent([sys.executable, "-c", AGENT_LOOKUP]).stdout.rstrip())
             time.sleep(0.3)
 
             say("The agent opens a reverse SSH tunnel to the outside host (refused in the kernel)")
-            tunnel = run_in_sandbox(cgroup.path, ssh_tunnel_command(key, "echo tunnel up"))
+            tunnel = agent(ssh_tunnel_command(key, "echo tunnel up"))
             print(f"  ssh exited {tunnel.returncode}: {tunnel.stderr.strip() or tunnel.stdout.strip()}")
             time.sleep(0.3)
 
             say("The agent connects its miner to the pool (refused in the kernel)")
-            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_MINER]).stdout.rstrip())
+            print(agent([sys.executable, "-c", AGENT_MINER]).stdout.rstrip())
             time.sleep(0.3)
 
             say("The agent starts its miner (stopped before its first instruction)")
-            started = run_in_sandbox(cgroup.path, miner_argv)
+            started = agent(miner_argv)
             if started.returncode == -9:
                 fate = "killed by the kernel"  # sched_process_exec + SIGKILL
-            elif "Operation not permitted" in started.stderr:
+            elif "Operation not permitted" in started.stderr or "permission denied" in started.stderr:
                 fate = "exec refused by the kernel (EPERM)"  # BPF-LSM
             else:
                 fate = f"exited {started.returncode}"
@@ -423,12 +487,12 @@ def main() -> int:
             time.sleep(0.3)
 
             say("The agent opens the GPU (refused in the kernel)")
-            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_GPU, str(gpu_node)]).stdout.rstrip())
+            print(agent([sys.executable, "-c", AGENT_GPU, CONTAINER_GPU if in_container else str(gpu_node)]
+                        ).stdout.rstrip())
             time.sleep(0.3)
 
             say("The agent goes for the Enforcer daemon itself, to lift its policy (out of its reach)")
-            print(run_in_sandbox(cgroup.path, [sys.executable, "-c", AGENT_DAEMON, socket_path,
-                                               str(daemon_pid(socket_path))]).stdout.rstrip())
+            print(agent([sys.executable, "-c", AGENT_DAEMON, socket_path, str(daemon_pid(socket_path))]).stdout.rstrip())
 
             say("Exact counters from the kernel")
             print(format_stats(enf.stats("rollout-17")))

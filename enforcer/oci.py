@@ -18,8 +18,9 @@ bundle's config.json and hands over to runc.
 A container names its policy by the annotation ``enforcer.policy`` (Podman:
 ``--annotation``) or the environment variable ``ENFORCER_POLICY`` (Docker before
 24 passes no annotations): a file path, or a name looked up as
-``<policy dir>/<name>.yaml`` (``.yml``, ``.json``). The sandbox id is the
-container id; labels are the policy's, ``container`` (the short id), and any
+``<policy dir>/<name>.yaml`` (``.yml``, ``.json``). The sandbox id is
+``enforcer.sandbox`` (or ``ENFORCER_SANDBOX``) if given, else the container id;
+labels are the policy's, ``container`` (the short id), and any
 ``enforcer.label.<name>`` annotations or ``ENFORCER_LABELS=k=v,k=v``.
 Talks to the daemon over gRPC only.
 """
@@ -37,8 +38,10 @@ from typing import Any
 from enforcer.policy import PolicyError, read_policy_document
 
 POLICY_ANNOTATION = "enforcer.policy"
+SANDBOX_ANNOTATION = "enforcer.sandbox"
 LABEL_ANNOTATION_PREFIX = "enforcer.label."
 POLICY_ENV = "ENFORCER_POLICY"
+SANDBOX_ENV = "ENFORCER_SANDBOX"
 LABELS_ENV = "ENFORCER_LABELS"
 STAGE_CREATE = "createRuntime"
 STAGE_POSTSTOP = "poststop"
@@ -104,6 +107,13 @@ def policy_file(reference: str, policy_dir: Path) -> Path:
     raise HookError(f"no policy {reference!r} in {policy_dir} ({reference}.yaml, .yml or .json)")
 
 
+def sandbox_id(state: dict[str, Any], config: dict[str, Any]) -> str:
+    """The orchestrator's name for the rollout (annotation enforcer.sandbox or
+    ENFORCER_SANDBOX), else the container id."""
+    chosen = _annotations(state, config).get(SANDBOX_ANNOTATION) or _environment(config).get(SANDBOX_ENV)
+    return chosen or str(state["id"])
+
+
 def extra_labels(state: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
     labels = {k.removeprefix(LABEL_ANNOTATION_PREFIX): v for k, v in _annotations(state, config).items()
               if k.startswith(LABEL_ANNOTATION_PREFIX)}
@@ -149,7 +159,7 @@ def container_policy(state: dict[str, Any], config: dict[str, Any], policy_dir: 
     if "target" in template:
         raise HookError(f"{path}: target: must be left out: the hook targets the container")
     labels = {**(template.get("labels") or {}), **extra_labels(state, config), "container": state["id"][:12]}
-    return {**template, "sandbox": state["id"], "labels": labels,
+    return {**template, "sandbox": sandbox_id(state, config), "labels": labels,
             "target": {"cgroup": init_cgroup(pid), "root": root_filesystem(state, config)}}
 
 
@@ -162,7 +172,11 @@ def run_hook(stage: str, stdin: str, enf: Any, policy_dir: Path) -> None:
         from enforcer.client import EnforcerError
 
         try:
-            enf.remove(state["id"])
+            config = bundle_config(state)
+        except HookError:
+            config = {}  # the bundle is gone: the sandbox is named after the container
+        try:
+            enf.remove(sandbox_id(state, config))
         except EnforcerError as exc:
             if exc.code.name != "NOT_FOUND":
                 raise
@@ -219,3 +233,15 @@ def exec_runtime(runtime: str, runtime_args: Sequence[str], hook_argv: Sequence[
             print(f"enforcer oci-runtime: cannot add the hooks to {bundle}/config.json: {exc}", file=sys.stderr)
             raise SystemExit(1) from exc
     os.execv(runtime, [runtime, *runtime_args])
+
+
+def podman_oci_runtime(mount: Path) -> tuple[str, str]:
+    """The OCI runtime Podman can use on this host, and why: crun, its default,
+    unless the host is one crun 1.8 refuses, a hybrid layout whose cgroup2
+    hierarchy (at ``mount``) still holds a controller ("cgroups in hybrid mode
+    not supported"; these machines leave hugetlb there); runc runs there."""
+    controllers = (mount / "cgroup.controllers").read_text().split()
+    if mount != Path("/sys/fs/cgroup") and controllers:
+        return "runc", (f"hybrid cgroups with {', '.join(controllers)} in the cgroup2 hierarchy at {mount}: "
+                        "crun refuses that layout")
+    return "crun", "the default"

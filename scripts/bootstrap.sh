@@ -35,8 +35,11 @@ apt_update() {
 # A machine that never ran apt-get update cannot even look packages up.
 ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt_update
 
+# `bootstrap.sh --containers` (make demo-container) also installs Podman and its runtimes.
+packages="python3-bpfcc python3-venv iproute2 openssh-server openssh-client procps openssl systemd gzip"
+[ "${1:-}" = "--containers" ] && packages="$packages podman runc crun"
 missing=""
-for pkg in python3-bpfcc python3-venv iproute2 openssh-server openssh-client procps openssl systemd gzip; do
+for pkg in $packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 release=$(uname -r)

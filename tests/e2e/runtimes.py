@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enforcer.oci import STAGE_CREATE, STAGE_POSTSTOP, hooks_d_entry
+from enforcer.oci import STAGE_CREATE, STAGE_POSTSTOP, hooks_d_entry, podman_oci_runtime
 
 IMAGE = "enforcer-test/busybox:1"
 DOCKER_DIR = Path("/run/enforcer-test-docker")
@@ -201,19 +201,6 @@ class DockerDaemon:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
-
-
-def podman_oci_runtime(mount: Path) -> tuple[str, str]:
-    """crun, the runtime Podman defaults to, unless this host is one crun 1.8
-    refuses: a hybrid layout whose cgroup2 hierarchy still holds a controller
-    (here: hugetlb, which has no v1 mount), "cgroups in hybrid mode not
-    supported". runc runs there (as it does for Docker). Returns the runtime
-    and why it was chosen."""
-    controllers = (mount / "cgroup.controllers").read_text().split()
-    if mount != Path("/sys/fs/cgroup") and controllers:
-        return "runc", (f"hybrid cgroups with {', '.join(controllers)} in the cgroup2 hierarchy at {mount}: "
-                        "crun refuses that layout")
-    return "crun", "the default"
 
 
 def podman(mount: Path) -> Runtime:

@@ -18,6 +18,7 @@ from enforcer.oci import (
     policy_file,
     policy_reference,
     read_state,
+    sandbox_id,
 )
 
 CID = "4c2e54e076cd" + "0" * 52
@@ -37,6 +38,12 @@ def test_the_policy_is_named_by_annotation_or_environment():
     assert extra_labels({"annotations": {"enforcer.label.a": "0"}}, config) == {"a": "0", "b": "2"}
     with pytest.raises(HookError, match=r"names no policy .* refusing to start it unguarded"):
         policy_reference({}, {"process": {"env": ["PATH=/bin"]}})
+
+
+def test_the_sandbox_is_the_orchestrators_name_or_the_container_id():
+    assert sandbox_id({"id": CID}, {}) == CID
+    assert sandbox_id({"id": CID, "annotations": {"enforcer.sandbox": "rollout-17"}}, {}) == "rollout-17"
+    assert sandbox_id({"id": CID}, {"process": {"env": ["ENFORCER_SANDBOX=rollout-18"]}}) == "rollout-18"
 
 
 def test_policy_names_stay_in_the_policy_directory(tmp_path):
@@ -67,6 +74,7 @@ def test_the_container_policy_targets_the_inits_cgroup_and_the_bundles_root(tmp_
     doc = container_policy(state, {"root": {"path": "rootfs"}}, tmp_path)
     assert doc["target"] == {"cgroup": own, "root": f"{tmp_path}/rootfs"}
     assert doc["sandbox"] == CID and doc["labels"] == {"run": "7", "container": CID[:12]}
+
 
 
 def test_the_runtime_wrapper_puts_its_hooks_first_and_finds_the_bundle(tmp_path):

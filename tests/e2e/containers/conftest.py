@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from enforcer.cgroupfs import cgroup2_mount
-from tests.e2e.runtimes import DockerDaemon, Runtime, podman, podman_oci_runtime
+from enforcer.oci import podman_oci_runtime
+from tests.e2e.runtimes import DockerDaemon, Runtime, podman
 
 
 @pytest.fixture(scope="session")
