@@ -8,6 +8,10 @@ policy is already in the kernel), and through the OCI hook (Docker's
 its first instruction, removed at poststop). The median of each is printed with
 its ratio to the baseline and the milliseconds it adds.
 
+Then --rollouts (default 1,000) `run --rm` rollouts through the hook, each
+refused one connect: the daemon's sandboxes, the pinned maps' keys and the
+runtime's cgroups are counted before and after (nothing may be left behind).
+
 Uses the tests' private dockerd and Podman set-up (tests/e2e/runtimes.py) and a
 daemon of its own.
 """
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -66,9 +71,33 @@ def report(runtime: Runtime, samples: dict[str, list[float]]) -> None:
         print(f"  {name:15} {median * 1000:7.0f} ms  {median / base:5.2f}x  {(median - base) * 1000:+6.0f} ms")
 
 
+def rollouts(runtime: Runtime, count: int, pin_dir: Path, list_sandboxes: Any) -> None:
+    from tests.e2e.inspect import map_entries
+
+    cgroups = cgroup2_mount() / ("docker" if runtime.name == "docker" else "libpod_parent")
+
+    def counts() -> dict[str, int]:
+        return {"sandboxes": len(list_sandboxes()), "cgroups": sum(1 for p in cgroups.rglob("*") if p.is_dir()),
+                **{f"map {name}": n for name, n in map_entries(pin_dir).items()}}
+
+    before = counts()
+    started, refused = time.monotonic(), 0
+    for _ in range(count):
+        done = runtime.run("run", "--rm", "--network", "none", *variants(runtime, "")["OCI hook"], IMAGE,
+                           "nc", "127.0.0.1", "9", check=False)
+        refused += "Operation not permitted" in done.stdout + done.stderr
+    after = counts()
+    changed = {k: (before.get(k), after.get(k)) for k in {*before, *after} if before.get(k) != after.get(k)}
+    print(f"\n{count} {runtime.name} rollouts through the hook in {time.monotonic() - started:.0f} s: "
+          f"{refused} refused their connect; left behind: {changed or 'nothing'} "
+          f"(sandboxes {after['sandboxes']}, cgroups {after['cgroups']}, "
+          f"sandbox map keys {after.get('map sandboxes')})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rollouts", type=int, default=1000)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
     parent_path = cgroup2_mount() / f"enforcer-bench-{os.getpid()}"
@@ -86,6 +115,9 @@ def main() -> int:
         for runtime in (docker, podman(cgroup2_mount())):
             runtime.import_image()
             report(runtime, measure(runtime, parent, args.rounds))
+        with daemon.client() as enf:
+            for runtime in (docker, podman(cgroup2_mount())):
+                rollouts(runtime, args.rollouts, daemon.pin_dir, enf.list)
     finally:
         dockerd.stop()
         daemon.stop()

@@ -18,6 +18,7 @@ import pytest
 
 from enforcer.cgroupfs import cgroup2_mount
 from tests.e2e.conftest import Cleanup, DaemonProcess, wait_denials
+from tests.e2e.containers.conftest import BRIDGE_HOST
 from tests.e2e.runtimes import IMAGE, Runtime
 
 # Inside the container (its own loopback, --network none): a listener on the
@@ -200,3 +201,23 @@ def test_a_gpu_node_handed_in_with_device_is_refused_unless_granted(
     assert "Operation not permitted" in output, output
     opened = [d for d in wait_denials(client, sandbox, 2) if d.process.comm == "cat"]
     assert [(d.device.name, d.device.driver, d.device.access) for d in opened] == [("/dev/nvidia0", "nvidia", "r")]
+
+
+def test_a_container_on_a_bridge_network_is_refused_with_eperm(
+        client, cgroup_root, docker: Runtime, bridge_network: str, cleanup: Cleanup):
+    from tests.e2e import dnsworld
+
+    cleanup.add(dnsworld.TestHost(dnsworld.listen_tcp(BRIDGE_HOST, ALLOWED_PORT)).close)
+    sandbox = "container-bridge"
+    path, parent = guarded_parent(cgroup_root, sandbox)
+    client.apply({**parent_policy(sandbox, path), "network": {
+        "default": "deny", "allow": [{"to": BRIDGE_HOST, "ports": [ALLOWED_PORT], "protocol": "tcp"}]}})
+    cleanup.add(lambda: client.remove(sandbox))
+    script = (f"nc {BRIDGE_HOST} {ALLOWED_PORT} </dev/null && echo allowed:OK; "
+              f"nc {BRIDGE_HOST} {REFUSED_PORT} </dev/null 2>&1; echo done")
+    done = docker.run("run", "--rm", "--network", bridge_network, f"--cgroup-parent={parent}", IMAGE,
+                      "sh", "-c", script)
+    assert "allowed:OK" in done.stdout, done.stdout + done.stderr
+    assert f"can't connect to remote host ({BRIDGE_HOST}): Operation not permitted" in done.stdout, done.stdout
+    assert [(d.destination.address, d.destination.port) for d in wait_denials(client, sandbox, 1)] == [
+        (BRIDGE_HOST, REFUSED_PORT)]

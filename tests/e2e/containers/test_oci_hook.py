@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cleanup, wait_denials
+from tests.e2e.containers.conftest import BRIDGE_HOST
 from tests.e2e.runtimes import HOOK_POLICIES, HOOK_SOCKET, IMAGE, Runtime, point_hooks_at
 
 REFUSED_PORT = 9090
+ROLLOUTS = 25
 NC_REFUSED = "can't connect to remote host (127.0.0.1): Operation not permitted"
 
 
@@ -44,8 +46,9 @@ def naming(runtime: Runtime, policy: str, *labels: str) -> list[str]:
 
 
 def run_to_end(runtime: Runtime, cleanup: Cleanup, *args: str) -> tuple[str, str, int]:
-    """Start a container and wait for it: (its id, its output, its exit code)."""
-    container = runtime.run("run", "-d", "--network", "none", *args).stdout.strip()
+    """Start a container (--network none unless given) and wait for it: (its id, its output, its exit code)."""
+    network = [] if "--network" in args else ["--network", "none"]
+    container = runtime.run("run", "-d", *network, *args).stdout.strip()
     cleanup.add(lambda: runtime.run("rm", "-f", container, check=False))
     code = int(runtime.run("wait", container).stdout.strip())
     logs = runtime.run("logs", container)
@@ -110,3 +113,71 @@ def test_a_container_of_the_enforcer_runtime_without_a_policy_does_not_start(
     assert done.returncode != 0 and "started" not in done.stdout
     assert "names no policy" in done.stderr, done.stderr
     assert HOOK_SOCKET.is_symlink()
+
+
+def cgroups_below(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_dir()) if root.exists() else 0
+
+
+def test_rollouts_leave_no_sandbox_entry_or_cgroup_behind(daemon: Any, client, hooks: Path, runtime: Runtime):
+    """Each rollout a container of its own, removed when it ends (--rm): after
+    them, the daemon's sandboxes, the pinned maps' entries and the cgroups are
+    as before. (bench/containers.py runs 1,000.)"""
+    from enforcer.cgroupfs import cgroup2_mount
+    from tests.e2e.inspect import map_entries
+
+    write_policy(hooks, "rollout")
+    runtime_cgroups = cgroup2_mount() / ("docker" if runtime.name == "docker" else "libpod_parent")
+    before = ({p.policy.sandbox for p in client.list()}, map_entries(daemon.pin_dir), cgroups_below(runtime_cgroups))
+    seen = 0
+    for _ in range(ROLLOUTS):
+        done = runtime.run("run", "--rm", "--network", "none", *naming(runtime, "rollout"), IMAGE,
+                           "nc", "127.0.0.1", str(REFUSED_PORT), check=False)
+        seen += NC_REFUSED in done.stderr + done.stdout
+    after = ({p.policy.sandbox for p in client.list()}, map_entries(daemon.pin_dir), cgroups_below(runtime_cgroups))
+    assert seen == ROLLOUTS
+    assert after == before
+
+
+def test_a_container_started_again_is_guarded_again(client, hooks: Path, runtime: Runtime, cleanup: Cleanup):
+    write_policy(hooks, "again")
+    container, _, _ = run_to_end(runtime, cleanup, *naming(runtime, "again"), IMAGE,
+                                 "nc", "127.0.0.1", str(REFUSED_PORT))
+    assert container not in [p.policy.sandbox for p in client.list()]  # ended with it
+    runtime.run("start", container)
+    runtime.run("wait", container)
+    assert [d.destination.port for d in wait_denials(client, container, 2)] == [REFUSED_PORT] * 2
+    assert NC_REFUSED in runtime.run("logs", container).stderr
+
+
+def test_allow_by_name_works_with_the_containers_own_resolver(
+        client, hooks: Path, docker: Runtime, bridge_network: str, cleanup: Cleanup, tmp_path: Path):
+    """On a bridge network, with the container's resolv.conf naming a test DNS
+    server on the host's end of the bridge: its queries go through the daemon's
+    forwarder (listening in the container's namespace from the hook's apply on,
+    asking the policy's upstream from there), a listed name resolves and
+    connects, an unlisted one is refused, a literal address stays refused."""
+    from enforcer.v1 import enforcer_pb2 as pb
+    from tests.e2e import dnsworld
+
+    zone = dnsworld.Zone()
+    zone.set("mirror.test", ("A", BRIDGE_HOST, 300))
+    zone.set("c2.test", ("A", BRIDGE_HOST, 300))
+    udp, tcp = dnsworld.bound_sockets([BRIDGE_HOST])
+    cleanup.add(dnsworld.TestDnsServer(zone, udp, tcp).close)
+    cleanup.add(dnsworld.TestHost(dnsworld.listen_tcp(BRIDGE_HOST, 8080)).close)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {BRIDGE_HOST}\n")
+    write_policy(hooks, "by-name", network={"default": "deny", "dns": {"upstream": [BRIDGE_HOST]},
+                                            "allow": [{"to": "mirror.test", "ports": [8080], "protocol": "tcp"}]})
+    script = ("nslookup mirror.test >/dev/null && echo resolved:OK; "
+              f"nc {BRIDGE_HOST} 8080 </dev/null >/dev/null && echo connected:OK; "
+              "nslookup c2.test >/dev/null || echo c2:refused; "
+              f"nc {BRIDGE_HOST} {REFUSED_PORT} </dev/null 2>&1; echo done")
+    container, output, _ = run_to_end(docker, cleanup, "--network", bridge_network, *naming(docker, "by-name"),
+                                      "-v", f"{resolv}:/etc/resolv.conf:ro", IMAGE, "sh", "-c", script)
+    assert "resolved:OK" in output and "connected:OK" in output and "c2:refused" in output, output
+    assert f"can't connect to remote host ({BRIDGE_HOST}): Operation not permitted" in output, output
+    kinds = {(d.kind, d.dns.name or f"{d.destination.address}:{d.destination.port}")
+             for d in wait_denials(client, container, 2)}
+    assert (pb.DENIAL_KIND_DNS, "c2.test") in kinds and (pb.DENIAL_KIND_CONNECT, f"{BRIDGE_HOST}:{REFUSED_PORT}") in kinds
