@@ -5,7 +5,7 @@
 #                 on the kernel, then test-kernels
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo demo-container test test-kernels check unit bench bench-containers soak clean
+.PHONY: bootstrap demo demo-container test test-kernels check unit bench bench-containers bench-nft soak clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -44,6 +44,10 @@ bench: bootstrap
 # What guarding adds to `docker run` / `podman run` (guarded parent, OCI hook).
 bench-containers: bootstrap
 	$(PY) -m bench.containers
+
+# The same 10,000-destination allowlist as nftables rules (OpenSandbox's way) and as a policy.
+bench-nft: bootstrap
+	$(PY) -m bench.nft
 
 # Not CI: 30 minutes of churn, floods and take-overs on this kernel; fails on
 # a leak (programs, maps, links, pins, cgroups, fds), a growing daemon, a gap
