@@ -72,7 +72,7 @@ def report(runtime: Runtime, samples: dict[str, list[float]]) -> None:
 
 
 def rollouts(runtime: Runtime, count: int, pin_dir: Path, list_sandboxes: Any) -> None:
-    from tests.e2e.inspect import map_entries
+    from tests.e2e.pinned_maps import map_entries
 
     cgroups = cgroup2_mount() / ("docker" if runtime.name == "docker" else "libpod_parent")
 

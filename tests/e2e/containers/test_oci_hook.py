@@ -124,7 +124,7 @@ def test_rollouts_leave_no_sandbox_entry_or_cgroup_behind(daemon: Any, client, h
     them, the daemon's sandboxes, the pinned maps' entries and the cgroups are
     as before. (bench/containers.py runs 1,000.)"""
     from enforcer.cgroupfs import cgroup2_mount
-    from tests.e2e.inspect import map_entries
+    from tests.e2e.pinned_maps import map_entries
 
     write_policy(hooks, "rollout")
     runtime_cgroups = cgroup2_mount() / ("docker" if runtime.name == "docker" else "libpod_parent")
