@@ -225,24 +225,22 @@ class Enforcement:
         """A container's entries name the container's files: resolved inside its
         root (``target.root``, or that of a process in its cgroup), not the daemon's."""
         assert policy.exec is not None
-        if policy.target.root:
-            try:
-                rootfs = RootFs(policy.target.root)
-            except OSError as exc:
-                raise PolicyError("target.root", f"cannot open {policy.target.root}: {exc.strerror}") from exc
-            with rootfs:
-                return exec_rules.compile_exec(policy.exec, rootfs)
-        if policy.target.kind is not TargetKind.CONTAINER:
+        target = policy.target
+        if target.root:
+            field, what, open_root = "target.root", target.root, lambda: RootFs(target.root)
+        elif target.kind is TargetKind.CONTAINER:
+            pid = a_process_in(cgroup.path)
+            if pid is None:
+                raise PolicyError("target.container", f"container {target.value} has no process left: its files "
+                                                      "cannot be resolved (has it exited?)")
+            field, what = "target.container", f"the root of container {target.value} (pid {pid})"
+            open_root = lambda: RootFs.of_process(pid)  # noqa: E731
+        else:
             return exec_rules.compile_exec(policy.exec)
-        pid = a_process_in(cgroup.path)
-        if pid is None:
-            raise PolicyError("target.container", f"container {policy.target.value} has no process left: its files "
-                                                  "cannot be resolved (has it exited?)")
         try:
-            rootfs = RootFs.of_process(pid)
+            rootfs = open_root()
         except OSError as exc:
-            raise PolicyError("target.container", f"cannot open the root of container {policy.target.value} "
-                                                  f"(pid {pid}): {exc.strerror}") from exc
+            raise PolicyError(field, f"cannot open {what}: {exc.strerror}") from exc
         with rootfs:
             return exec_rules.compile_exec(policy.exec, rootfs)
 

@@ -14,7 +14,6 @@ itself: a directory entry such as ``/usr/lib/`` does not let it run.
 from __future__ import annotations
 
 import fnmatch
-import glob
 import os
 import stat
 import struct
@@ -22,12 +21,11 @@ import threading
 from dataclasses import dataclass, field
 
 from enforcer.kernel import layout
-from enforcer.kernel.rootfs import RootFs
+from enforcer.kernel.rootfs import HOST, RootFs
 from enforcer.policy import ExecPolicy, PolicyError, Verdict
 
 LOADER_DIRS = ("/lib64", "/lib", "/usr/lib64", "/usr/lib")
-_LOADER_NAME = "ld-*.so*"
-LOADER_PATTERNS = (*(f"{d}/{_LOADER_NAME}" for d in LOADER_DIRS), f"/lib/*/{_LOADER_NAME}", f"/usr/lib/*/{_LOADER_NAME}")
+_LOADER_NAME = "ld-*.so*"  # in each of LOADER_DIRS, and one level below /lib and /usr/lib
 
 Identity = tuple[int, int]  # (kernel dev, inode)
 
@@ -46,7 +44,7 @@ class SuperBlocks:
     super_block's device of the mount a file is on; one st_dev always belongs to
     one super_block, so each st_dev is looked up once."""
 
-    def __init__(self, rootfs: RootFs | None = None) -> None:
+    def __init__(self, rootfs: RootFs = HOST) -> None:
         self._rootfs = rootfs
         self._known: dict[int, int] = {}
         self._mounts: dict[int, int] | None = None
@@ -59,18 +57,13 @@ class SuperBlocks:
         return (dev, st.st_ino)
 
     def _lookup(self, path: str) -> int | None:
-        rootfs = self._rootfs or RootFs()
-        try:
-            mnt_id = rootfs.mount_id(path)
-            return None if mnt_id is None else self._mount_devices(rootfs.mountinfo).get(mnt_id)
-        finally:
-            if self._rootfs is None:
-                rootfs.close()
+        mnt_id = self._rootfs.mount_id(path)
+        return None if mnt_id is None else self._mount_devices().get(mnt_id)
 
-    def _mount_devices(self, mountinfo: str) -> dict[int, int]:
+    def _mount_devices(self) -> dict[int, int]:
         if self._mounts is None:
             self._mounts = {}
-            with open(mountinfo) as lines:
+            with open(self._rootfs.mountinfo) as lines:
                 for line in lines:
                     fields = line.split(maxsplit=3)
                     major, minor = fields[2].split(":")
@@ -89,20 +82,10 @@ class CompiledExec:
     paths: dict[bytes, int] = field(default_factory=dict)   # entry text (file entries end in NUL) -> verdict
 
 
-def loader_identities(devices: SuperBlocks | None = None, rootfs: RootFs | None = None) -> dict[Identity, str]:
-    """The dynamic loaders of a root (the host's, or a container's)."""
+def loader_identities(devices: SuperBlocks | None = None, rootfs: RootFs = HOST) -> dict[Identity, str]:
+    """The dynamic loaders of a root (the host's, or a container's), each with a path to it."""
     devices = devices or SuperBlocks(rootfs)
     found: dict[Identity, str] = {}
-    if rootfs is None or rootfs.is_host:
-        for pattern in LOADER_PATTERNS:
-            for path in glob.glob(pattern):
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    found.setdefault(devices.identity(path, st), os.path.realpath(path))
-        return found
     for path in _loader_candidates(rootfs):
         try:
             st = rootfs.stat(path)
@@ -114,7 +97,7 @@ def loader_identities(devices: SuperBlocks | None = None, rootfs: RootFs | None 
 
 
 def _loader_candidates(rootfs: RootFs) -> list[str]:
-    """LOADER_PATTERNS, matched inside another root without leaving it."""
+    """Names matching _LOADER_NAME, listed inside the root without leaving it."""
     candidates = []
     for directory in LOADER_DIRS:
         names = rootfs.listdir(directory)
@@ -161,10 +144,10 @@ class _LoaderCache:
 _loaders = _LoaderCache()
 
 
-def compile_exec(policy: ExecPolicy, rootfs: RootFs | None = None) -> CompiledExec:
-    """The policy's entries as files of ``rootfs`` (the host's root if None: a
-    container's policy names the container's files). Raises PolicyError naming
-    the entry when it cannot be resolved."""
+def compile_exec(policy: ExecPolicy, rootfs: RootFs = HOST) -> CompiledExec:
+    """The policy's entries as files of ``rootfs`` (a container's policy names
+    the container's files). Raises PolicyError naming the entry when it cannot
+    be resolved."""
     compiled = CompiledExec()
     devices = SuperBlocks(rootfs)
     deny_texts: set[bytes] = set()
@@ -185,22 +168,21 @@ def compile_exec(policy: ExecPolicy, rootfs: RootFs | None = None) -> CompiledEx
     for text in compiled.paths:
         if _covered_by(text, deny_texts):
             compiled.paths[text] = layout.VERDICT_DENY
-    loaders = _loaders.get(devices) if rootfs is None or rootfs.is_host else loader_identities(devices, rootfs)
+    loaders = _loaders.get(devices) if rootfs.is_host else loader_identities(devices, rootfs)
     for identity in loaders:
         if not compiled.ids.get(identity, 0) & layout.EXEC_FILE_ALLOW:
             compiled.ids[identity] = compiled.ids.get(identity, 0) | layout.EXEC_FILE_DENY
     return compiled
 
 
-def _resolve(entry: str, is_dir: bool, where: str, rootfs: RootFs | None) -> os.stat_result:
-    place = rootfs.where if rootfs else "on this host"
+def _resolve(entry: str, is_dir: bool, where: str, rootfs: RootFs) -> os.stat_result:
     try:
-        st = rootfs.stat(entry) if rootfs else os.stat(entry)
+        st = rootfs.stat(entry)
     except NotADirectoryError:
         raise PolicyError(where, f"{entry} ends with '/' but is not a directory" if is_dir else
                                  f"cannot resolve {entry}: a component of it is not a directory") from None
     except FileNotFoundError:
-        raise PolicyError(where, f"{entry} does not exist {place} (exec entries are resolved to files when "
+        raise PolicyError(where, f"{entry} does not exist {rootfs.where} (exec entries are resolved to files when "
                                  "the policy is applied)") from None
     except OSError as exc:
         raise PolicyError(where, f"cannot resolve {entry}: {exc.strerror}") from None

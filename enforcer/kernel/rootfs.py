@@ -34,12 +34,13 @@ _libc.syscall.restype = ctypes.c_long
 
 
 class RootFs:
-    """A root directory (``/`` for the host) and the mountinfo that describes it."""
+    """A root directory (``/`` for the host: HOST) and the mountinfo that describes it."""
 
     def __init__(self, root: str = "/", mountinfo: str = "/proc/self/mountinfo") -> None:
         self.root = root
         self.mountinfo = mountinfo
-        self.fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # The host's lookups are plain opens: only another root needs a descriptor to resolve in.
+        self.fd = None if root == "/" else os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     @classmethod
     def of_process(cls, pid: int) -> RootFs:
@@ -47,7 +48,8 @@ class RootFs:
         return cls(f"/proc/{pid}/root", f"/proc/{pid}/mountinfo")
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
     def __enter__(self) -> RootFs:
         return self
@@ -67,7 +69,7 @@ class RootFs:
     def open_path(self, path: str) -> int:
         """An O_PATH descriptor of ``path`` looked up inside this root (symlinks
         followed, inside it). Raises OSError as open() would."""
-        if self.is_host:
+        if self.fd is None:
             return os.open(path, os.O_PATH | os.O_CLOEXEC)
         number = _OPENAT2.get(platform.machine())
         if number is None:
@@ -80,6 +82,8 @@ class RootFs:
         return int(fd)
 
     def stat(self, path: str) -> os.stat_result:
+        if self.fd is None:
+            return os.stat(path)  # one syscall: an apply stats every exec entry
         fd = self.open_path(path)
         try:
             return os.fstat(fd)
@@ -116,3 +120,6 @@ class RootFs:
             return []
         finally:
             os.close(fd)
+
+
+HOST = RootFs()  # the daemon's own root: no descriptor held, nothing to close
