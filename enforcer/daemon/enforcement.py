@@ -458,12 +458,13 @@ class Enforcement:
                 else:
                     self._guard.delete_rules(keys)
             self._restore_forwarders({r.policy.sandbox for r in reapply})
-        cut_short = "the kernel's entry differs from the saved policy (a change was cut short)"
-        gone = "the cgroup it created was gone (a reboot): created again"
-        for record, why in [*((r, cut_short) for r in reapply), *((r, gone) for r in recreate)]:
+        # (record, its cgroup or None to create it again, why): applied again.
+        again = [*((r, r.cgroup, "the kernel's entry differs from the saved policy (a change was cut short)")
+                   for r in reapply),
+                 *((r, None, "the cgroup it created was gone (a reboot): created again") for r in recreate)]
+        for record, cgroup, why in again:
             try:
-                self.apply(record.policy, (record.policy_wire, record.policy_sha256),
-                           cgroup=record.cgroup if why is cut_short else None)
+                self.apply(record.policy, (record.policy_wire, record.policy_sha256), cgroup=cgroup)
             except Exception as exc:
                 log.error("sandbox_restore_failed", sandbox=record.policy.sandbox, error=str(exc),
                           guarded=self._store.find(record.policy.sandbox) is not None)
