@@ -350,12 +350,10 @@ def cmd_oci_hook(args: argparse.Namespace, enf: Any) -> int:
 
 
 def cmd_oci_runtime(args: argparse.Namespace) -> int:
-    from enforcer.oci import exec_runtime
+    from enforcer.oci import exec_runtime, hook_command
 
     runtime_args = args.runtime_args[1:] if args.runtime_args[:1] == ["--"] else args.runtime_args
-    hook = [sys.executable, "-m", "enforcer.cli", "--socket", socket_path(args.socket), "oci-hook",
-            "--policy-dir", args.policy_dir]
-    exec_runtime(args.runtime, runtime_args, hook)
+    exec_runtime(args.runtime, runtime_args, hook_command(socket_path(args.socket), args.policy_dir))
     return 1  # not reached: exec_runtime becomes the runtime
 
 

@@ -325,14 +325,11 @@ class ContainerAgent:
 
     def __init__(self, world: World, socket_path: str, policy: dict[str, Any], gpu_node: Path) -> None:
         from enforcer.cgroupfs import cgroup2_mount
-        from enforcer.oci import STAGE_CREATE, STAGE_POSTSTOP, hooks_d_entry, podman_oci_runtime
+        from enforcer.oci import hook_command, podman_oci_runtime, write_hooks_d
 
         _tools("podman")
         hooks = world.tmp / "hooks.d"
-        hooks.mkdir()
-        hook = [sys.executable, "-m", "enforcer.cli", "--socket", socket_path, "oci-hook"]
-        for stage in (STAGE_CREATE, STAGE_POSTSTOP):
-            (hooks / f"enforcer-{stage}.json").write_text(json.dumps(hooks_d_entry(hook, stage)))
+        write_hooks_d(hooks, hook_command(socket_path))
         policy_file = world.tmp / "rollout.json"
         policy_file.write_text(json.dumps({k: v for k, v in policy.items() if k not in ("sandbox", "target")}))
         self.podman = ["podman", "--root", str(world.tmp / "podman"), "--runroot", str(world.tmp / "podman-run"),

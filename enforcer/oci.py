@@ -184,16 +184,33 @@ def run_hook(stage: str, stdin: str, enf: Any, policy_dir: Path) -> None:
         raise HookError(f"unknown hook stage {stage!r} (expected {STAGE_CREATE} or {STAGE_POSTSTOP})")
 
 
+def hook_command(socket: str, policy_dir: str | None = None) -> list[str]:
+    """How a runtime calls ``enforcer oci-hook`` (the stage is appended), with
+    this Python: the hook talks to the daemon at ``socket``."""
+    return [sys.executable, "-m", "enforcer.cli", "--socket", socket, "oci-hook",
+            *(["--policy-dir", policy_dir] if policy_dir else [])]
+
+
+def _hook(hook_argv: Sequence[str], stage: str) -> dict[str, Any]:
+    return {"path": hook_argv[0], "args": [*hook_argv, stage], "timeout": 60}
+
+
 def hook_entries(hook_argv: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """config.json "hooks" entries that call ``hook_argv`` + the stage."""
-    return {stage: [{"path": hook_argv[0], "args": [*hook_argv, stage], "timeout": 60}]
-            for stage in (STAGE_CREATE, STAGE_POSTSTOP)}
+    return {stage: [_hook(hook_argv, stage)] for stage in (STAGE_CREATE, STAGE_POSTSTOP)}
 
 
 def hooks_d_entry(hook_argv: Sequence[str], stage: str) -> dict[str, Any]:
     """A Podman/CRI-O hooks.d file (oci-hooks(5)): run for containers that name a policy."""
-    return {"version": "1.0.0", "hook": {"path": hook_argv[0], "args": [*hook_argv, stage], "timeout": 60},
+    return {"version": "1.0.0", "hook": _hook(hook_argv, stage),
             "when": {"annotations": {f"^{re.escape(POLICY_ANNOTATION)}$": ".+"}}, "stages": [stage]}
+
+
+def write_hooks_d(directory: Path, hook_argv: Sequence[str]) -> None:
+    """The two hooks.d files (createRuntime, poststop) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stage in (STAGE_CREATE, STAGE_POSTSTOP):
+        (directory / f"enforcer-{stage}.json").write_text(json.dumps(hooks_d_entry(hook_argv, stage)))
 
 
 def add_hooks(config_path: Path, hook_argv: Sequence[str]) -> None:

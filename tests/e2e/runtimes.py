@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enforcer.oci import STAGE_CREATE, STAGE_POSTSTOP, hooks_d_entry, podman_oci_runtime
+from enforcer.oci import hook_command, podman_oci_runtime, write_hooks_d
 
 IMAGE = "enforcer-test/busybox:1"
 DOCKER_DIR = Path("/run/enforcer-test-docker")
@@ -127,11 +127,6 @@ HOOK_POLICIES = DOCKER_DIR / "policies"
 PODMAN_HOOKS = PODMAN_RUNROOT / "hooks.d"
 
 
-def hook_argv() -> list[str]:
-    return [sys.executable, "-m", "enforcer.cli", "--socket", str(HOOK_SOCKET), "oci-hook",
-            "--policy-dir", str(HOOK_POLICIES)]
-
-
 def point_hooks_at(daemon_socket: str) -> None:
     """Make the hooks talk to this daemon (a symlink: the runtimes' config stays)."""
     HOOK_POLICIES.mkdir(parents=True, exist_ok=True)
@@ -215,9 +210,7 @@ def podman(mount: Path) -> Runtime:
     conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
     oci_runtime, _ = podman_oci_runtime(mount)
     # The hooks as an operator would install them in /usr/share/containers/oci/hooks.d.
-    PODMAN_HOOKS.mkdir(parents=True, exist_ok=True)
-    for stage in (STAGE_CREATE, STAGE_POSTSTOP):
-        (PODMAN_HOOKS / f"enforcer-{stage}.json").write_text(json.dumps(hooks_d_entry(hook_argv(), stage)))
+    write_hooks_d(PODMAN_HOOKS, hook_command(str(HOOK_SOCKET), str(HOOK_POLICIES)))
     return Runtime("podman", ["podman", "--root", str(PODMAN_ROOT), "--runroot", str(PODMAN_RUNROOT),
                               "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", oci_runtime,
                               "--hooks-dir", str(PODMAN_HOOKS)],
