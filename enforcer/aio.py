@@ -65,6 +65,14 @@ class Enforcer:
     async def remove(self, sandbox: str) -> None:
         await self._call(self._stub.RemovePolicy, pb.RemovePolicyRequest(sandbox=sandbox))
 
+    async def add_container(self, container: str, cgroup: str, root: str) -> pb.AppliedPolicy:
+        return await self._call(self._stub.AddContainer,
+                                pb.AddContainerRequest(container=container, cgroup=cgroup, root=root))
+
+    async def remove_container(self, container: str) -> pb.AppliedPolicy:
+        return await self._call(self._stub.RemoveContainer,
+                                pb.RemoveContainerRequest(container=container))
+
     async def get(self, sandbox: str) -> pb.AppliedPolicy:
         return await self._call(self._stub.GetPolicy, pb.GetPolicyRequest(sandbox=sandbox))
 

@@ -187,6 +187,7 @@ def cmd_list(args: argparse.Namespace, enf: Any) -> int:
             f"allow={len(p.network.allow)} deny={len(p.network.deny)}"
             + (f" exec(allow={len(p.exec.allow)} deny={len(p.exec.deny)})" if p.HasField("exec") else "")
             + (" dns" if p.network.HasField("dns") else "")
+            + (f" containers={len(applied.containers)}" if applied.containers else "")
         )
     return 0
 

@@ -140,6 +140,15 @@ class Enforcer:
     def remove(self, sandbox: str) -> None:
         self._call(self._stub.RemovePolicy, pb.RemovePolicyRequest(sandbox=sandbox))
 
+    def add_container(self, container: str, cgroup: str, root: str) -> pb.AppliedPolicy:
+        """A container started inside a sandbox's cgroup: its exec entries are
+        resolved in ``root`` too (what ``enforcer oci-hook`` does at createRuntime)."""
+        return self._call(self._stub.AddContainer,
+                          pb.AddContainerRequest(container=container, cgroup=cgroup, root=root))
+
+    def remove_container(self, container: str) -> pb.AppliedPolicy:
+        return self._call(self._stub.RemoveContainer, pb.RemoveContainerRequest(container=container))
+
     def get(self, sandbox: str) -> pb.AppliedPolicy:
         return self._call(self._stub.GetPolicy, pb.GetPolicyRequest(sandbox=sandbox))
 

@@ -15,6 +15,12 @@ does not; ``enforcer oci-runtime`` stands in for runc (a ``runtimes`` entry in
 daemon.json, ``docker run --runtime enforcer``): it adds the two hooks to the
 bundle's config.json and hands over to runc.
 
+A container that names no policy but is started inside a sandbox's cgroup (a
+guarded parent: ``--cgroup-parent``) is added to that sandbox: its exec entries
+are resolved in the container's root filesystem too (AddContainer), and it
+leaves at poststop. One that names no policy and is in no sandbox's cgroup is
+not started.
+
 A container names its policy by the annotation ``enforcer.policy`` (Podman:
 ``--annotation``) or the environment variable ``ENFORCER_POLICY`` (Docker before
 24 passes no annotations): a file path, or a name looked up as
@@ -86,12 +92,8 @@ def _environment(config: dict[str, Any]) -> dict[str, str]:
     return dict(pairs)
 
 
-def policy_reference(state: dict[str, Any], config: dict[str, Any]) -> str:
-    reference = _annotations(state, config).get(POLICY_ANNOTATION) or _environment(config).get(POLICY_ENV)
-    if not reference:
-        raise HookError(f"the container names no policy (annotation {POLICY_ANNOTATION} or environment "
-                        f"variable {POLICY_ENV}): refusing to start it unguarded")
-    return reference
+def policy_reference(state: dict[str, Any], config: dict[str, Any]) -> str | None:
+    return _annotations(state, config).get(POLICY_ANNOTATION) or _environment(config).get(POLICY_ENV) or None
 
 
 def policy_file(reference: str, policy_dir: Path) -> Path:
@@ -144,12 +146,18 @@ def root_filesystem(state: dict[str, Any], config: dict[str, Any]) -> str:
     return root if root.startswith("/") else str(Path(state["bundle"]) / root)
 
 
-def container_policy(state: dict[str, Any], config: dict[str, Any], policy_dir: Path) -> dict[str, Any]:
-    """The policy document the daemon is asked to apply for this container."""
+def init_pid(state: dict[str, Any]) -> int:
     pid = state.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         raise HookError("the OCI state has no init pid (is this hook registered for createRuntime?)")
-    path = policy_file(policy_reference(state, config), policy_dir)
+    return pid
+
+
+def container_policy(state: dict[str, Any], config: dict[str, Any], reference: str,
+                     policy_dir: Path) -> dict[str, Any]:
+    """The policy document the daemon is asked to apply for this container."""
+    pid = init_pid(state)
+    path = policy_file(reference, policy_dir)
     try:
         template = read_policy_document(path)
     except PolicyError as exc:
@@ -165,21 +173,36 @@ def container_policy(state: dict[str, Any], config: dict[str, Any], policy_dir: 
 
 def run_hook(stage: str, stdin: str, enf: Any, policy_dir: Path) -> None:
     """One hook call; HookError (or the client's error) means: do not start."""
+    from enforcer.client import EnforcerError
+
     state = read_state(stdin)
     if stage == STAGE_CREATE:
-        enf.apply(container_policy(state, bundle_config(state), policy_dir))
+        config = bundle_config(state)
+        reference = policy_reference(state, config)
+        if reference:
+            enf.apply(container_policy(state, config, reference, policy_dir))
+            return
+        cgroup = init_cgroup(init_pid(state))
+        try:
+            enf.add_container(state["id"], cgroup, root_filesystem(state, config))
+        except EnforcerError as exc:
+            if exc.code.name != "NOT_FOUND":
+                raise
+            raise HookError(f"the container names no policy (annotation {POLICY_ANNOTATION} or environment variable "
+                            f"{POLICY_ENV}) and no sandbox guards its cgroup {cgroup}: refusing to start it "
+                            "unguarded") from None
     elif stage == STAGE_POSTSTOP:
-        from enforcer.client import EnforcerError
-
         try:
             config = bundle_config(state)
         except HookError:
             config = {}  # the bundle is gone: the sandbox is named after the container
-        try:
-            enf.remove(sandbox_id(state, config))
-        except EnforcerError as exc:
-            if exc.code.name != "NOT_FOUND":
-                raise
+        # Whichever way it was guarded (its own sandbox, or added to its parent's).
+        for leave in (lambda: enf.remove(sandbox_id(state, config)), lambda: enf.remove_container(state["id"])):
+            try:
+                leave()
+            except EnforcerError as exc:
+                if exc.code.name != "NOT_FOUND":
+                    raise
     else:
         raise HookError(f"unknown hook stage {stage!r} (expected {STAGE_CREATE} or {STAGE_POSTSTOP})")
 
@@ -200,17 +223,21 @@ def hook_entries(hook_argv: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     return {stage: [_hook(hook_argv, stage)] for stage in (STAGE_CREATE, STAGE_POSTSTOP)}
 
 
-def hooks_d_entry(hook_argv: Sequence[str], stage: str) -> dict[str, Any]:
-    """A Podman/CRI-O hooks.d file (oci-hooks(5)): run for containers that name a policy."""
-    return {"version": "1.0.0", "hook": _hook(hook_argv, stage),
-            "when": {"annotations": {f"^{re.escape(POLICY_ANNOTATION)}$": ".+"}}, "stages": [stage]}
+def hooks_d_entry(hook_argv: Sequence[str], stage: str, every_container: bool = False) -> dict[str, Any]:
+    """A Podman/CRI-O hooks.d file (oci-hooks(5)): run for containers that name
+    a policy, or (``every_container``) for all of them: a directory given to
+    ``podman --hooks-dir`` for containers started in a guarded parent, which
+    name no policy. Every container it runs for is guarded or not started."""
+    when = {"always": True} if every_container else {"annotations": {f"^{re.escape(POLICY_ANNOTATION)}$": ".+"}}
+    return {"version": "1.0.0", "hook": _hook(hook_argv, stage), "when": when, "stages": [stage]}
 
 
-def write_hooks_d(directory: Path, hook_argv: Sequence[str]) -> None:
+def write_hooks_d(directory: Path, hook_argv: Sequence[str], every_container: bool = False) -> None:
     """The two hooks.d files (createRuntime, poststop) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     for stage in (STAGE_CREATE, STAGE_POSTSTOP):
-        (directory / f"enforcer-{stage}.json").write_text(json.dumps(hooks_d_entry(hook_argv, stage)))
+        entry = hooks_d_entry(hook_argv, stage, every_container)
+        (directory / f"enforcer-{stage}.json").write_text(json.dumps(entry))
 
 
 def add_hooks(config_path: Path, hook_argv: Sequence[str]) -> None:

@@ -9,6 +9,7 @@ written and leaves the kernel and the store exactly as they were.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import threading
 import time
@@ -19,21 +20,27 @@ import structlog
 
 from enforcer.cgroupfs import (
     Cgroup,
-    a_process_in,
     cgroup2_mount,
     create_target_cgroup,
     remove_created,
     resolve_target,
     write_control,
 )
+from enforcer.daemon import exec_roots
 from enforcer.daemon.dns import DnsChange, DnsForwarder
 from enforcer.daemon.state import StateDir
-from enforcer.daemon.store import ApplyConflict, CapacityExhausted, PolicyStore, SandboxRecord, now_ns
+from enforcer.daemon.store import (
+    ApplyConflict,
+    CapacityExhausted,
+    Containers,
+    PolicyStore,
+    SandboxRecord,
+    now_ns,
+)
 from enforcer.kernel import encode, exec_rules, layout
 from enforcer.kernel.events import EscalationDetail, KernelDenial
 from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
-from enforcer.kernel.rootfs import RootFs
-from enforcer.policy import EscalationAction, Mode, Policy, PolicyError, TargetKind, Verdict, parse_labels
+from enforcer.policy import EscalationAction, Mode, Policy, PolicyError, Verdict, parse_labels
 from enforcer.wire import policy_wire
 
 ESCALATE_CODES = {
@@ -50,6 +57,14 @@ log = structlog.get_logger("enforcer.enforcement")
 
 class CallerGone(RuntimeError):
     pass
+
+
+class _ContainersChanged(Exception):
+    """The sandbox changed while an apply compiled (a container added or removed,
+    a new policy or labels): compile again from what it is now."""
+
+
+ContainersChange = Callable[[Containers], Containers]
 
 
 @dataclass(frozen=True)
@@ -129,29 +144,48 @@ class Enforcement:
         return list(self._guard.gpu_majors)
 
     def apply(self, policy: Policy, wire: tuple[bytes, str] | None = None, cgroup: Cgroup | None = None,
-              still_wanted: Callable[[], bool] | None = None) -> ApplyResult:
+              still_wanted: Callable[[], bool] | None = None,
+              containers: ContainersChange | None = None) -> ApplyResult:
         """``wire``: the request's policy bytes and digest (enforcer.wire.message_wire),
         made here when not given; ``cgroup``: already resolved (a restored sandbox
         keeps its cgroup); ``still_wanted``: asked just before the switch, so a
         caller that gave up (deadline, cancel) does not get a policy it was told
-        failed (CallerGone, nothing applied). A ``create: true`` target's cgroup
-        is made first, and removed again if the apply fails."""
+        failed (CallerGone, nothing applied); ``containers``: the sandbox's
+        containers from the ones it has now (default: kept as they are). A
+        ``create: true`` target's cgroup is made first, and removed again if the
+        apply fails."""
         made = create_target_cgroup(policy.target, self._mount) if cgroup is None and policy.target.create else []
         try:
-            return self._apply(policy, wire, cgroup or resolve_target(policy.target, self._mount), still_wanted)
+            cgroup = cgroup or resolve_target(policy.target, self._mount)
+            while True:
+                try:
+                    return self._apply(policy, wire, cgroup, still_wanted, containers or dict)
+                except _ContainersChanged:
+                    continue
         except BaseException:
             remove_created(made)
             raise
 
     def _apply(self, policy: Policy, wire: tuple[bytes, str] | None, cgroup: Cgroup,
-               still_wanted: Callable[[], bool] | None) -> ApplyResult:
+               still_wanted: Callable[[], bool] | None, change: ContainersChange,
+               version: tuple[int, str] | None = None) -> ApplyResult:
+        """``version``: the (generation, digest) the sandbox must still be at (a
+        re-apply of its own policy must not undo a change made meanwhile)."""
         started = time.perf_counter()
+        with self._lock:
+            found = self._store.find(policy.sandbox)
+            had = dict(found.containers) if found else {}
+        containers = exec_roots.live(change(had))
         # Both may refuse the policy: before any change.
         compiled = encode.compile_prefixes(policy.network)
-        compiled_exec = self._compile_exec(policy, cgroup) if policy.exec is not None else None
+        compiled_exec = (exec_roots.compile_exec(policy, cgroup, containers.values())
+                         if policy.exec is not None else None)
         with self._lock:
             self._place(policy, cgroup)
             previous = self._store.find(policy.sandbox)
+            if (previous.containers if previous else {}) != had or (
+                    version is not None and (previous is None or (previous.generation, previous.policy_sha256) != version)):
+                raise _ContainersChanged()
             slot = previous.slot if previous else self._take_slot()
             generation = self._store.new_generation()
             tag = self._store.new_tag()
@@ -162,7 +196,8 @@ class Enforcement:
             state = _sandbox_state(policy, generation, slot, tag)
             keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
             wire_bytes, digest = wire or policy_wire(policy)
-            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), digest, wire_bytes)
+            record = SandboxRecord(policy, cgroup, generation, slot, tag, keys, now_ns(), digest, wire_bytes,
+                                   containers=containers)
             if previous is not None:  # the same slot: its counters, baseline and escalation go on
                 record.quarantined, record.frozen = previous.quarantined, previous.frozen
                 record.escalation_handled = previous.escalation_handled
@@ -220,29 +255,43 @@ class Enforcement:
         )
         return ApplyResult(record, replaced=previous is not None)
 
-    @staticmethod
-    def _compile_exec(policy: Policy, cgroup: Cgroup) -> exec_rules.CompiledExec:
-        """A container's entries name the container's files: resolved inside its
-        root (``target.root``, or that of a process in its cgroup), not the daemon's."""
-        assert policy.exec is not None
-        target = policy.target
-        if target.root:
-            field, what, open_root = "target.root", target.root, lambda: RootFs(target.root)
-        elif target.kind is TargetKind.CONTAINER:
-            pid = a_process_in(cgroup.path)
-            if pid is None:
-                raise PolicyError("target.container", f"container {target.value} has no process left: its files "
-                                                      "cannot be resolved (has it exited?)")
-            field, what = "target.container", f"the root of container {target.value} (pid {pid})"
-            open_root = lambda: RootFs.of_process(pid)  # noqa: E731
-        else:
-            return exec_rules.compile_exec(policy.exec)
-        try:
-            rootfs = open_root()
-        except OSError as exc:
-            raise PolicyError(field, f"cannot open {what}: {exc.strerror}") from exc
-        with rootfs:
-            return exec_rules.compile_exec(policy.exec, rootfs)
+    def add_container(self, container: str, cgroup: str, root: str) -> SandboxRecord:
+        """A container started inside a sandbox's cgroup: the policy applied again
+        with its entries also resolved in the container's root filesystem.
+        PolicyError names the field (or the entry missing from the image);
+        SandboxNotFound when no sandbox guards the cgroup. Nothing changes on error."""
+        added = exec_roots.container_root(container, cgroup, root, self._mount)
+
+        def guarding() -> SandboxRecord:
+            record = self._store.guarding(added.cgroup)
+            if record.cgroup == added.cgroup:
+                raise PolicyError("cgroup", f"{added.cgroup.path} is the cgroup of sandbox {record.policy.sandbox!r} "
+                                            "itself: a container is added from a cgroup of its own below it")
+            return record
+
+        record = self._reapply(guarding, lambda had: {**had, container: added})
+        log.info("container_added", sandbox=record.policy.sandbox, container=container, root=root)
+        return record
+
+    def remove_container(self, container: str) -> SandboxRecord:
+        """The container ended: its root leaves the sandbox's rule set."""
+        record = self._reapply(lambda: self._store.holding(container),
+                               lambda had: {k: c for k, c in had.items() if k != container})
+        log.info("container_removed", sandbox=record.policy.sandbox, container=container)
+        return record
+
+    def _reapply(self, find: Callable[[], SandboxRecord], change: ContainersChange) -> SandboxRecord:
+        """The sandbox ``find`` returns (under the lock), applied again as it is
+        but for its containers."""
+        while True:
+            with self._lock:
+                record = find()
+                policy, cgroup = record.policy, record.cgroup
+                wire, version = (record.policy_wire, record.policy_sha256), (record.generation, record.policy_sha256)
+            try:
+                return self._apply(policy, wire, cgroup, None, change, version).record
+            except _ContainersChanged:
+                continue
 
     def remove(self, sandbox: str) -> SandboxRecord:
         with self._lock:
@@ -464,7 +513,8 @@ class Enforcement:
                  *((r, None, "the cgroup it created was gone (a reboot): created again") for r in recreate)]
         for record, cgroup, why in again:
             try:
-                self.apply(record.policy, (record.policy_wire, record.policy_sha256), cgroup=cgroup)
+                self.apply(record.policy, (record.policy_wire, record.policy_sha256), cgroup=cgroup,
+                           containers=functools.partial(_saved, record.containers))
             except Exception as exc:
                 log.error("sandbox_restore_failed", sandbox=record.policy.sandbox, error=str(exc),
                           guarded=self._store.find(record.policy.sandbox) is not None)
@@ -496,6 +546,11 @@ class Enforcement:
         for record in self._store.all():
             self.remove(record.policy.sandbox)
         self.flush_retired()
+
+
+def _saved(saved: Containers, _now: Containers) -> Containers:
+    """A restored sandbox's containers: those of its saved record."""
+    return saved
 
 
 def _verdict(verdict: Verdict) -> int:

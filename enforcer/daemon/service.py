@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import structlog
@@ -36,6 +37,8 @@ def applied_to_proto(record: SandboxRecord, whole_policy: bool = True) -> pb.App
         applied_unix_ns=record.applied_unix_ns,
         quarantined=record.quarantined,
         frozen=record.frozen,
+        containers=[pb.ContainerRoot(container=c.container, cgroup_path=str(c.cgroup.path), root=c.root)
+                    for c in record.containers.values()],
     )
     if whole_policy:
         applied.policy.CopyFrom(wire.policy_to_proto(record.policy))
@@ -74,12 +77,23 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "policy: is required")
         if not _caller_waiting(context):  # it has given up: change nothing
             self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the apply began")
-        try:
+        with self._apply_refusals(context):
             policy = wire.policy_from_proto(request.policy)
             # Hashing the request's bytes, not re-encoding the policy: 0.06 ms, not 1.6 ms at 1,000 rules.
             with ApplyTimer(self._metrics):
                 result = self._enforcement.apply(policy, wire.message_wire(request.policy),
                                                  still_wanted=lambda: _caller_waiting(context))
+        record = result.record
+        audit.info("policy_applied", sandbox=policy.sandbox, replaced=result.replaced, generation=record.generation,
+                   cgroup=str(record.cgroup.path), mode=policy.mode.value, labels=policy.label_map,
+                   policy_sha256=record.policy_sha256, client=_peer(context))
+        return pb.ApplyPolicyResponse(applied=applied_to_proto(record, whole_policy=False), replaced=result.replaced)
+
+    @contextmanager
+    def _apply_refusals(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Why an apply changed nothing, as a status code."""
+        try:
+            yield
         except PolicyError as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except CallerGone as exc:
@@ -90,6 +104,8 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"network.dns: {exc}")
         except ApplyConflict as exc:
             self._abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except SandboxNotFound as exc:
+            self._abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except (CapacityExhausted, MapFull) as exc:
             self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except KernelError as exc:
@@ -98,11 +114,22 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         except OSError as exc:  # the state directory (disk full): nothing was applied
             log.error("apply_failed", error=str(exc))
             self._abort(context, grpc.StatusCode.INTERNAL, f"saving the policy failed: {exc.strerror or exc}")
-        record = result.record
-        audit.info("policy_applied", sandbox=policy.sandbox, replaced=result.replaced, generation=record.generation,
-                   cgroup=str(record.cgroup.path), mode=policy.mode.value, labels=policy.label_map,
-                   policy_sha256=record.policy_sha256, client=_peer(context))
-        return pb.ApplyPolicyResponse(applied=applied_to_proto(record, whole_policy=False), replaced=result.replaced)
+
+    def AddContainer(self, request: pb.AddContainerRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
+        with self._apply_refusals(context):
+            record = self._enforcement.add_container(request.container, request.cgroup, request.root)
+        audit.info("container_added", sandbox=record.policy.sandbox, container=request.container,
+                   root=request.root, generation=record.generation, client=_peer(context))
+        return applied_to_proto(record, whole_policy=False)
+
+    def RemoveContainer(self, request: pb.RemoveContainerRequest, context: grpc.ServicerContext) -> pb.AppliedPolicy:
+        if not request.container:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "container: is required")
+        with self._apply_refusals(context):
+            record = self._enforcement.remove_container(request.container)
+        audit.info("container_removed", sandbox=record.policy.sandbox, container=request.container,
+                   generation=record.generation, client=_peer(context))
+        return applied_to_proto(record, whole_policy=False)
 
     def RemovePolicy(self, request: pb.RemovePolicyRequest, context: grpc.ServicerContext) -> pb.RemovePolicyResponse:
         self._require_sandbox(request.sandbox, context)

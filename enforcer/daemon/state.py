@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from enforcer.cgroupfs import Cgroup
-from enforcer.daemon.store import SandboxRecord
+from enforcer.daemon.store import ContainerRoot, SandboxRecord
 from enforcer.kernel.guard import CounterTotals
 from enforcer.policy import PolicyError
 from enforcer.v1 import enforcer_pb2 as pb
@@ -124,9 +124,7 @@ def _to_json(record: SandboxRecord) -> dict[str, Any]:
         "format": FORMAT,
         "sandbox": record.policy.sandbox,
         "policy": base64.b64encode(record.policy_wire or policy_to_proto(record.policy).SerializeToString()).decode(),
-        "cgroup_path": str(record.cgroup.path),
-        "cgroup_id": record.cgroup.id,
-        "cgroup_level": record.cgroup.level,
+        **_cgroup_json(record.cgroup),
         "generation": record.generation,
         "slot": record.slot,
         "tag": record.tag,
@@ -137,7 +135,17 @@ def _to_json(record: SandboxRecord) -> dict[str, Any]:
         "counter_base": _totals_json(record.counter_base),
         "counters_since_ns": record.counters_since_ns,
         "escalation_handled": record.escalation_handled,
+        "containers": [_cgroup_json(c.cgroup) | {"container": c.container, "root": c.root}
+                       for c in record.containers.values()],
     }
+
+
+def _cgroup_json(cgroup: Cgroup) -> dict[str, Any]:
+    return {"cgroup_path": str(cgroup.path), "cgroup_id": cgroup.id, "cgroup_level": cgroup.level}
+
+
+def _cgroup(doc: dict[str, Any]) -> Cgroup:
+    return Cgroup(Path(doc["cgroup_path"]), int(doc["cgroup_id"]), int(doc["cgroup_level"]))
 
 
 def _from_json(doc: dict[str, Any]) -> SandboxRecord:
@@ -152,7 +160,7 @@ def _from_json(doc: dict[str, Any]) -> SandboxRecord:
     base = doc["counter_base"]
     record = SandboxRecord(
         policy=policy,
-        cgroup=Cgroup(Path(doc["cgroup_path"]), int(doc["cgroup_id"]), int(doc["cgroup_level"])),
+        cgroup=_cgroup(doc),
         generation=int(doc["generation"]),
         slot=int(doc["slot"]),
         tag=int(doc["tag"]),
@@ -165,5 +173,7 @@ def _from_json(doc: dict[str, Any]) -> SandboxRecord:
                                                               int(base["suppressed"]), int(base["lost"])),
         counters_since_ns=int(doc["counters_since_ns"]),
         escalation_handled=int(doc["escalation_handled"]),
+        containers={str(c["container"]): ContainerRoot(str(c["container"]), _cgroup(c), str(c["root"]))
+                    for c in doc.get("containers", [])},  # absent in files of earlier builds
     )
     return record

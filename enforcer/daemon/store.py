@@ -36,6 +36,18 @@ class CapacityExhausted(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class ContainerRoot:
+    """A container inside a sandbox's cgroup whose files the sandbox's exec entries also name."""
+
+    container: str
+    cgroup: Cgroup  # the container's own, below the sandbox's
+    root: str       # its root filesystem, where its entries are resolved
+
+
+Containers = dict[str, ContainerRoot]  # container id -> root
+
+
 @dataclass
 class SandboxRecord:
     policy: Policy
@@ -53,6 +65,7 @@ class SandboxRecord:
     counters_since_ns: int = 0
     escalation_handled: int = 0  # the kernel's `fired` count already acted on (0: none)
     escalation_seen_ns: int = 0  # when a fired escalation was first seen without its event
+    containers: Containers = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,20 @@ class PolicyStore:
 
     def all(self) -> list[SandboxRecord]:
         return sorted(self._records.values(), key=lambda r: r.policy.sandbox)
+
+    def guarding(self, cgroup: Cgroup) -> SandboxRecord:
+        """The sandbox whose cgroup holds ``cgroup`` (sandboxes do not nest: at most one)."""
+        for record in self._records.values():
+            if record.cgroup.contains(cgroup):
+                return record
+        raise SandboxNotFound(f"no sandbox guards cgroup {cgroup.path}")
+
+    def holding(self, container: str) -> SandboxRecord:
+        """The sandbox a container was added to."""
+        for record in self._records.values():
+            if container in record.containers:
+                return record
+        raise SandboxNotFound(f"no sandbox holds container {container!r}")
 
     def check_placement(self, policy: Policy, cgroup: Cgroup) -> None:
         """Refuse a sandbox id reused for another cgroup, a cgroup guarded twice,

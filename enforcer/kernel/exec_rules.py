@@ -25,6 +25,11 @@ from enforcer.kernel.rootfs import HOST, RootFs
 from enforcer.policy import ExecPolicy, PolicyError, Verdict
 
 LOADER_DIRS = ("/lib64", "/lib", "/usr/lib64", "/usr/lib")
+# OCI runtimes re-execute their own binary inside the container's cgroup while
+# setting the container up (runc 1.1: its init through a read-only bind mount of
+# /proc/self/exe, seen as /dev/fd/N), before the hook can add the container.
+RUNTIMES = ("runc", "crun", "youki", "runsc")
+RUNTIME_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 _LOADER_NAME = "ld-*.so*"  # in each of LOADER_DIRS, and one level below /lib and /usr/lib
 
 Identity = tuple[int, int]  # (kernel dev, inode)
@@ -81,12 +86,23 @@ class CompiledExec:
     ids: dict[Identity, int] = field(default_factory=dict)  # identity -> layout.EXEC_* bits
     paths: dict[bytes, int] = field(default_factory=dict)   # entry text (file entries end in NUL) -> verdict
 
+    def merge(self, other: CompiledExec) -> None:
+        """Add the files of another root, compiled from the same policy (so the
+        same path texts). Roots are separate file systems: their identities differ."""
+        for identity, bits in other.ids.items():
+            self.ids[identity] = self.ids.get(identity, 0) | bits
+        self.paths.update(other.paths)
+
 
 def loader_identities(devices: SuperBlocks | None = None, rootfs: RootFs = HOST) -> dict[Identity, str]:
     """The dynamic loaders of a root (the host's, or a container's), each with a path to it."""
-    devices = devices or SuperBlocks(rootfs)
+    return _regular_files(_loader_candidates(rootfs), devices or SuperBlocks(rootfs), rootfs)
+
+
+def _regular_files(paths: list[str], devices: SuperBlocks, rootfs: RootFs) -> dict[Identity, str]:
+    """The identities of those of ``paths`` that are regular files, each with its first path."""
     found: dict[Identity, str] = {}
-    for path in _loader_candidates(rootfs):
+    for path in paths:
         try:
             st = rootfs.stat(path)
         except OSError:
@@ -144,27 +160,44 @@ class _LoaderCache:
 _loaders = _LoaderCache()
 
 
-def compile_exec(policy: ExecPolicy, rootfs: RootFs = HOST) -> CompiledExec:
+def runtime_identities(directories: tuple[str, ...] = RUNTIME_DIRS) -> dict[Identity, str]:
+    """The host's OCI runtime binaries, each with a path to it. Allowed in every
+    exec allowlist: a runtime only starts programs, and each of those is judged."""
+    return _regular_files([f"{d}/{name}" for d in directories for name in RUNTIMES], SuperBlocks(), HOST)
+
+
+def allow_runtimes(compiled: CompiledExec, directories: tuple[str, ...] = RUNTIME_DIRS) -> None:
+    """Add the host's runtimes, unless an entry denies that very file."""
+    for identity in runtime_identities(directories):
+        bits = compiled.ids.get(identity, 0)
+        if not bits & layout.EXEC_FILE_DENY:
+            compiled.ids[identity] = bits | layout.EXEC_FILE_ALLOW
+
+
+def compile_exec(policy: ExecPolicy, rootfs: RootFs = HOST, missing_ok: bool = False) -> CompiledExec:
     """The policy's entries as files of ``rootfs`` (a container's policy names
     the container's files). Raises PolicyError naming the entry when it cannot
-    be resolved."""
+    be resolved; with ``missing_ok`` an entry that does not exist in this root
+    is left out (it names a file of the containers the root is only a parent of)."""
     compiled = CompiledExec()
     devices = SuperBlocks(rootfs)
     deny_texts: set[bytes] = set()
     for verdict, entries, where in ((Verdict.ALLOW, policy.allow, "exec.allow"), (Verdict.DENY, policy.deny, "exec.deny")):
         for index, entry in enumerate(entries):
             is_dir = entry.endswith("/")
-            st = _resolve(entry, is_dir, f"{where}[{index}]", rootfs)
+            text = entry.encode() if is_dir else entry.encode() + b"\0"
+            compiled.paths.setdefault(text, layout.VERDICT_ALLOW)
+            if verdict is Verdict.DENY:
+                deny_texts.add(text)
+            st = _resolve(entry, is_dir, f"{where}[{index}]", rootfs, missing_ok)
+            if st is None:
+                continue
             if is_dir:
                 bit = layout.EXEC_DIR_ALLOW if verdict is Verdict.ALLOW else layout.EXEC_DIR_DENY
             else:
                 bit = layout.EXEC_FILE_ALLOW if verdict is Verdict.ALLOW else layout.EXEC_FILE_DENY
             identity = devices.identity(entry, st)
             compiled.ids[identity] = compiled.ids.get(identity, 0) | bit
-            text = entry.encode() if is_dir else entry.encode() + b"\0"
-            compiled.paths.setdefault(text, layout.VERDICT_ALLOW)
-            if verdict is Verdict.DENY:
-                deny_texts.add(text)
     for text in compiled.paths:
         if _covered_by(text, deny_texts):
             compiled.paths[text] = layout.VERDICT_DENY
@@ -175,13 +208,15 @@ def compile_exec(policy: ExecPolicy, rootfs: RootFs = HOST) -> CompiledExec:
     return compiled
 
 
-def _resolve(entry: str, is_dir: bool, where: str, rootfs: RootFs) -> os.stat_result:
+def _resolve(entry: str, is_dir: bool, where: str, rootfs: RootFs, missing_ok: bool) -> os.stat_result | None:
     try:
         st = rootfs.stat(entry)
     except NotADirectoryError:
         raise PolicyError(where, f"{entry} ends with '/' but is not a directory" if is_dir else
                                  f"cannot resolve {entry}: a component of it is not a directory") from None
     except FileNotFoundError:
+        if missing_ok:
+            return None
         raise PolicyError(where, f"{entry} does not exist {rootfs.where} (exec entries are resolved to files when "
                                  "the policy is applied)") from None
     except OSError as exc:

@@ -36,9 +36,10 @@ _libc.syscall.restype = ctypes.c_long
 class RootFs:
     """A root directory (``/`` for the host: HOST) and the mountinfo that describes it."""
 
-    def __init__(self, root: str = "/", mountinfo: str = "/proc/self/mountinfo") -> None:
+    def __init__(self, root: str = "/", mountinfo: str = "/proc/self/mountinfo", name: str | None = None) -> None:
         self.root = root
         self.mountinfo = mountinfo
+        self.name = name  # whose root it is, for messages (None: the target container's)
         # The host's lookups are plain opens: only another root needs a descriptor to resolve in.
         self.fd = None if root == "/" else os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -64,7 +65,9 @@ class RootFs:
     @property
     def where(self) -> str:
         """Where lookups happen, for messages."""
-        return "on this host" if self.is_host else "in the container's root filesystem"
+        if self.is_host:
+            return "on this host"
+        return f"in the root filesystem of {self.name}" if self.name else "in the container's root filesystem"
 
     def open_path(self, path: str) -> int:
         """An O_PATH descriptor of ``path`` looked up inside this root (symlinks

@@ -125,6 +125,7 @@ class Runtime:
 HOOK_SOCKET = DOCKER_DIR / "enforcer.sock"
 HOOK_POLICIES = DOCKER_DIR / "policies"
 PODMAN_HOOKS = PODMAN_RUNROOT / "hooks.d"
+PODMAN_HOOKS_EVERY = PODMAN_RUNROOT / "hooks-every.d"  # for containers that name no policy (guarded parents)
 
 
 def point_hooks_at(daemon_socket: str) -> None:
@@ -211,8 +212,19 @@ def podman(mount: Path) -> Runtime:
     oci_runtime, _ = podman_oci_runtime(mount)
     # The hooks as an operator would install them in /usr/share/containers/oci/hooks.d.
     write_hooks_d(PODMAN_HOOKS, hook_command(str(HOOK_SOCKET), str(HOOK_POLICIES)))
+    write_hooks_d(PODMAN_HOOKS_EVERY, hook_command(str(HOOK_SOCKET), str(HOOK_POLICIES)), every_container=True)
     return Runtime("podman", ["podman", "--root", str(PODMAN_ROOT), "--runroot", str(PODMAN_RUNROOT),
                               "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", oci_runtime,
                               "--hooks-dir", str(PODMAN_HOOKS)],
                    env={"CONTAINERS_CONF": str(conf)})
 
+
+
+def hooked(runtime: Runtime) -> tuple[Runtime, list[str]]:
+    """The runtime, and the run flags, by which the hook runs for a container
+    that names no policy (one started in a guarded parent): Podman with the
+    every-container hooks.d as its --hooks-dir, Docker with ``--runtime enforcer``."""
+    if runtime.name == "podman":
+        argv = [str(PODMAN_HOOKS_EVERY) if arg == str(PODMAN_HOOKS) else arg for arg in runtime.argv]
+        return Runtime(runtime.name, argv, runtime.env), []
+    return runtime, ["--runtime", "enforcer"]

@@ -17,8 +17,8 @@ from tests.unit.test_fuzz_policy import assert_clear_text, wire_messages
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
             grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED}
-METHODS = ["ApplyPolicy", "RemovePolicy", "GetPolicy", "UpdateLabels", "Release", "ListPolicies", "GetStats",
-           "GetStatus"]
+METHODS = ["ApplyPolicy", "RemovePolicy", "GetPolicy", "UpdateLabels", "Release", "ListPolicies", "AddContainer",
+           "RemoveContainer", "GetStats", "GetStatus"]
 
 
 @pytest.fixture(scope="module")

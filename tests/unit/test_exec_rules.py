@@ -6,8 +6,11 @@ from __future__ import annotations
 import ctypes
 import os
 
+import pytest
+
 from enforcer.kernel import layout
 from enforcer.kernel.exec_rules import (
+    allow_runtimes,
     compile_exec,
     id_key_bytes,
     identity_of,
@@ -16,7 +19,8 @@ from enforcer.kernel.exec_rules import (
     pack_exec,
     path_key_bytes,
 )
-from enforcer.policy import ExecPolicy, Verdict
+from enforcer.kernel.rootfs import RootFs
+from enforcer.policy import ExecPolicy, PolicyError, Verdict
 
 
 def test_kernel_dev_is_the_super_block_encoding():
@@ -79,3 +83,34 @@ def test_packed_entries_per_map():
     assert set(packed) == {layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS}
     assert len(packed[layout.MAP_EXEC_IDS]) == len(compiled.ids) and len(packed[layout.MAP_EXEC_PATHS]) == 1
     assert all(len(k) == ctypes.sizeof(layout.ExecKey) and len(v) == 4 for k, v in packed[layout.MAP_EXEC_IDS])
+
+
+def test_entries_missing_from_a_parent_root_are_left_to_its_containers(tmp_path):
+    """A guarded parent's entries may name files only the images have; each
+    container's root is strict, and the roots merge into one rule set."""
+    image = tmp_path / "image"
+    (image / "opt/agent").mkdir(parents=True)
+    (image / "opt/agent/run").write_bytes(b"\x7fELF")
+    policy = ExecPolicy(Verdict.DENY, allow=("/opt/agent/run", "/usr/bin/"))
+    with pytest.raises(PolicyError, match=r"exec.allow\[0\]: /opt/agent/run does not exist on this host"):
+        compile_exec(policy)
+    parent = compile_exec(policy, missing_ok=True)
+    assert identity_of("/usr/bin") in parent.ids and b"/opt/agent/run\0" in parent.paths
+    with (pytest.raises(PolicyError, match=r"exec.allow\[1\]: /usr/bin/ does not exist in the root filesystem of c1"),
+          RootFs(str(image), name="c1") as rootfs):
+        compile_exec(policy, rootfs)
+    (image / "usr/bin").mkdir(parents=True)
+    with RootFs(str(image)) as rootfs:
+        parent.merge(compile_exec(policy, rootfs))
+    assert parent.ids[identity_of(f"{image}/opt/agent/run")] == layout.EXEC_FILE_ALLOW
+    assert parent.ids[identity_of("/usr/bin")] == parent.ids[identity_of(f"{image}/usr/bin")] == layout.EXEC_DIR_ALLOW
+
+
+def test_the_hosts_runtimes_are_allowed_unless_denied_by_name(tmp_path):
+    for name in ("runc", "crun", "other"):
+        (tmp_path / name).write_bytes(b"\x7fELF")
+    compiled = compile_exec(ExecPolicy(Verdict.DENY, allow=("/usr/bin/",), deny=(f"{tmp_path}/crun",)))
+    allow_runtimes(compiled, (str(tmp_path),))
+    assert compiled.ids[identity_of(f"{tmp_path}/runc")] == layout.EXEC_FILE_ALLOW
+    assert compiled.ids[identity_of(f"{tmp_path}/crun")] == layout.EXEC_FILE_DENY
+    assert identity_of(f"{tmp_path}/other") not in compiled.ids

@@ -36,8 +36,7 @@ def test_the_policy_is_named_by_annotation_or_environment():
     assert policy_reference({}, config) == "from-env"
     assert policy_reference({"annotations": {"enforcer.policy": "from-state"}}, config) == "from-state"
     assert extra_labels({"annotations": {"enforcer.label.a": "0"}}, config) == {"a": "0", "b": "2"}
-    with pytest.raises(HookError, match=r"names no policy .* refusing to start it unguarded"):
-        policy_reference({}, {"process": {"env": ["PATH=/bin"]}})
+    assert policy_reference({}, {"process": {"env": ["PATH=/bin"]}}) is None
 
 
 def test_the_sandbox_is_the_orchestrators_name_or_the_container_id():
@@ -62,16 +61,16 @@ def test_the_container_policy_targets_the_inits_cgroup_and_the_bundles_root(tmp_
     state = {"id": CID, "pid": os.getpid(), "bundle": str(tmp_path), "annotations": {"enforcer.policy": "p"}}
     (tmp_path / "t.json").write_text(json.dumps({"target": {"cgroup": "/x"}}))
     with pytest.raises(HookError, match="target: must be left out"):
-        container_policy({**state, "annotations": {"enforcer.policy": "t"}}, {"root": {"path": "r"}}, tmp_path)
+        container_policy(state, {"root": {"path": "r"}}, "t", tmp_path)
     with pytest.raises(HookError, match="no init pid"):
-        container_policy({**state, "pid": 0}, {}, tmp_path)
+        container_policy({**state, "pid": 0}, {}, "p", tmp_path)
     lines = Path("/proc/self/cgroup").read_text().splitlines()
     own = next(x for x in lines if x.startswith("0::"))[3:].lstrip("/")
     if not own:  # this process stands for a container's init: in the root cgroup it cannot be guarded
         with pytest.raises(HookError, match="not in a cgroup2 cgroup of its own"):
-            container_policy(state, {"root": {"path": "rootfs"}}, tmp_path)
+            container_policy(state, {"root": {"path": "rootfs"}}, "p", tmp_path)
         return
-    doc = container_policy(state, {"root": {"path": "rootfs"}}, tmp_path)
+    doc = container_policy(state, {"root": {"path": "rootfs"}}, "p", tmp_path)
     assert doc["target"] == {"cgroup": own, "root": f"{tmp_path}/rootfs"}
     assert doc["sandbox"] == CID and doc["labels"] == {"run": "7", "container": CID[:12]}
 

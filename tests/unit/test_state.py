@@ -10,7 +10,7 @@ import pytest
 from enforcer.cgroupfs import Cgroup
 from enforcer.daemon import state
 from enforcer.daemon.state import StateDir, StateError
-from enforcer.daemon.store import SandboxRecord
+from enforcer.daemon.store import ContainerRoot, SandboxRecord
 from enforcer.kernel.guard import CounterTotals
 from enforcer.policy import parse_policy
 
@@ -31,7 +31,8 @@ def record(sandbox: str = "rollout-17") -> SandboxRecord:
     rec = SandboxRecord(policy, Cgroup(Path("/sys/fs/cgroup/x"), 1234, 3), generation=7, slot=2, tag=9,
                         applied_unix_ns=5, policy_sha256="ab" * 32, quarantined=True, frozen=False,
                         counter_base=CounterTotals([0, 1, 2, 3, 4, 5, 6, 7], [0] * 8, 3, 4), counters_since_ns=6,
-                        escalation_handled=3)
+                        escalation_handled=3,
+                        containers={"c1": ContainerRoot("c1", Cgroup(Path("/sys/fs/cgroup/x/c1"), 1235, 4), "/r/c1")})
     return rec
 
 
@@ -43,9 +44,22 @@ def test_round_trip(tmp_path, boot):
     (loaded,) = StateDir(tmp_path / "state").load()
     original = record("a")
     for name in ("policy", "cgroup", "generation", "slot", "tag", "applied_unix_ns", "policy_sha256", "quarantined",
-                 "frozen", "counter_base", "counters_since_ns", "escalation_handled"):
+                 "frozen", "counter_base", "counters_since_ns", "escalation_handled", "containers"):
         assert getattr(loaded, name) == getattr(original, name), name
     assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"
+
+
+def test_files_of_builds_before_containers_read_as_none(tmp_path, boot):
+    import json
+
+    store = StateDir(tmp_path / "state")
+    store.save(record("a"))
+    (path,) = store.sandboxes.glob("*.json")
+    doc = json.loads(path.read_text())
+    del doc["containers"]
+    path.write_text(json.dumps(doc))
+    (loaded,) = store.load()
+    assert loaded.containers == {}
 
 
 def test_a_write_cut_short_leaves_the_old_file(tmp_path, boot):

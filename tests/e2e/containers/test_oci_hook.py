@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.conftest import Cleanup, wait_denials
 from tests.e2e.containers.conftest import BRIDGE_HOST
-from tests.e2e.runtimes import HOOK_POLICIES, HOOK_SOCKET, IMAGE, Runtime, point_hooks_at
+from tests.e2e.runtimes import HOOK_POLICIES, HOOK_SOCKET, IMAGE, Runtime, hooked, point_hooks_at
 
 REFUSED_PORT = 9090
 ROLLOUTS = 25
@@ -104,6 +104,75 @@ def test_a_container_that_cannot_be_guarded_does_not_start(
                 "bad policy": "exec.allow[0]: /usr/bin/python3 does not exist in the container's root"}[problem]
     assert expected in done.stderr, done.stderr
     assert {p.policy.sandbox for p in client.list()} == before  # nothing half-applied
+
+
+COPY_AND_RUN = "echo image-ok; cp /bin/busybox /tmp/copy; /tmp/copy echo copy-ran; echo after:$?"
+
+
+def exec_parent(client, cgroup_root: Path, sandbox: str, cleanup: Cleanup) -> str:
+    """A guarded parent whose exec entries name the image's /bin; its --cgroup-parent."""
+    from enforcer.cgroupfs import cgroup2_mount
+
+    path = cgroup_root / sandbox
+    client.apply({"sandbox": sandbox, "target": {"cgroup": str(path), "create": True}, "labels": {"run": "ppo-8"},
+                  "network": {"default": "deny"}, "exec": {"default": "deny", "allow": ["/bin/"]}})
+    cleanup.add(lambda: client.remove(sandbox))
+    return "/" + str(path.relative_to(cgroup2_mount()))
+
+
+def test_a_container_in_a_guarded_parent_runs_the_images_allowed_files(
+        client, hooks: Path, cgroup_root: Path, runtime: Runtime, cleanup: Cleanup):
+    """Naming no policy, started in a guarded parent: the hook adds it to the
+    parent's sandbox, whose entries then name the container's files too, and
+    takes it out again when it ends."""
+    sandbox = f"parent-exec-{runtime.name}"
+    parent = exec_parent(client, cgroup_root, sandbox, cleanup)
+    with_hook, flags = hooked(runtime)
+    container = with_hook.run("run", "-d", "--network", "none", *flags, f"--cgroup-parent={parent}", IMAGE,
+                              "sh", "-c", f"{COPY_AND_RUN}; sleep 600").stdout.strip()
+    cleanup.add(lambda: with_hook.run("rm", "-f", container, check=False))
+    denials = wait_denials(client, sandbox, 1)
+    output = with_hook.run("logs", container)
+    assert "image-ok" in output.stdout and "copy-ran" not in output.stdout + output.stderr, output
+    assert [(d.exec.path, dict(d.labels)["run"]) for d in denials] == [("/tmp/copy", "ppo-8")]
+    assert [c.container for c in client.get(sandbox).containers] == [container]
+    with_hook.run("rm", "-f", container)
+    assert list(client.get(sandbox).containers) == []  # poststop took it out
+
+
+def test_containers_of_a_guarded_parent_leave_no_rule_behind(
+        daemon: Any, client, hooks: Path, cgroup_root: Path, runtime: Runtime, cleanup: Cleanup):
+    """Rollouts in one guarded parent, each added and taken out by the hook:
+    after them the parent holds no container and the maps hold what they held."""
+    import time
+
+    from tests.e2e.pinned_maps import map_entries
+
+    sandbox = f"parent-rollouts-{runtime.name}"
+    parent = exec_parent(client, cgroup_root, sandbox, cleanup)
+    with_hook, flags = hooked(runtime)
+    before = map_entries(daemon.pin_dir)
+    for _ in range(ROLLOUTS // 5):
+        done = with_hook.run("run", "--rm", "--network", "none", *flags, f"--cgroup-parent={parent}", IMAGE,
+                             "echo", "rollout-ran")
+        assert "rollout-ran" in done.stdout
+    assert list(client.get(sandbox).containers) == []
+    deadline = time.monotonic() + 10  # replaced rule sets are deleted off the request path
+    while map_entries(daemon.pin_dir) != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert map_entries(daemon.pin_dir) == before
+
+
+def test_without_the_hook_a_guarded_parents_exec_entries_stop_the_image(
+        client, cgroup_root: Path, runtime: Runtime, cleanup: Cleanup):
+    """Fail closed: a container the hook did not add has none of its files in the
+    allowlist, so its first program is stopped."""
+    sandbox = f"parent-exec-unhooked-{runtime.name}"
+    parent = exec_parent(client, cgroup_root, sandbox, cleanup)
+    done = runtime.run("run", "--rm", "--network", "none", f"--cgroup-parent={parent}", IMAGE,
+                       "echo", "started", check=False)
+    assert done.returncode != 0 and "started" not in done.stdout, done.stdout + done.stderr
+    assert [d.exec.path for d in wait_denials(client, sandbox, 1)][-1:] == ["/bin/echo"]
 
 
 def test_a_container_of_the_enforcer_runtime_without_a_policy_does_not_start(
