@@ -18,7 +18,7 @@ import pytest
 
 from enforcer.cgroupfs import cgroup2_mount
 from tests.e2e.conftest import Cleanup, DaemonProcess, wait_denials
-from tests.e2e.containers.conftest import BRIDGE_HOST
+from tests.e2e.containers.conftest import BridgeNetwork
 from tests.e2e.runtimes import IMAGE, Runtime
 
 # Inside the container (its own loopback, --network none): a listener on the
@@ -204,20 +204,21 @@ def test_a_gpu_node_handed_in_with_device_is_refused_unless_granted(
 
 
 def test_a_container_on_a_bridge_network_is_refused_with_eperm(
-        client, cgroup_root, docker: Runtime, bridge_network: str, cleanup: Cleanup):
+        client, cgroup_root, runtime: Runtime, bridge_network: BridgeNetwork, cleanup: Cleanup):
     from tests.e2e import dnsworld
 
-    cleanup.add(dnsworld.TestHost(dnsworld.listen_tcp(BRIDGE_HOST, ALLOWED_PORT)).close)
-    sandbox = "container-bridge"
+    host = bridge_network.host
+    cleanup.add(dnsworld.TestHost(dnsworld.listen_tcp(host, ALLOWED_PORT)).close)
+    sandbox = f"container-bridge-{runtime.name}"
     path, parent = guarded_parent(cgroup_root, sandbox)
     client.apply({**parent_policy(sandbox, path), "network": {
-        "default": "deny", "allow": [{"to": BRIDGE_HOST, "ports": [ALLOWED_PORT], "protocol": "tcp"}]}})
+        "default": "deny", "allow": [{"to": host, "ports": [ALLOWED_PORT], "protocol": "tcp"}]}})
     cleanup.add(lambda: client.remove(sandbox))
-    script = (f"nc {BRIDGE_HOST} {ALLOWED_PORT} </dev/null && echo allowed:OK; "
-              f"nc {BRIDGE_HOST} {REFUSED_PORT} </dev/null 2>&1; echo done")
-    done = docker.run("run", "--rm", "--network", bridge_network, f"--cgroup-parent={parent}", IMAGE,
+    script = (f"nc {host} {ALLOWED_PORT} </dev/null && echo allowed:OK; "
+              f"nc {host} {REFUSED_PORT} </dev/null 2>&1; echo done")
+    done = runtime.run("run", "--rm", "--network", bridge_network.name, f"--cgroup-parent={parent}", IMAGE,
                       "sh", "-c", script)
     assert "allowed:OK" in done.stdout, done.stdout + done.stderr
-    assert f"can't connect to remote host ({BRIDGE_HOST}): Operation not permitted" in done.stdout, done.stdout
+    assert f"can't connect to remote host ({host}): Operation not permitted" in done.stdout, done.stdout
     assert [(d.destination.address, d.destination.port) for d in wait_denials(client, sandbox, 1)] == [
-        (BRIDGE_HOST, REFUSED_PORT)]
+        (host, REFUSED_PORT)]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cleanup, wait_denials
-from tests.e2e.containers.conftest import BRIDGE_HOST
+from tests.e2e.containers.conftest import BridgeNetwork
 from tests.e2e.runtimes import HOOK_POLICIES, HOOK_SOCKET, IMAGE, Runtime, hooked, point_hooks_at
 
 REFUSED_PORT = 9090
@@ -220,7 +220,7 @@ def test_a_container_started_again_is_guarded_again(client, hooks: Path, runtime
 
 
 def test_allow_by_name_works_with_the_containers_own_resolver(
-        client, hooks: Path, docker: Runtime, bridge_network: str, cleanup: Cleanup, tmp_path: Path):
+        client, hooks: Path, runtime: Runtime, bridge_network: BridgeNetwork, cleanup: Cleanup, tmp_path: Path):
     """On a bridge network, with the container's resolv.conf naming a test DNS
     server on the host's end of the bridge: its queries go through the daemon's
     forwarder (listening in the container's namespace from the hook's apply on,
@@ -229,24 +229,25 @@ def test_allow_by_name_works_with_the_containers_own_resolver(
     from enforcer.v1 import enforcer_pb2 as pb
     from tests.e2e import dnsworld
 
+    host = bridge_network.host
     zone = dnsworld.Zone()
-    zone.set("mirror.test", ("A", BRIDGE_HOST, 300))
-    zone.set("c2.test", ("A", BRIDGE_HOST, 300))
-    udp, tcp = dnsworld.bound_sockets([BRIDGE_HOST])
+    zone.set("mirror.test", ("A", host, 300))
+    zone.set("c2.test", ("A", host, 300))
+    udp, tcp = dnsworld.bound_sockets([host])
     cleanup.add(dnsworld.TestDnsServer(zone, udp, tcp).close)
-    cleanup.add(dnsworld.TestHost(dnsworld.listen_tcp(BRIDGE_HOST, 8080)).close)
+    cleanup.add(dnsworld.TestHost(dnsworld.listen_tcp(host, 8080)).close)
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text(f"nameserver {BRIDGE_HOST}\n")
-    write_policy(hooks, "by-name", network={"default": "deny", "dns": {"upstream": [BRIDGE_HOST]},
+    resolv.write_text(f"nameserver {host}\n")
+    write_policy(hooks, "by-name", network={"default": "deny", "dns": {"upstream": [host]},
                                             "allow": [{"to": "mirror.test", "ports": [8080], "protocol": "tcp"}]})
     script = ("nslookup mirror.test >/dev/null && echo resolved:OK; "
-              f"nc {BRIDGE_HOST} 8080 </dev/null >/dev/null && echo connected:OK; "
+              f"nc {host} 8080 </dev/null >/dev/null && echo connected:OK; "
               "nslookup c2.test >/dev/null || echo c2:refused; "
-              f"nc {BRIDGE_HOST} {REFUSED_PORT} </dev/null 2>&1; echo done")
-    container, output, _ = run_to_end(docker, cleanup, "--network", bridge_network, *naming(docker, "by-name"),
+              f"nc {host} {REFUSED_PORT} </dev/null 2>&1; echo done")
+    container, output, _ = run_to_end(runtime, cleanup, "--network", bridge_network.name, *naming(runtime, "by-name"),
                                       "-v", f"{resolv}:/etc/resolv.conf:ro", IMAGE, "sh", "-c", script)
     assert "resolved:OK" in output and "connected:OK" in output and "c2:refused" in output, output
-    assert f"can't connect to remote host ({BRIDGE_HOST}): Operation not permitted" in output, output
+    assert f"can't connect to remote host ({host}): Operation not permitted" in output, output
     kinds = {(d.kind, d.dns.name or f"{d.destination.address}:{d.destination.port}")
              for d in wait_denials(client, container, 2)}
-    assert (pb.DENIAL_KIND_DNS, "c2.test") in kinds and (pb.DENIAL_KIND_CONNECT, f"{BRIDGE_HOST}:{REFUSED_PORT}") in kinds
+    assert (pb.DENIAL_KIND_DNS, "c2.test") in kinds and (pb.DENIAL_KIND_CONNECT, f"{host}:{REFUSED_PORT}") in kinds
