@@ -325,16 +325,14 @@ class ContainerAgent:
 
     def __init__(self, world: World, socket_path: str, policy: dict[str, Any], gpu_node: Path) -> None:
         from enforcer.cgroupfs import cgroup2_mount
-        from enforcer.oci import hook_command, podman_oci_runtime, write_hooks_d
+        from enforcer.oci import hook_command, podman_command, write_hooks_d
 
         _tools("podman")
         hooks = world.tmp / "hooks.d"
         write_hooks_d(hooks, hook_command(socket_path))
         policy_file = world.tmp / "rollout.json"
         policy_file.write_text(json.dumps({k: v for k, v in policy.items() if k not in ("sandbox", "target")}))
-        self.podman = ["podman", "--root", str(world.tmp / "podman"), "--runroot", str(world.tmp / "podman-run"),
-                       "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-                       "--runtime", podman_oci_runtime(cgroup2_mount())[0], "--hooks-dir", str(hooks)]
+        self.podman = podman_command(world.tmp / "podman", world.tmp / "podman-run", hooks, cgroup2_mount())
         world.undo.append(lambda: subprocess.run([*self.podman, "rm", "-f", "-t", "0", "enf-demo-rollout-17"],
                                                  capture_output=True, timeout=60))
         labels = [a for k, v in policy["labels"].items() for a in ("--annotation", f"enforcer.label.{k}={v}")]

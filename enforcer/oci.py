@@ -279,6 +279,14 @@ def exec_runtime(runtime: str, runtime_args: Sequence[str], hook_argv: Sequence[
     os.execv(runtime, [runtime, *runtime_args])
 
 
+def podman_command(root: Path, runroot: Path, hooks_dir: Path, mount: Path) -> list[str]:
+    """A root Podman with its own storage, running hooks from ``hooks_dir``:
+    cgroupfs and file events (no systemd here), and the runtime that works on
+    this host (:func:`podman_oci_runtime`)."""
+    return ["podman", "--root", str(root), "--runroot", str(runroot), "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file", "--runtime", podman_oci_runtime(mount)[0], "--hooks-dir", str(hooks_dir)]
+
+
 def podman_oci_runtime(mount: Path) -> tuple[str, str]:
     """The OCI runtime Podman can use on this host, and why: crun, its default,
     unless the host is one crun 1.8 refuses, a hybrid layout whose cgroup2

@@ -35,9 +35,9 @@ apt_update() {
 # A machine that never ran apt-get update cannot even look packages up.
 ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt_update
 
-# `bootstrap.sh --containers` (make demo-container) also installs Podman and its runtimes.
+# `bootstrap.sh --containers` (make demo-container) also installs the container runtimes.
 packages="python3-bpfcc python3-venv iproute2 openssh-server openssh-client procps openssl systemd gzip"
-[ "${1:-}" = "--containers" ] && packages="$packages podman runc crun"
+[ "${1:-}" = "--containers" ] && packages="$packages $(grep -v '^#' "$ROOT/scripts/container-packages")"
 missing=""
 for pkg in $packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
@@ -60,8 +60,17 @@ fi
 if [ -n "$missing" ]; then
     say "installing$missing"
     apt_update
+    # No init system runs services here: policy-rc.d keeps the packages' scripts
+    # (docker.io's) from trying to start theirs, which fails the install.
+    made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+    fi
+    installed=0
     # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null || die "apt-get install$missing failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null || installed=$?
+    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+    [ "$installed" -eq 0 ] || die "apt-get install$missing failed"
 fi
 
 # ---- kernel header tree for bcc ------------------------------------------

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enforcer.oci import hook_command, podman_oci_runtime, write_hooks_d
+from enforcer.oci import hook_command, podman_command, write_hooks_d
 
 IMAGE = "enforcer-test/busybox:1"
 DOCKER_DIR = Path("/run/enforcer-test-docker")
@@ -30,7 +30,9 @@ DOCKER_DATA = Path("/var/lib/enforcer-test-docker")
 PODMAN_ROOT = Path("/var/lib/enforcer-test-podman")
 PODMAN_RUNROOT = Path("/run/enforcer-test-podman")
 BUSYBOX = Path("/bin/busybox")  # busybox-static: one static binary, no loader or libraries needed
-PACKAGES = {"docker": ["docker.io", "runc", "busybox-static"], "podman": ["podman", "crun", "busybox-static"]}
+# One list with scripts/bootstrap.sh --containers.
+PACKAGES = [line.strip() for line in (Path(__file__).parents[2] / "scripts/container-packages").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -150,7 +152,7 @@ class DockerDaemon:
         self.cli = Runtime("docker", ["/usr/bin/docker", "--host", f"unix://{self.socket}"])
 
     def start(self, timeout: float = 60) -> Runtime:
-        ensure_packages(PACKAGES["docker"])
+        ensure_packages(PACKAGES)
         DOCKER_DIR.mkdir(parents=True, exist_ok=True)
         self.config.write_text(json.dumps({"runtimes": {"enforcer": {
             "path": str(Path(sys.executable).with_name("enforcer")),
@@ -200,7 +202,7 @@ class DockerDaemon:
 
 
 def podman(mount: Path) -> Runtime:
-    ensure_packages(PACKAGES["podman"])
+    ensure_packages(PACKAGES)
     if shutil.which("podman") is None:
         raise RuntimeUnavailable("podman is not on PATH after installing it")
     # As root Podman gives a container open-file and process limits the runtime
@@ -209,13 +211,10 @@ def podman(mount: Path) -> Runtime:
     PODMAN_RUNROOT.mkdir(parents=True, exist_ok=True)
     conf = PODMAN_RUNROOT / "containers.conf"
     conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
-    oci_runtime, _ = podman_oci_runtime(mount)
     # The hooks as an operator would install them in /usr/share/containers/oci/hooks.d.
     write_hooks_d(PODMAN_HOOKS, hook_command(str(HOOK_SOCKET), str(HOOK_POLICIES)))
     write_hooks_d(PODMAN_HOOKS_EVERY, hook_command(str(HOOK_SOCKET), str(HOOK_POLICIES)), every_container=True)
-    return Runtime("podman", ["podman", "--root", str(PODMAN_ROOT), "--runroot", str(PODMAN_RUNROOT),
-                              "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", oci_runtime,
-                              "--hooks-dir", str(PODMAN_HOOKS)],
+    return Runtime("podman", podman_command(PODMAN_ROOT, PODMAN_RUNROOT, PODMAN_HOOKS, mount),
                    env={"CONTAINERS_CONF": str(conf)})
 
 
