@@ -197,7 +197,8 @@ class DenialPipeline:
             log.exception("dns_denials_publish_failed")
 
     def _publish(self, denials: list[KernelDenial], positions: list[int] | None = None) -> None:
-        infos = [self._store.tag_info(d.tag, d.slot) for d in denials]  # once per event, for the stream and the log
+        # Once per event, for the stream and the log.
+        infos = [self._store.event_info(d.tag, d.slot, d.cgroup_id) for d in denials]
         events = []
         unserved_dns: dict[tuple[int, int], KernelDenial] = {}  # one per process and batch, not per refusal
         for denial, info in zip(denials, infos, strict=True):

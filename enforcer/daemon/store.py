@@ -86,6 +86,9 @@ class PolicyStore:
         self._next_generation = 1
         self._next_tag = 1
         self._tags: OrderedDict[int, TagInfo] = OrderedDict()
+        # A container's cgroup id -> its short id, kept a while after it leaves (events in flight).
+        self._container_cgroups: OrderedDict[int, str] = OrderedDict()
+        self._container_infos: OrderedDict[tuple[int, str], TagInfo] = OrderedDict()
 
     def get(self, sandbox: str) -> SandboxRecord:
         try:
@@ -157,7 +160,14 @@ class PolicyStore:
     def put(self, record: SandboxRecord) -> SandboxRecord | None:
         previous = self._records.get(record.policy.sandbox)
         self._records[record.policy.sandbox] = record
+        self._note_containers(record)
         return previous
+
+    def _note_containers(self, record: SandboxRecord) -> None:
+        for container in record.containers.values():
+            self._container_cgroups[container.cgroup.id] = container.container[:12]
+        while len(self._container_cgroups) > RETIRED_TAGS_KEPT:
+            self._container_cgroups.popitem(last=False)
 
     def note_tag(self, tag: int, sandbox: str, labels: tuple[tuple[str, str], ...]) -> None:
         """Record whom a tag's events belong to, before the kernel can emit any."""
@@ -173,6 +183,7 @@ class PolicyStore:
         self._next_tag = max(self._next_tag, _next_u32(tag))
         self.note_tag(tag, record.policy.sandbox, record.policy.labels)
         self._records[record.policy.sandbox] = record
+        self._note_containers(record)
 
     def pop(self, sandbox: str) -> SandboxRecord:
         record = self.get(sandbox)
@@ -192,6 +203,21 @@ class PolicyStore:
             if record is not None:
                 info = self._tags.get(record.tag)
         return info
+
+    def event_info(self, tag: int, slot: int, cgroup_id: int) -> TagInfo | None:
+        """Whom an event belongs to: its tag's sandbox and labels, and, for an
+        event of a container added to the sandbox, ``container`` (its short id)."""
+        info = self.tag_info(tag, slot)
+        container = self._container_cgroups.get(cgroup_id)
+        if info is None or container is None:
+            return info
+        found = self._container_infos.get((tag, container))
+        if found is None:  # one per tag and container: label_map is built once for all its events
+            found = TagInfo(info.sandbox, (*info.labels, ("container", container)))
+            self._container_infos[(tag, container)] = found
+            while len(self._container_infos) > RETIRED_TAGS_KEPT:
+                self._container_infos.popitem(last=False)
+        return found
 
 
 def _next_u32(value: int) -> int:

@@ -67,6 +67,7 @@ def test_a_container_added_to_a_guarded_parent_runs_its_images_files(
         root = image(tmp_path, "root-1")
         tool = root / "enforcer-image/bin/agent-tool"
         assert outcome(container_cgroup, "spawn", tool, tmp_path / "before") == refused
+        (before,) = wait_denials(client, sandbox_id, 1)  # published before the container is added
         generation = client.get(sandbox_id).generation
         applied = client.add_container("ctr-1", str(container_cgroup), str(root))
         assert [(c.container, c.cgroup_path, c.root) for c in applied.containers] == [
@@ -79,7 +80,9 @@ def test_a_container_added_to_a_guarded_parent_runs_its_images_files(
         assert outcome(container_cgroup, "spawn", copy, tmp_path / "copied") == refused
         denials = [d for d in wait_denials(client, sandbox_id, 2) if d.exec.path]
         assert [d.exec.path for d in denials] == [str(tool), str(copy)]
-        assert all(dict(d.labels)["run"] == "ppo-9" for d in denials)  # the parent's sandbox and labels
+        # The parent's sandbox and labels, and which container once it was added.
+        assert dict(before.labels) == {"run": "ppo-9"}
+        assert dict(denials[1].labels) == {"run": "ppo-9", "container": "ctr-1"}
 
         client.remove_container("ctr-1")
         assert list(client.get(sandbox_id).containers) == []
