@@ -5,7 +5,7 @@
 #                 on the kernel, then test-kernels
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo demo-container test test-kernels check unit bench bench-containers bench-nft soak clean
+.PHONY: bootstrap demo demo-container test test-kernels check unit bench bench-containers bench-nft bench-syscalls soak clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -48,6 +48,10 @@ bench-containers: bootstrap
 # The same 10,000-destination allowlist as nftables rules (OpenSandbox's way) and as a policy.
 bench-nft: bootstrap
 	$(PY) -m bench.nft
+
+# What syscall rules cost a syscall (getpid), outside and inside sandboxes.
+bench-syscalls: bootstrap
+	$(PY) -m bench.syscalls
 
 # Not CI: 30 minutes of churn, floods and take-overs on this kernel; fails on
 # a leak (programs, maps, links, pins, cgroups, fds), a growing daemon, a gap

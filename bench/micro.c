@@ -4,6 +4,8 @@
  *   micro recv N    - sendto a UDP socket's own address, then recvfrom (the
  *                   recvmsg hook that restores redirected DNS answers runs here)
  *   micro spawn N   - fork, execve("/bin/true"), wait
+ *   micro getpid N  - the getpid syscall (no libc cache: syscall(SYS_getpid)): what
+ *                   a syscall hook adds to the cheapest call
  *   micro refuse RATE SECONDS - sendto 127.0.0.1:9 at RATE per second (0: as fast as
  *                   possible) for SECONDS; prints how many calls were made. Under
  *                   a policy that refuses it, each call is one denial.
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,6 +98,13 @@ int main(int argc, char **argv)
         return 2;
     int tcp = strcmp(argv[1], "tcp") == 0;
     long n = atol(argv[2]);
+    if (strcmp(argv[1], "getpid") == 0) {
+        long long start = now_ns();
+        for (long i = 0; i < n; i++)
+            syscall(SYS_getpid);
+        printf("%.1f\n", (double)(now_ns() - start) / n);
+        return 0;
+    }
     if (strcmp(argv[1], "spawn") == 0) {
         long long start = now_ns();
         if (spawn_true(n) != 0)

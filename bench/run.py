@@ -48,6 +48,15 @@ def build_micro_bench(workdir: Path) -> Path:
     return binary
 
 
+def bench_cgroups(*names: str) -> tuple[Path, dict[str, Path]]:
+    """A cgroup of the bench's own (removed at the end) and a child per name."""
+    root = cgroup2_mount() / f"enforcer-bench-{os.getpid()}"
+    groups = {name: root / name for name in names}
+    for path in groups.values():
+        path.mkdir(parents=True)
+    return root, groups
+
+
 def exec_policy(sandbox: str, cgroup: Path, workdir: Path, micro: Path, n: int) -> dict:
     """n exec entries: the two programs the bench runs, ten directories, and files made for it."""
     files = workdir / "exec-entries"
@@ -168,10 +177,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
     binary = build_micro_bench(workdir)
-    root = cgroup2_mount() / f"enforcer-bench-{os.getpid()}"
-    groups = {name: root / name for name in ("unguarded", "rules-1", "rules-10000")}
-    for path in groups.values():
-        path.mkdir(parents=True)
+    root, groups = bench_cgroups("unguarded", "rules-1", "rules-10000")
 
     print("Daemon start-up to ready")
     startups = []

@@ -8,3 +8,4 @@
 #include "network.bpf.c"
 #include "exec.bpf.c"
 #include "device.bpf.c"
+#include "syscall.bpf.c"

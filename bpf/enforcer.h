@@ -28,6 +28,8 @@
 #define ENF_MAX_DNS_SOCKETS 65536    /* sockets whose DNS destination was redirected (LRU) */
 #define ENF_MAX_FORWARDERS  4096     /* (sandbox, network namespace) pairs with a DNS forwarder */
 #define ENF_DNS_PORT        53
+#define ENF_MAX_SYSCALL_RULES 65536  /* (generation, syscall) entries over all sandboxes */
+#define ENF_SYSCALL_ARGS    6
 
 #define ENF_KIND_CONNECT 1
 #define ENF_KIND_SENDMSG 2
@@ -36,7 +38,8 @@
 #define ENF_KIND_DEVICE  5
 #define ENF_KIND_ESCALATION 6  /* not a denial: the escalation fired (not counted by kind) */
 #define ENF_KIND_DNS     7   /* a query for a name the policy does not list: the daemon's forwarder reports it */
-#define ENF_NUM_KINDS    8   /* a power of two above the largest kind */
+#define ENF_KIND_SYSCALL 8
+#define ENF_NUM_KINDS    16  /* a power of two above the largest kind */
 
 #define ENF_ESCALATE_QUARANTINE 1
 #define ENF_ESCALATE_FREEZE     2
@@ -86,7 +89,8 @@ struct enf_sandbox {
     __u8  gpu;              /* ENF_VERDICT_*: may GPU device nodes be opened */
     __u8  escalate_action;  /* ENF_ESCALATE_* */
     __u8  dns;              /* 1: port-53 traffic goes to the daemon's forwarder; learned addresses count */
-    __u8  _pad[2];
+    __u8  syscall_default;  /* ENF_VERDICT_*: a syscall the rules do not name (seen only where hooked) */
+    __u8  _pad[1];
 };
 
 /* escalation: per slot, the times of the last ENF_ESCALATE_MAX denials. Written
@@ -139,6 +143,12 @@ struct enf_path_key {
     __u32 prefixlen;
     __u32 generation_be;
     char  path[ENF_PATH_MAX];
+};
+
+/* syscall_rules: what a generation says of one syscall number (ENF_VERDICT_*). */
+struct enf_syscall_key {
+    __u32 generation;
+    __u32 nr;
 };
 
 /* exec_args: argv as a process in an exec-guarded sandbox passed it to execve,
@@ -221,6 +231,14 @@ struct enf_escalation_event {
     __u8  escalate_action;  /* ENF_ESCALATE_* */
     __u8  acted;            /* 0 in audit mode */
     __u8  _pad[2];
+};
+
+/* ENF_KIND_SYSCALL */
+struct enf_syscall_event {
+    struct enf_event_head head;
+    __u32 nr;               /* this architecture's number */
+    __u32 _pad;
+    __u64 args[ENF_SYSCALL_ARGS];  /* as passed; only the syscall's own are meaningful */
 };
 
 /* ENF_KIND_DEVICE */

@@ -38,7 +38,7 @@ from enforcer.settings import (
 )
 
 # The per-kind counter fields of SandboxStats, in display order.
-STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns")
+STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall")
 
 
 def _json(message: Any) -> str:
@@ -77,6 +77,9 @@ def format_denial(event: Any) -> str:
         device = event.device
         named = " ".join(filter(None, (device.name, f"({device.driver})" if device.driver else "")))
         what = f"{named + ' ' if named else ''}{device.major}:{device.minor} access={device.access}"
+    elif event.HasField("syscall"):
+        call = event.syscall
+        what = f"{call.name or '#' + str(call.number)}({', '.join(hex(a) for a in call.args)})"
     elif event.HasField("dns"):
         reason = pb.DnsReason.Name(event.dns.reason).removeprefix("DNS_REASON_").lower()
         what = f"{event.dns.name} {event.dns.query_type}/{PROTOCOL_NAMES.get(event.dns.transport, '?')} ({reason})"
@@ -360,7 +363,7 @@ def cmd_oci_runtime(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="enforcer", description="eBPF network, exec and device policy enforcer for AI-agent sandboxes"
+        prog="enforcer", description="eBPF network, exec, device and syscall policy enforcer for AI-agent sandboxes"
     )
     socket_help = f"daemon socket or host:port (default ${SOCKET_ENV} or {DEFAULT_SOCKET})"
     parser.add_argument("--socket", help=socket_help)
@@ -448,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--until", help="up to this time, same forms")
     export.add_argument("--sandbox", action="append", default=[], help="only this sandbox (repeatable)")
     export.add_argument("--kind", action="append", default=[],
-                        help="only connect|sendmsg|socket|exec|device|escalation|dns|policy (repeatable)")
+                        help="only connect|sendmsg|socket|exec|device|escalation|dns|syscall|policy (repeatable)")
     export.add_argument("--format", default="jsonl", choices=("jsonl", "ocsf", "csv"))
     export.add_argument("--output", "-o", help="write here instead of stdout")
 

@@ -3,7 +3,7 @@ gzip-compressed ones) filtered and written as JSON lines, OCSF or CSV.
 
 Reads files only; the daemon need not run. OCSF output follows schema 1.3.0
 with the security_control profile: network denials are Network Activity (4001),
-exec, device and escalation records are Process Activity (1007), each with
+exec, device, syscall and escalation records are Process Activity (1007), each with
 disposition Blocked (refused) or Allowed (audit mode). Policy changes have no
 OCSF class among those two and are left out of OCSF output (and counted).
 """
@@ -37,6 +37,7 @@ DENIAL_KINDS = {
     "device": "DENIAL_KIND_DEVICE",
     "escalation": "DENIAL_KIND_ESCALATION",
     "dns": "DENIAL_KIND_DNS",
+    "syscall": "DENIAL_KIND_SYSCALL",
 }
 _SHORT_KINDS = {spelled: short for short, spelled in DENIAL_KINDS.items()}
 POLICY_EVENTS = ("policy_applied", "policy_removed", "labels_updated", "sandbox_released")
@@ -44,7 +45,7 @@ KINDS = (*DENIAL_KINDS, "policy")
 
 CSV_COLUMNS = ("seq", "timestamp", "event", "sandbox", "kind", "action", "pid", "comm", "address", "port",
                "path", "argv", "reason", "major", "minor", "access", "driver", "device", "escalation", "name",
-               "query_type", "labels",
+               "query_type", "syscall", "number", "args", "labels",
                "policy_sha256", "client", "generation")
 
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
@@ -187,6 +188,8 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
     row["kind"] = kind_of(record)
     if isinstance(record.get("argv"), list):
         row["argv"] = " ".join(record["argv"])
+    if isinstance(record.get("args"), list):
+        row["args"] = " ".join(hex(a) if isinstance(a, int) else str(a) for a in record["args"])
     if isinstance(record.get("labels"), dict):
         row["labels"] = ";".join(f"{k}={v}" for k, v in sorted(record["labels"].items()))
     return row
@@ -256,6 +259,11 @@ def to_ocsf(record: dict[str, Any], host: str) -> dict[str, Any] | None:
                    "file": {"name": os.path.basename(str(record.get("path", ""))),
                             "path": str(record.get("path", "")), "type_id": 1, "type": "Regular File"}}
         actor_process = {**actor_process, **({"pid": int(record["ppid"])} if record.get("ppid") else {})}
+    elif kind == "syscall":
+        # The refused call, as Process Activity: Other (the caller is killed at the call).
+        activity_id, activity, process = 99, "Other", actor_process
+        event["unmapped"].update(syscall=record.get("syscall", ""), number=record.get("number"),
+                                 args=record.get("args") or [])
     elif kind == "escalation" and record.get("escalation") == "ESCALATION_ACTION_KILL":
         activity_id, activity, process = 2, "Terminate", actor_process
     else:  # a device open, a quarantine or freeze
@@ -284,6 +292,8 @@ def _message(kind: str, record: dict[str, Any], refused: bool) -> str:
         named = " ".join(str(part) for part in (record.get("device"), record.get("driver")) if part)
         return (f"device {named + ' ' if named else ''}{record.get('major')}:{record.get('minor')} "
                 f"({record.get('access')}) {verb} in sandbox {sandbox}")
+    if kind == "syscall":
+        return f"syscall {record.get('syscall') or record.get('number')} {verb} in sandbox {sandbox}"
     if kind == "dns":
         return f"DNS query for {record.get('name')} ({record.get('query_type')}) {verb} in sandbox {sandbox}"
     if kind == "escalation":

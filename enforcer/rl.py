@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns")
+KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ def _default_rules() -> dict[str, KindRule]:
         "device": KindRule(penalty=1.0, drop_after=1),
         # A lookup of an unlisted name: as common a mistake as a wrong address.
         "dns": KindRule(penalty=0.1, drop_after=50),
+        # ptrace, bpf, mount...: an attempt to get out, not a mistake.
+        "syscall": KindRule(penalty=1.0, drop_after=1),
     }
 
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from enforcer.policy import EscalationAction, Mode, NetworkRule, Policy, Protocol, TargetKind, Verdict, parse_policy
+from enforcer.policy import (
+    EscalationAction,
+    Mode,
+    NetworkRule,
+    Policy,
+    Protocol,
+    SyscallPolicy,
+    TargetKind,
+    Verdict,
+    parse_policy,
+)
 from enforcer.v1 import enforcer_pb2 as pb
 
 _MODES = {Mode.ENFORCE: pb.MODE_ENFORCE, Mode.AUDIT: pb.MODE_AUDIT}
@@ -26,6 +36,7 @@ _ESCALATION_NAMES = {number: action.value for action, number in _ESCALATIONS.ite
 
 _MODE_NAMES = {pb.MODE_UNSPECIFIED: "enforce", pb.MODE_ENFORCE: "enforce", pb.MODE_AUDIT: "audit"}
 _VERDICT_NAMES = {pb.VERDICT_UNSPECIFIED: "deny", pb.VERDICT_DENY: "deny", pb.VERDICT_ALLOW: "allow"}
+_SYSCALL_DEFAULTS = {**_VERDICT_NAMES, pb.VERDICT_UNSPECIFIED: "allow"}
 PROTOCOL_NAMES = {
     pb.PROTOCOL_UNSPECIFIED: "any",
     pb.PROTOCOL_ANY: "any",
@@ -67,6 +78,10 @@ def policy_to_proto(policy: Policy) -> pb.Policy:
         msg.exec.default = _VERDICTS[policy.exec.default]
         msg.exec.allow.extend(policy.exec.allow)
         msg.exec.deny.extend(policy.exec.deny)
+    if policy.syscalls != SyscallPolicy():
+        msg.syscalls.default = _VERDICTS[policy.syscalls.default]
+        msg.syscalls.allow.extend(policy.syscalls.allow)
+        msg.syscalls.deny.extend(policy.syscalls.deny)
     return msg
 
 
@@ -123,6 +138,12 @@ def policy_document_from_proto(msg: pb.Policy) -> dict[str, Any]:
             "default": _VERDICT_NAMES.get(msg.exec.default, f"<enum value {msg.exec.default}>"),
             "allow": list(msg.exec.allow),
             "deny": list(msg.exec.deny),
+        }
+    if msg.HasField("syscalls"):
+        doc["syscalls"] = {
+            "default": _SYSCALL_DEFAULTS.get(msg.syscalls.default, f"<enum value {msg.syscalls.default}>"),
+            "allow": list(msg.syscalls.allow),
+            "deny": list(msg.syscalls.deny),
         }
     if msg.HasField("escalate"):
         doc["escalate"] = {

@@ -37,7 +37,7 @@ from enforcer.daemon.store import (
     SandboxRecord,
     now_ns,
 )
-from enforcer.kernel import encode, exec_rules, layout
+from enforcer.kernel import encode, exec_rules, layout, syscall_rules
 from enforcer.kernel.events import EscalationDetail, KernelDenial
 from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
 from enforcer.policy import EscalationAction, Mode, Policy, PolicyError, Verdict, parse_labels
@@ -180,6 +180,7 @@ class Enforcement:
         compiled = encode.compile_prefixes(policy.network)
         compiled_exec = (exec_roots.compile_exec(policy, cgroup, containers.values())
                          if policy.exec is not None else None)
+        self._check_syscall_hooks(policy)
         with self._lock:
             self._place(policy, cgroup)
             previous = self._store.find(policy.sandbox)
@@ -193,6 +194,7 @@ class Enforcement:
             entries = {layout.MAP_RULES: encode.pack_entries(compiled, generation)}
             if compiled_exec is not None:
                 entries.update(exec_rules.pack_exec(compiled_exec, generation))
+            entries[layout.MAP_SYSCALL_RULES] = syscall_rules.pack_syscalls(policy.syscalls, generation)
             state = _sandbox_state(policy, generation, slot, tag)
             keys = {name: [key for key, _ in map_entries] for name, map_entries in entries.items()}
             wire_bytes, digest = wire or policy_wire(policy)
@@ -209,6 +211,7 @@ class Enforcement:
                 # On disk before the kernel: a daemon killed after the switch still knows it.
                 self._save(record)
                 self._guard.write_rules(entries)
+                self._guard.syscalls.attach(*syscall_rules.hooked(policy.syscalls))
                 if previous is None:
                     self._guard.reset_slot(slot)
                 if policy.network.by_name:
@@ -242,6 +245,7 @@ class Enforcement:
                     raise
             else:
                 self._retired.put(previous.rule_keys)  # unreachable from now on; freed off the request path
+            self._prune_syscall_hooks()
         log.info(
             "policy_applied",
             sandbox=policy.sandbox,
@@ -293,6 +297,26 @@ class Enforcement:
             except _ContainersChanged:
                 continue
 
+    def _check_syscall_hooks(self, policy: Policy) -> None:
+        """A refused syscall this kernel does not build has no tracepoint: it can
+        only fail (ENOSYS), so the entry holds without a hook, but an attempt is
+        not reported. Said in the log; a policy stays portable across kernels."""
+        names, every = syscall_rules.hooked(policy.syscalls)
+        missing = [] if every else self._guard.syscalls.missing(sorted(names))
+        if missing:
+            log.warning("syscalls_not_built", sandbox=policy.sandbox, syscalls=missing,
+                        note="this kernel does not build them: they fail with ENOSYS, attempts are not reported")
+
+    def _prune_syscall_hooks(self) -> None:
+        """Keep only the syscall hooks the applied policies need (call under the lock)."""
+        names: set[str] = set()
+        every = False
+        for record in self._store.all():
+            wanted, all_of_them = syscall_rules.hooked(record.policy.syscalls)
+            names |= wanted
+            every = every or all_of_them
+        self._guard.syscalls.keep_only(names, every)
+
     def remove(self, sandbox: str) -> SandboxRecord:
         with self._lock:
             record = self._remove_locked(sandbox)
@@ -302,6 +326,7 @@ class Enforcement:
     def _remove_locked(self, sandbox: str) -> SandboxRecord:
         record = self._store.pop(sandbox)
         self._guard.unguard(record.cgroup.id)
+        self._prune_syscall_hooks()
         self.dns.remove(sandbox)
         self._guard.delete_rules(record.rule_keys)
         self._store.release_slot(record.slot)
@@ -507,6 +532,7 @@ class Enforcement:
                 else:
                     self._guard.delete_rules(keys)
             self._restore_forwarders({r.policy.sandbox for r in reapply})
+            self._prune_syscall_hooks()  # this build's hooks for the adopted policies, before it takes over
         # (record, its cgroup or None to create it again, why): applied again.
         again = [*((r, r.cgroup, "the kernel's entry differs from the saved policy (a change was cut short)")
                    for r in reapply),
@@ -571,4 +597,5 @@ def _sandbox_state(policy: Policy, generation: int, slot: int, tag: int) -> Sand
         exec_default=layout.VERDICT_NONE if policy.exec is None else _verdict(policy.exec.default),
         gpu=_verdict(policy.devices.gpu),
         dns=policy.network.by_name,
+        syscall_default=syscall_rules.default_verdict(policy.syscalls),
     )

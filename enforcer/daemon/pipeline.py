@@ -31,9 +31,11 @@ from enforcer.kernel.events import (
     ExecDetail,
     KernelDenial,
     NetDetail,
+    SyscallDetail,
     decode,
 )
 from enforcer.kernel.ringbuf import RingRecord
+from enforcer.kernel.syscall_rules import syscall_name
 from enforcer.v1 import enforcer_pb2 as pb
 
 log = structlog.get_logger("enforcer.pipeline")
@@ -47,6 +49,7 @@ _KINDS = {
     layout.KIND_DEVICE: pb.DENIAL_KIND_DEVICE,
     layout.KIND_ESCALATION: pb.DENIAL_KIND_ESCALATION,
     layout.KIND_DNS: pb.DENIAL_KIND_DNS,
+    layout.KIND_SYSCALL: pb.DENIAL_KIND_SYSCALL,
 }
 _ESCALATION_ACTIONS = {
     layout.ESCALATE_QUARANTINE: pb.ESCALATION_ACTION_QUARANTINE,
@@ -300,6 +303,8 @@ def _detail_fields(kind: int, detail: object, drivers: dict[int, str]) -> dict[s
         return {"device": pb.DeviceInfo(major=detail.major, minor=detail.minor,
                                         access="".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit),
                                         driver=driver, name=name)}
+    if isinstance(detail, SyscallDetail):
+        return {"syscall": pb.SyscallInfo(name=syscall_name(detail.number), number=detail.number, args=detail.args)}
     if isinstance(detail, DnsDetail):
         return {"dns": pb.DnsInfo(name=detail.name, query_type=detail.query_type,
                                   reason=_DNS_REASONS.get(detail.reason, pb.DNS_REASON_UNSPECIFIED),
@@ -332,6 +337,8 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
         fields.update(name=event.dns.name, query_type=event.dns.query_type,
                       reason=pb.DnsReason.Name(event.dns.reason),
                       protocol=_PROTOCOL_NUMBERS.get(event.dns.transport, 0))
+    elif event.HasField("syscall"):
+        fields.update(syscall=event.syscall.name, number=event.syscall.number, args=list(event.syscall.args))
     elif event.HasField("socket"):
         fields.update(family=event.socket.family, type=event.socket.type, protocol=event.socket.protocol)
     else:

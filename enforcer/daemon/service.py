@@ -195,6 +195,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             exec=kind(layout.KIND_EXEC),
             device=kind(layout.KIND_DEVICE),
             dns=kind(layout.KIND_DNS),
+            syscall=kind(layout.KIND_SYSCALL),
             events_suppressed=totals.suppressed,
             events_lost=totals.lost,
             since_unix_ns=since_ns,

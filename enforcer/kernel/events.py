@@ -24,6 +24,7 @@ _SIZES = {
     layout.KIND_EXEC: ctypes.sizeof(layout.ExecEvent),
     layout.KIND_DEVICE: ctypes.sizeof(layout.DeviceEvent),
     layout.KIND_ESCALATION: ctypes.sizeof(layout.EscalationEvent),
+    layout.KIND_SYSCALL: ctypes.sizeof(layout.SyscallEvent),
 }
 
 
@@ -68,6 +69,11 @@ class EscalationDetail(NamedTuple):
     acted: bool      # False in audit mode
 
 
+class SyscallDetail(NamedTuple):
+    number: int              # this architecture's
+    args: tuple[int, ...]    # the six argument registers, as passed
+
+
 DNS_NOT_ALLOWED = 1  # DnsDetail.reason: no allow rule names it
 DNS_DENIED = 2       # a deny rule names it
 
@@ -93,7 +99,7 @@ class KernelDenial(NamedTuple):
     comm: str
     kind: int
     action: int
-    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | DnsDetail | None
+    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | DnsDetail | SyscallDetail | None
 
 
 def decode(raw: bytes) -> KernelDenial:
@@ -101,7 +107,7 @@ def decode(raw: bytes) -> KernelDenial:
     if kind in _NET_KINDS and len(raw) >= _NET_EVENT.size:
         return _decode_net(raw)
     raw = raw.ljust(_SIZES.get(kind, _HEAD_SIZE), b"\0")
-    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | None = None
+    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | SyscallDetail | None = None
     if kind == layout.KIND_EXEC:
         ev = layout.ExecEvent.from_buffer_copy(raw)
         argv_bytes = raw[_ARGV_OFFSET: _ARGV_OFFSET + min(ev.argv_len, layout.ARGV_BYTES)]
@@ -113,6 +119,10 @@ def decode(raw: bytes) -> KernelDenial:
         esc = layout.EscalationEvent.from_buffer_copy(raw)
         detail = EscalationDetail(esc.count, esc.within_ns, esc.after, esc.escalate_action, bool(esc.acted))
         head = esc.head
+    elif kind == layout.KIND_SYSCALL:
+        sys_event = layout.SyscallEvent.from_buffer_copy(raw)
+        detail = SyscallDetail(sys_event.nr, tuple(sys_event.args))
+        head = sys_event.head
     elif kind == layout.KIND_DEVICE:
         dev = layout.DeviceEvent.from_buffer_copy(raw)
         detail = DeviceDetail(dev.major, dev.minor, dev.access, dev.dev_type)

@@ -18,6 +18,7 @@ from enforcer.cgroupfs import Cgroup
 from enforcer.kernel import btf, devices, layout
 from enforcer.kernel.pins import PinDir, layout_id, tracepoint_id
 from enforcer.kernel.ringbuf import EventRing
+from enforcer.kernel.syscall_hooks import SyscallHooks, syscall_hook_of
 from enforcer.settings import EXEC_MODE_AUTO, EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT, EXEC_MODES
 
 # UAPI numbers (stable): bpf_prog_type and bpf_attach_type of the cgroup programs.
@@ -107,7 +108,7 @@ class MapFull(KernelError):
 def _map_error(name: str, err: int) -> KernelError:
     if err in (errno.E2BIG, errno.ENOSPC):
         limit = {layout.MAP_RULES: layout.MAX_PREFIXES, layout.MAP_EXEC_IDS: layout.MAX_EXEC_IDS,
-                 layout.MAP_EXEC_PATHS: layout.MAX_EXEC_PATHS}.get(name)
+                 layout.MAP_EXEC_PATHS: layout.MAX_EXEC_PATHS, layout.MAP_SYSCALL_RULES: layout.MAX_SYSCALL_RULES}.get(name)
         room = f" ({limit:,} entries over all sandboxes)" if limit else ""
         if name == layout.MAP_NAME_ADDRS:
             room = f" ({layout.MAX_NAME_ADDRS:,} learned addresses over all sandboxes)"
@@ -138,6 +139,7 @@ class SandboxState:
     escalate_within_ns: int = 0
     escalate_action: int = 0  # layout.ESCALATE_*
     dns: bool = False         # port-53 traffic goes to the forwarder; learned addresses count
+    syscall_default: int = 0  # layout.VERDICT_*: a syscall the rules do not name
 
 
 @dataclass
@@ -217,7 +219,8 @@ class SandboxGuard:
         self._attached: dict[int, int] = {}  # cgroup id -> open fd of the cgroup directory
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
-                     ("sandboxes", layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, "config", "counters",
+                     ("sandboxes", layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS,
+                      layout.MAP_SYSCALL_RULES, "config", "counters",
                       "rate", "globals", "gpu_majors", "escalation", "active", "dns_forwarders",
                       layout.MAP_NAME_ADDRS, "dns_counters")}
         self._events_per_sec = events_per_sec
@@ -225,6 +228,7 @@ class SandboxGuard:
         # Until this build is active, the levels the old build searches stay searched.
         self._inherited_mask = self._read_config().levels_mask if self.adopted else 0
         self._write_config()
+        self.syscalls = SyscallHooks(self._bpf, self.pins, self.build)
         self.gpu_majors = devices.gpu_majors()
         for major in self.gpu_majors:
             self._update("gpu_majors", ctypes.c_uint32(major), ctypes.c_uint8(1))
@@ -372,7 +376,7 @@ class SandboxGuard:
                                default_verdict=state.default_verdict, exec_default=state.exec_default, gpu=state.gpu,
                                escalate_after=state.escalate_after,
                                escalate_within_ns=state.escalate_within_ns, escalate_action=state.escalate_action,
-                               dns=int(state.dns))
+                               dns=int(state.dns), syscall_default=state.syscall_default)
         self._update("sandboxes", ctypes.c_uint64(cgroup.id), value)
 
     def reset_slot(self, slot: int) -> None:
@@ -461,7 +465,8 @@ class SandboxGuard:
             rows.append((fn.name.decode(), "cgroup", attached, expected))
         for pin in sorted(self.pins.build_dir(self.build).glob("link-*")):
             name = pin.name.removeprefix("link-")
-            hook = "tracepoint" if name.startswith("tp-") else "raw_tracepoint" if name.startswith("raw-") else "lsm"
+            hook = syscall_hook_of(name) or (
+                "tracepoint" if name.startswith("tp-") else "raw_tracepoint" if name.startswith("raw-") else "lsm")
             rows.append((name, hook, 1, 1))
         return rows
 
@@ -476,7 +481,7 @@ class SandboxGuard:
         """Every rule entry's key, by the generation it belongs to (not the
         learned addresses: the DNS forwarder owns those, see read_name_addrs)."""
         found: dict[int, dict[str, list[bytes]]] = {}
-        for map_name in (layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS):
+        for map_name in (layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS, layout.MAP_SYSCALL_RULES):
             for key in self._bpf[map_name]:
                 raw = bytes(key)
                 generation = layout.key_generation(map_name, raw)
@@ -552,6 +557,7 @@ class SandboxGuard:
             os.close(fd)
         self._attached.clear()
         self._links.clear()
+        self.syscalls.close()
         self._bpf.cleanup()
 
 

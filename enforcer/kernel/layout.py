@@ -33,6 +33,9 @@ KIND_EXEC = _C["ENF_KIND_EXEC"]
 KIND_DEVICE = _C["ENF_KIND_DEVICE"]
 KIND_ESCALATION = _C["ENF_KIND_ESCALATION"]
 KIND_DNS = _C["ENF_KIND_DNS"]
+KIND_SYSCALL = _C["ENF_KIND_SYSCALL"]
+MAX_SYSCALL_RULES = _C["ENF_MAX_SYSCALL_RULES"]
+SYSCALL_ARGS = _C["ENF_SYSCALL_ARGS"]
 MAX_NAME_ADDRS = _C["ENF_MAX_NAME_ADDRS"]
 MAX_NAME_GRANTS = _C["ENF_MAX_NAME_GRANTS"]
 DNS_PORT = _C["ENF_DNS_PORT"]
@@ -72,6 +75,7 @@ RINGBUF_BYTES = _C["ENF_RINGBUF_PAGES"] * mmap.PAGESIZE  # PAGE_SIZE in the BPF 
 MAP_RULES = "rules"
 MAP_EXEC_IDS = "exec_ids"
 MAP_EXEC_PATHS = "exec_paths"
+MAP_SYSCALL_RULES = "syscall_rules"
 # Addresses learned from DNS answers, keyed by generation too; written by the forwarder.
 MAP_NAME_ADDRS = "name_addrs"
 
@@ -92,7 +96,8 @@ class Sandbox(ctypes.Structure):
         ("gpu", ctypes.c_uint8),
         ("escalate_action", ctypes.c_uint8),
         ("dns", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 2),
+        ("syscall_default", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 1),
     ]
 
 
@@ -250,6 +255,22 @@ class DeviceEvent(ctypes.Structure):
     ]
 
 
+class SyscallKey(ctypes.Structure):
+    _fields_ = [
+        ("generation", ctypes.c_uint32),
+        ("nr", ctypes.c_uint32),
+    ]
+
+
+class SyscallEvent(ctypes.Structure):
+    _fields_ = [
+        ("head", EventHead),
+        ("nr", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("args", ctypes.c_uint64 * SYSCALL_ARGS),
+    ]
+
+
 class FwdKey(ctypes.Structure):
     _fields_ = [
         ("slot", ctypes.c_uint32),
@@ -312,7 +333,7 @@ class DnsCounters(ctypes.Structure):
     ]
 
 
-MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent, EscalationEvent))
+MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent, EscalationEvent, SyscallEvent))
 
 # (map name in bpf/*.c, which side of it, mirror) for the layout test.
 MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
@@ -329,6 +350,8 @@ MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("exec_event_layout", "Leaf", ExecEvent),
     ("device_event_layout", "Leaf", DeviceEvent),
     ("escalation_event_layout", "Leaf", EscalationEvent),
+    ("syscall_event_layout", "Leaf", SyscallEvent),
+    (MAP_SYSCALL_RULES, "Key", SyscallKey),
     ("escalation", "Leaf", Escalation),
     ("dns_forwarders", "Key", FwdKey),
     ("dns_forwarders", "Leaf", Forwarder),
@@ -342,8 +365,9 @@ MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
 def key_generation(map_name: str, key: bytes) -> int:
     """The generation a rule map key belongs to (the LPM keys carry it big-endian,
     right after the prefix length, so that it is part of the matched prefix)."""
-    if map_name in (MAP_EXEC_IDS, MAP_NAME_ADDRS):
-        offset = (ExecKey if map_name == MAP_EXEC_IDS else NameKey).generation.offset
+    if map_name in (MAP_EXEC_IDS, MAP_NAME_ADDRS, MAP_SYSCALL_RULES):
+        mirror = {MAP_EXEC_IDS: ExecKey, MAP_NAME_ADDRS: NameKey, MAP_SYSCALL_RULES: SyscallKey}[map_name]
+        offset = mirror.generation.offset
         return int.from_bytes(key[offset:offset + 4], "little")
     offset = (LpmKey if map_name == MAP_RULES else PathKey).generation_be.offset
     return int.from_bytes(key[offset:offset + 4], "big")

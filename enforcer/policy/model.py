@@ -147,6 +147,26 @@ class ExecPolicy:
 
 
 @dataclass(frozen=True)
+class SyscallPolicy:
+    """System calls by name (this architecture's). Deny wins over allow. Every
+    sandbox refuses ``bpf`` and ``perf_event_open`` unless ``allow`` names them
+    (see :data:`DENIED_BY_DEFAULT`)."""
+
+    default: Verdict = Verdict.ALLOW
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def denied(self) -> tuple[str, ...]:
+        """Names refused whatever the default: the deny list and those denied by default."""
+        implied = tuple(n for n in DENIED_BY_DEFAULT if n not in self.allow and n not in self.deny)
+        return (*self.deny, *implied)
+
+
+# A sandboxed task could detach or blind the enforcer's own programs with these.
+DENIED_BY_DEFAULT = ("bpf", "perf_event_open")
+
+
+@dataclass(frozen=True)
 class DevicePolicy:
     gpu: Verdict = Verdict.DENY  # NVIDIA, DRI/render and AMD KFD device nodes
 
@@ -176,6 +196,7 @@ class Policy:
     exec: ExecPolicy | None = None  # None: exec is not judged
     devices: DevicePolicy = field(default_factory=DevicePolicy)
     escalate: Escalation | None = None
+    syscalls: SyscallPolicy = field(default_factory=SyscallPolicy)
 
     @property
     def label_map(self) -> dict[str, str]:

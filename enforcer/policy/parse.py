@@ -32,11 +32,13 @@ from enforcer.policy.model import (
     Policy,
     PortRange,
     Protocol,
+    SyscallPolicy,
     Target,
     TargetKind,
     Upstream,
     Verdict,
 )
+from enforcer.policy.syscalls import parse_syscall_policy
 
 SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
@@ -55,7 +57,7 @@ MAX_ESCALATE_AFTER = 256
 MAX_ESCALATE_WITHIN = 86_400.0
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-_TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices", "escalate")
+_TOP_FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices", "escalate", "syscalls")
 _ESCALATE_FIELDS = ("after", "within", "action")
 _NETWORK_FIELDS = ("default", "allow", "deny", "dns")
 _DNS_FIELDS = ("upstream", "grace")
@@ -96,6 +98,7 @@ def parse_policy(doc: Any) -> Policy:
     raw_exec = doc.get("exec")
     raw_devices = doc.get("devices")
     raw_escalate = doc.get("escalate")
+    raw_syscalls = doc.get("syscalls")
     return Policy(
         sandbox=_parse_sandbox_id(doc.get("sandbox"), "sandbox"),
         target=_parse_target(doc.get("target"), "target"),
@@ -105,6 +108,7 @@ def parse_policy(doc: Any) -> Policy:
         exec=None if raw_exec is None else _parse_exec(raw_exec, "exec"),
         devices=DevicePolicy() if raw_devices is None else _parse_devices(raw_devices, "devices"),
         escalate=None if raw_escalate is None else _parse_escalation(raw_escalate, "escalate"),
+        syscalls=SyscallPolicy() if raw_syscalls is None else parse_syscall_policy(raw_syscalls, "syscalls"),
     )
 
 
@@ -133,6 +137,9 @@ def policy_to_document(policy: Policy) -> dict[str, Any]:
     if policy.escalate is not None:
         doc["escalate"] = {"after": policy.escalate.after, "within": f"{policy.escalate.within:g}s",
                            "action": policy.escalate.action.value}
+    if policy.syscalls != SyscallPolicy():
+        doc["syscalls"] = {"default": policy.syscalls.default.value, "allow": list(policy.syscalls.allow),
+                           "deny": list(policy.syscalls.deny)}
     if policy.exec is not None:
         doc["exec"] = {
             "default": policy.exec.default.value,

@@ -52,6 +52,9 @@ RECORDS: list[dict[str, Any]] = [
      "pid": 0, "comm": "", "time_unix_ns": T0 + 8_000_000_000, "name": "tunnel.evil.example", "query_type": "TXT",
      "reason": "DNS_REASON_NOT_ALLOWED", "protocol": 17,
      "event": "denial", "level": "info", "timestamp": "2025-11-30T10:53:28Z"},
+    {"seq": 9, "sandbox": "sb-2", "labels": {}, "kind": "DENIAL_KIND_SYSCALL", "action": "ACTION_REFUSED",
+     "pid": 13, "comm": "python3", "time_unix_ns": T0 + 9_000_000_000, "syscall": "ptrace", "number": 101,
+     "args": [16, 1, 0, 0, 0, 0], "event": "denial", "level": "info", "timestamp": "2025-11-30T10:53:29Z"},
     {"sandbox": "sb-1", "generation": 1, "client": "unix:", "event": "policy_removed", "level": "info",
      "timestamp": "2025-11-30T10:53:30Z"},
 ]
@@ -116,13 +119,15 @@ def test_every_denial_kind_is_valid_ocsf_with_its_disposition(tmp_path, capsys):
     code, text = run_export(tmp_path, "--format", "ocsf")
     assert code == 0
     events = [json.loads(line) for line in text.splitlines()]
-    assert [e["metadata"]["uid"] for e in events] == [str(n) for n in range(1, 9)]
+    assert [e["metadata"]["uid"] for e in events] == [str(n) for n in range(1, 10)]
     for event in events:
         assert_valid_ocsf(event)
-    assert [e["class_uid"] for e in events] == [4001, 4001, 4001, 1007, 1007, 1007, 1007, 4003]
+    assert [e["class_uid"] for e in events] == [4001, 4001, 4001, 1007, 1007, 1007, 1007, 4003, 1007]
     assert [e["disposition"] for e in events] == ["Blocked", "Allowed", "Blocked", "Blocked", "Blocked", "Blocked",
-                                                  "Allowed", "Blocked"]
-    connect, _, _, execve, _, kill, _, query = events
+                                                  "Allowed", "Blocked", "Blocked"]
+    connect, _, _, execve, _, kill, _, query, ptrace = events
+    assert ptrace["message"] == "syscall ptrace refused in sandbox sb-2"
+    assert ptrace["unmapped"]["syscall"] == "ptrace" and ptrace["unmapped"]["args"] == [16, 1, 0, 0, 0, 0]
     assert query["query"] == {"hostname": "tunnel.evil.example", "type": "TXT", "class": "IN"}
     assert query["rcode"] == "Refused" and query["type_uid"] == 400301
     assert connect["dst_endpoint"] == {"ip": "10.0.0.1", "port": 22}
@@ -153,6 +158,9 @@ def test_filters_by_time_sandbox_and_kind(tmp_path):
     assert code == 0 and [json.loads(line)["seq"] for line in text.splitlines()] == [2, 3, 4, 5]
     code, text = run_export(tmp_path, "--sandbox", "sb-1", "--kind", "policy", "--kind", "connect")
     assert [json.loads(line)["event"] for line in text.splitlines()] == ["policy_applied", "denial", "policy_removed"]
+    code, text = run_export(tmp_path, "--kind", "syscall", "--format", "csv")
+    (row,) = csv.DictReader(io.StringIO(text))
+    assert (row["syscall"], row["number"], row["args"]) == ("ptrace", "101", "0x10 0x1 0x0 0x0 0x0 0x0")
     code, text = run_export(tmp_path, "--kind", "exec", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 1 and rows[0]["path"] == "/tmp/xmrig" and rows[0]["argv"] == "xmrig -o pool:3333"

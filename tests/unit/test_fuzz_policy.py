@@ -16,7 +16,7 @@ from enforcer.wire import policy_from_proto, policy_to_proto
 
 # "field.path: reason", the path starting at a field of the document (network.allow[3].ports[0],
 # labels['odd key']); a document that is not a mapping at all is "policy: ...".
-FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices", "escalate", "policy")
+FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices", "escalate", "syscalls", "policy")
 FIELD_PATH = re.compile(r"^(\w+|\[(?:'[^']*'|\"[^\"]*\")\])(?:\.[\w./-]+|\[\d+\]|\[(?:'[^']*'|\"[^\"]*\")\])*: \S")
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
@@ -47,6 +47,8 @@ rule = st.fixed_dictionaries({"to": plausible(address)},
                                        "protocol": plausible(st.sampled_from(["tcp", "udp", "any", "icmp", ""]))})
 exec_path = st.one_of(st.sampled_from(["/usr/bin/python3", "/usr/lib/", "relative", "/a/../b", "/x//y", "/", "."]),
                       st.text(max_size=30))
+syscall = st.one_of(st.sampled_from(["ptrace", "bpf", "mount", "getpid", "nope", "", "PTRACE"]),
+                    st.integers(-2, 500), st.text(max_size=12))
 documents = st.fixed_dictionaries(
     {"sandbox": plausible(st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True)),
      "target": plausible(st.one_of(st.fixed_dictionaries({"cgroup": plausible(st.text(max_size=30))}),
@@ -63,6 +65,9 @@ documents = st.fixed_dictionaries(
             "default": plausible(st.sampled_from(["allow", "deny"])),
             "allow": plausible(st.lists(exec_path, max_size=3)), "deny": plausible(st.lists(exec_path, max_size=3))})),
         "devices": plausible(st.fixed_dictionaries({}, optional={"gpu": plausible(st.sampled_from(["allow", "deny"]))})),
+        "syscalls": plausible(st.fixed_dictionaries({}, optional={
+            "default": plausible(st.sampled_from(["allow", "deny"])),
+            "allow": plausible(st.lists(syscall, max_size=4)), "deny": plausible(st.lists(syscall, max_size=4))})),
         "escalate": plausible(st.fixed_dictionaries({}, optional={
             "after": plausible(st.integers(-1, 300)), "within": plausible(st.sampled_from(["10s", "1m", "2d", "0s"])),
             "action": plausible(st.sampled_from(["quarantine", "freeze", "kill", "reboot"]))})),
@@ -104,7 +109,7 @@ def wire_messages() -> st.SearchStrategy[pb.Policy]:
         enum_value)
 
     def build(sandbox: str, target: Any, labels: dict[str, str], mode: int, default: int, allow: list[Any],
-              deny: list[Any], exec_: Any, gpu: int, escalate: Any) -> pb.Policy:
+              deny: list[Any], exec_: Any, gpu: int, escalate: Any, syscalls: Any) -> pb.Policy:
         msg = pb.Policy(sandbox=sandbox, labels=labels, mode=mode,
                         network=pb.NetworkPolicy(default=default, allow=allow, deny=deny),
                         devices=pb.DevicePolicy(gpu=gpu))
@@ -114,6 +119,8 @@ def wire_messages() -> st.SearchStrategy[pb.Policy]:
             msg.exec.CopyFrom(exec_)
         if escalate is not None:
             msg.escalate.CopyFrom(escalate)
+        if syscalls is not None:
+            msg.syscalls.CopyFrom(syscalls)
         return msg
 
     return st.builds(
@@ -127,7 +134,9 @@ def wire_messages() -> st.SearchStrategy[pb.Policy]:
                                        st.lists(exec_path, max_size=3), st.lists(exec_path, max_size=3))),
         enum_value,
         st.one_of(st.none(), st.builds(lambda a, w, act: pb.Escalation(after=a, within_seconds=w, action=act),
-                                       st.integers(0, 2**32 - 1), st.floats(allow_nan=True), enum_value)))
+                                       st.integers(0, 2**32 - 1), st.floats(allow_nan=True), enum_value)),
+        st.one_of(st.none(), st.builds(lambda d, a, n: pb.SyscallPolicy(default=d, allow=a, deny=n), enum_value,
+                                       st.lists(syscall.map(str), max_size=3), st.lists(syscall.map(str), max_size=3))))
 
 
 @settings(max_examples=400, deadline=None)

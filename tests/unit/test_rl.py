@@ -27,6 +27,8 @@ def test_default_rules_penalise_mistakes_and_drop_breakouts():
     assert not breakout.keep and breakout.penalty == pytest.approx(1.1)
     assert breakout.reasons == ("1 exec denials (drop at 1)",)
     assert rl.judge(stats(), escalated=True).keep is False
+    escape = rl.judge(stats(syscall=1))
+    assert not escape.keep and escape.reasons == ("1 syscall denials (drop at 1)",)
 
 
 def test_configurable_per_kind_audited_and_capped():

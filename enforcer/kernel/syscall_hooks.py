@@ -1,0 +1,104 @@
+"""Where the syscall programs (bpf/syscall.bpf.c) are attached: only to the
+syscalls some policy refuses, so that every other syscall of every task pays
+nothing.
+
+enf_sys_enter goes on the entry tracepoint of each refused syscall
+(``syscalls:sys_enter_<name>``); while some policy refuses by default, the one
+raw ``sys_enter`` attachment, which sees every syscall, replaces them all (both
+at once would judge a syscall twice). Each attachment is a link pinned in the
+build's directory: it outlives the daemon, and the next build's daemon attaches
+its own before retiring this build's, as with the other programs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from enforcer.kernel.pins import PinDir, PinError, tracepoint_id
+
+# Link names (pinned as link-<name> in the build's directory), apart from the
+# build's own tracepoint links (tp-sys_enter_execve captures argv for exec rules).
+RAW_LINK = "syscall-every"
+
+
+def tracepoint_link(name: str) -> str:
+    return f"syscall-{name}"
+
+
+def syscall_hook_of(link: str) -> str | None:
+    """What a syscall link is attached to (None: not a syscall link)."""
+    if link == RAW_LINK:
+        return "raw_tracepoint"
+    return "tracepoint" if link.startswith("syscall-") else None
+
+
+class SyscallHooks:
+    def __init__(self, loaded: Any, pins: PinDir, build: int) -> None:
+        from bcc import BPF
+        from bcc.libbcc import lib
+
+        self._lib = lib
+        self._pins = pins
+        self._build = build
+        self._fn = loaded.load_func(b"enf_sys_enter", BPF.TRACEPOINT)
+        self._raw_fn = loaded.load_func(b"enf_raw_sys_enter", BPF.RAW_TRACEPOINT)
+        self._links: dict[str, int] = {}  # link name -> open fd (also pinned)
+
+    @staticmethod
+    def missing(names: Iterable[str]) -> list[str]:
+        """Those of ``names`` this kernel has no entry tracepoint for (not built in)."""
+        absent = []
+        for name in names:
+            try:
+                tracepoint_id("syscalls", f"sys_enter_{name}")
+            except PinError:
+                absent.append(name)
+        return absent
+
+    @property
+    def attached(self) -> set[str]:
+        return set(self._links)
+
+    def attach(self, names: Iterable[str], every: bool) -> None:
+        """Make sure these syscalls are judged (all of them if ``every``); detaches
+        nothing. A syscall this kernel does not build has no tracepoint: skipped."""
+        names = set(names)
+        wanted = [RAW_LINK] if every else [tracepoint_link(n) for n in names - set(self.missing(names))]
+        if RAW_LINK in self._links:
+            return  # already judging every syscall
+        for link in wanted:
+            if link not in self._links:
+                self._links[link] = self._open(link)
+
+    def keep_only(self, names: Iterable[str], every: bool) -> None:
+        """Detach what no policy needs any more (after the switch that stopped needing it)."""
+        names = set(names)
+        wanted = {RAW_LINK} if every else {tracepoint_link(n) for n in names}
+        self.attach(names, every)  # never a moment with fewer hooks than needed
+        for link in [link for link in self._links if link not in wanted]:
+            (self._pins.build_dir(self._build) / f"link-{link}").unlink(missing_ok=True)
+            os.close(self._links.pop(link))
+
+    def _open(self, link: str) -> int:
+        if link == RAW_LINK:
+            fd = self._lib.bpf_attach_raw_tracepoint(self._raw_fn.fd, b"sys_enter")
+            if fd < 0:
+                raise PinError(f"attaching the raw sys_enter tracepoint failed: {os.strerror(ctypes.get_errno() or -fd)}")
+        else:
+            fd = self._pins.bpf.perf_link(self._fn.fd,
+                                          tracepoint_id("syscalls", f"sys_enter_{link.removeprefix('syscall-')}"))
+        try:
+            self._pins.bpf.pin(fd, self._pins.build_dir(self._build) / f"link-{link}")
+        except Exception:
+            os.close(fd)
+            raise
+        return int(fd)
+
+    def close(self) -> None:
+        """Let go of the fds; the pins keep the links (and the judging) alive."""
+        for fd in self._links.values():
+            os.close(fd)
+        self._links.clear()
