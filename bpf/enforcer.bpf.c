@@ -9,3 +9,4 @@
 #include "exec.bpf.c"
 #include "device.bpf.c"
 #include "syscall.bpf.c"
+#include "escape.bpf.c"

@@ -30,6 +30,7 @@
 #define ENF_DNS_PORT        53
 #define ENF_MAX_SYSCALL_RULES 65536  /* (generation, syscall) entries over all sandboxes */
 #define ENF_SYSCALL_ARGS    6
+#define ENF_MAX_TRACKED_TASKS 65536  /* processes known to be in a sandbox, all sandboxes */
 
 #define ENF_KIND_CONNECT 1
 #define ENF_KIND_SENDMSG 2
@@ -39,6 +40,7 @@
 #define ENF_KIND_ESCALATION 6  /* not a denial: the escalation fired (not counted by kind) */
 #define ENF_KIND_DNS     7   /* a query for a name the policy does not list: the daemon's forwarder reports it */
 #define ENF_KIND_SYSCALL 8
+#define ENF_KIND_ESCAPE  9   /* a task of a sandbox moved out of it (see enf_escape_event) */
 #define ENF_NUM_KINDS    16  /* a power of two above the largest kind */
 
 #define ENF_ESCALATE_QUARANTINE 1
@@ -145,6 +147,19 @@ struct enf_path_key {
     char  path[ENF_PATH_MAX];
 };
 
+/* enf_escape_event.how */
+#define ENF_ESCAPE_MOVE  1   /* written into a cgroup.procs outside the sandbox */
+#define ENF_ESCAPE_CLONE 2   /* created outside it: clone3(CLONE_INTO_CGROUP) */
+
+/* sandboxed_tasks: by tgid, the sandbox a process belongs to, kept by the
+ * kernel (fork, exit, cgroup moves) and seeded by the daemon at an apply, so
+ * that a move out is known for what it left. */
+struct enf_tracked {
+    __u64 sandbox_cgroup_id;
+    __u32 level;            /* of the sandbox's cgroup */
+    __u32 _pad;
+};
+
 /* syscall_rules: what a generation says of one syscall number (ENF_VERDICT_*). */
 struct enf_syscall_key {
     __u32 generation;
@@ -239,6 +254,17 @@ struct enf_syscall_event {
     __u32 nr;               /* this architecture's number */
     __u32 _pad;
     __u64 args[ENF_SYSCALL_ARGS];  /* as passed; only the syscall's own are meaningful */
+};
+
+/* ENF_KIND_ESCAPE: head names the task that made the move (the writer). */
+struct enf_escape_event {
+    struct enf_event_head head;
+    __u64 dst_cgroup_id;    /* where the moved task went */
+    __u32 moved_tgid;
+    __u8  how;              /* ENF_ESCAPE_* */
+    __u8  writer_killed;    /* the kernel killed the writer (SIGKILL at the move) */
+    __u8  moved_is_writer;  /* ... which is the moved task itself */
+    __u8  _pad;
 };
 
 /* ENF_KIND_DEVICE */

@@ -38,7 +38,7 @@ from enforcer.settings import (
 )
 
 # The per-kind counter fields of SandboxStats, in display order.
-STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall")
+STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall", "escape")
 
 
 def _json(message: Any) -> str:
@@ -77,6 +77,10 @@ def format_denial(event: Any) -> str:
         device = event.device
         named = " ".join(filter(None, (device.name, f"({device.driver})" if device.driver else "")))
         what = f"{named + ' ' if named else ''}{device.major}:{device.minor} access={device.access}"
+    elif event.HasField("escape"):
+        esc = event.escape
+        killed = f", killed by the {esc.moved_killed_by}" if esc.moved_killed_by else ""
+        what = f"pid {esc.moved_pid} to {esc.cgroup_path or esc.cgroup_id} via {esc.how}{killed}"
     elif event.HasField("syscall"):
         call = event.syscall
         what = f"{call.name or '#' + str(call.number)}({', '.join(hex(a) for a in call.args)})"
@@ -451,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--until", help="up to this time, same forms")
     export.add_argument("--sandbox", action="append", default=[], help="only this sandbox (repeatable)")
     export.add_argument("--kind", action="append", default=[],
-                        help="only connect|sendmsg|socket|exec|device|escalation|dns|syscall|policy (repeatable)")
+                        help="only connect|sendmsg|socket|exec|device|escalation|dns|syscall|escape|policy (repeatable)")
     export.add_argument("--format", default="jsonl", choices=("jsonl", "ocsf", "csv"))
     export.add_argument("--output", "-o", help="write here instead of stdout")
 

@@ -3,7 +3,7 @@ gzip-compressed ones) filtered and written as JSON lines, OCSF or CSV.
 
 Reads files only; the daemon need not run. OCSF output follows schema 1.3.0
 with the security_control profile: network denials are Network Activity (4001),
-exec, device, syscall and escalation records are Process Activity (1007), each with
+exec, device, syscall, escape and escalation records are Process Activity (1007), each with
 disposition Blocked (refused) or Allowed (audit mode). Policy changes have no
 OCSF class among those two and are left out of OCSF output (and counted).
 """
@@ -38,6 +38,7 @@ DENIAL_KINDS = {
     "escalation": "DENIAL_KIND_ESCALATION",
     "dns": "DENIAL_KIND_DNS",
     "syscall": "DENIAL_KIND_SYSCALL",
+    "escape": "DENIAL_KIND_ESCAPE",
 }
 _SHORT_KINDS = {spelled: short for short, spelled in DENIAL_KINDS.items()}
 POLICY_EVENTS = ("policy_applied", "policy_removed", "labels_updated", "sandbox_released")
@@ -45,7 +46,8 @@ KINDS = (*DENIAL_KINDS, "policy")
 
 CSV_COLUMNS = ("seq", "timestamp", "event", "sandbox", "kind", "action", "pid", "comm", "address", "port",
                "path", "argv", "reason", "major", "minor", "access", "driver", "device", "escalation", "name",
-               "query_type", "syscall", "number", "args", "labels",
+               "query_type", "syscall", "number", "args", "moved_pid", "cgroup", "how", "moved_killed_by",
+               "labels",
                "policy_sha256", "client", "generation")
 
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
@@ -259,6 +261,12 @@ def to_ocsf(record: dict[str, Any], host: str) -> dict[str, Any] | None:
                    "file": {"name": os.path.basename(str(record.get("path", ""))),
                             "path": str(record.get("path", "")), "type_id": 1, "type": "Regular File"}}
         actor_process = {**actor_process, **({"pid": int(record["ppid"])} if record.get("ppid") else {})}
+    elif kind == "escape":
+        # The process that left its sandbox's cgroup; the actor made the move.
+        activity_id, activity = 99, "Other"
+        process = {"pid": int(record.get("moved_pid", 0)), "name": ""}
+        event["unmapped"].update(cgroup=record.get("cgroup", ""), how=record.get("how", ""),
+                                 moved_killed_by=record.get("moved_killed_by", ""))
     elif kind == "syscall":
         # The refused call, as Process Activity: Other (the caller is killed at the call).
         activity_id, activity, process = 99, "Other", actor_process
@@ -292,6 +300,9 @@ def _message(kind: str, record: dict[str, Any], refused: bool) -> str:
         named = " ".join(str(part) for part in (record.get("device"), record.get("driver")) if part)
         return (f"device {named + ' ' if named else ''}{record.get('major')}:{record.get('minor')} "
                 f"({record.get('access')}) {verb} in sandbox {sandbox}")
+    if kind == "escape":
+        return (f"process {record.get('moved_pid')} left sandbox {sandbox} for cgroup "
+                f"{record.get('cgroup') or '?'} ({record.get('how')}), {verb}")
     if kind == "syscall":
         return f"syscall {record.get('syscall') or record.get('number')} {verb} in sandbox {sandbox}"
     if kind == "dns":

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall")
+KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall", "escape")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ def _default_rules() -> dict[str, KindRule]:
         "dns": KindRule(penalty=0.1, drop_after=50),
         # ptrace, bpf, mount...: an attempt to get out, not a mistake.
         "syscall": KindRule(penalty=1.0, drop_after=1),
+        "escape": KindRule(penalty=1.0, drop_after=1),
     }
 
 

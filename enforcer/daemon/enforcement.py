@@ -26,7 +26,7 @@ from enforcer.cgroupfs import (
     resolve_target,
     write_control,
 )
-from enforcer.daemon import exec_roots
+from enforcer.daemon import escapes, exec_roots
 from enforcer.daemon.dns import DnsChange, DnsForwarder
 from enforcer.daemon.state import StateDir
 from enforcer.daemon.store import (
@@ -38,8 +38,8 @@ from enforcer.daemon.store import (
     now_ns,
 )
 from enforcer.kernel import encode, exec_rules, layout, syscall_rules
-from enforcer.kernel.events import EscalationDetail, KernelDenial
-from enforcer.kernel.guard import CounterTotals, SandboxGuard, SandboxState
+from enforcer.kernel.events import EscalationDetail, EscapeDetail, KernelDenial
+from enforcer.kernel.guard import CounterTotals, KernelError, SandboxGuard, SandboxState
 from enforcer.policy import EscalationAction, Mode, Policy, PolicyError, Verdict, parse_labels
 from enforcer.wire import policy_wire
 
@@ -235,6 +235,7 @@ class Enforcement:
             if previous is None:
                 try:
                     self._guard.guard(cgroup)
+                    self._track(cgroup, policy.sandbox)
                 except Exception:
                     self.dns.remove(policy.sandbox)
                     self._store.pop(policy.sandbox)
@@ -297,6 +298,25 @@ class Enforcement:
             except _ContainersChanged:
                 continue
 
+    def _track(self, cgroup: Cgroup, sandbox: str) -> None:
+        """The processes already in a new sandbox, for the escape programs. A
+        map too full to take them all leaves some untracked: said, not fatal."""
+        try:
+            self._guard.track_processes(cgroup)
+        except KernelError as exc:
+            log.error("sandbox_processes_not_tracked", sandbox=sandbox, error=str(exc),
+                      note="a move out of the sandbox by these processes is not reported")
+
+    def on_escape(self, denial: KernelDenial) -> tuple[str, str]:
+        """The kernel reported a cgroup escape: kill what left if the kernel
+        could not; (who killed it, where it went)."""
+        detail = denial.detail
+        assert isinstance(detail, EscapeDetail)
+        with self._lock:
+            record = self._store.by_slot(denial.slot)
+        killed_by = escapes.contain(detail, denial.action, record.cgroup.path if record else None, self._mount)
+        return killed_by, escapes.cgroup_path_of(detail.dst_cgroup_id, self._mount)
+
     def _check_syscall_hooks(self, policy: Policy) -> None:
         """A refused syscall this kernel does not build has no tracepoint: it can
         only fail (ENOSYS), so the entry holds without a hook, but an attempt is
@@ -326,6 +346,7 @@ class Enforcement:
     def _remove_locked(self, sandbox: str) -> SandboxRecord:
         record = self._store.pop(sandbox)
         self._guard.unguard(record.cgroup.id)
+        self._guard.untrack_processes(record.cgroup.id)
         self._prune_syscall_hooks()
         self.dns.remove(sandbox)
         self._guard.delete_rules(record.rule_keys)

@@ -23,7 +23,7 @@ from enforcer.kernel.guard import CounterTotals
 # The metric's kind label -> the kernel's counter index.
 KIND_LABELS = {"connect": layout.KIND_CONNECT, "sendmsg": layout.KIND_SENDMSG, "socket": layout.KIND_SOCKET,
                "exec": layout.KIND_EXEC, "device": layout.KIND_DEVICE, "dns": layout.KIND_DNS,
-               "syscall": layout.KIND_SYSCALL}
+               "syscall": layout.KIND_SYSCALL, "escape": layout.KIND_ESCAPE}
 
 
 class PipelineView(Protocol):

@@ -196,6 +196,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             device=kind(layout.KIND_DEVICE),
             dns=kind(layout.KIND_DNS),
             syscall=kind(layout.KIND_SYSCALL),
+            escape=kind(layout.KIND_ESCAPE),
             events_suppressed=totals.suppressed,
             events_lost=totals.lost,
             since_unix_ns=since_ns,

@@ -151,7 +151,7 @@ def _string(strings: bytes, offset: int) -> str:
     return strings[offset: strings.index(b"\0", offset)].decode()
 
 
-# (C macro name, struct, member). The exec program uses exactly these.
+# (C macro name, struct, member). The exec and escape programs use exactly these.
 EXEC_OFFSETS = (
     ("ENF_OFF_BPRM_FILE", "linux_binprm", "file"),
     ("ENF_OFF_BPRM_FILENAME", "linux_binprm", "filename"),
@@ -171,6 +171,13 @@ EXEC_OFFSETS = (
     ("ENF_OFF_MOUNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
     ("ENF_OFF_TASK_REAL_PARENT", "task_struct", "real_parent"),
     ("ENF_OFF_TASK_TGID", "task_struct", "tgid"),
+    ("ENF_OFF_TASK_PID", "task_struct", "pid"),
+    ("ENF_OFF_TASK_CGROUPS", "task_struct", "cgroups"),
+    ("ENF_OFF_CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
+    ("ENF_OFF_CGROUP_LEVEL", "cgroup", "level"),
+    ("ENF_OFF_CGROUP_ANCESTORS", "cgroup", "ancestors"),
+    ("ENF_OFF_CGROUP_KN", "cgroup", "kn"),
+    ("ENF_OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
 )
 
 

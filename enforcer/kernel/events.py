@@ -25,6 +25,7 @@ _SIZES = {
     layout.KIND_DEVICE: ctypes.sizeof(layout.DeviceEvent),
     layout.KIND_ESCALATION: ctypes.sizeof(layout.EscalationEvent),
     layout.KIND_SYSCALL: ctypes.sizeof(layout.SyscallEvent),
+    layout.KIND_ESCAPE: ctypes.sizeof(layout.EscapeEvent),
 }
 
 
@@ -74,6 +75,14 @@ class SyscallDetail(NamedTuple):
     args: tuple[int, ...]    # the six argument registers, as passed
 
 
+class EscapeDetail(NamedTuple):
+    moved_tgid: int
+    dst_cgroup_id: int
+    how: int               # layout.ESCAPE_*
+    writer_killed: bool    # the kernel killed the writer (the head's process)
+    moved_is_writer: bool  # ... which was the moved process itself
+
+
 DNS_NOT_ALLOWED = 1  # DnsDetail.reason: no allow rule names it
 DNS_DENIED = 2       # a deny rule names it
 
@@ -99,7 +108,7 @@ class KernelDenial(NamedTuple):
     comm: str
     kind: int
     action: int
-    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | DnsDetail | SyscallDetail | None
+    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | DnsDetail | SyscallDetail | EscapeDetail | None
 
 
 def decode(raw: bytes) -> KernelDenial:
@@ -107,7 +116,7 @@ def decode(raw: bytes) -> KernelDenial:
     if kind in _NET_KINDS and len(raw) >= _NET_EVENT.size:
         return _decode_net(raw)
     raw = raw.ljust(_SIZES.get(kind, _HEAD_SIZE), b"\0")
-    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | SyscallDetail | None = None
+    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | SyscallDetail | EscapeDetail | None = None
     if kind == layout.KIND_EXEC:
         ev = layout.ExecEvent.from_buffer_copy(raw)
         argv_bytes = raw[_ARGV_OFFSET: _ARGV_OFFSET + min(ev.argv_len, layout.ARGV_BYTES)]
@@ -123,6 +132,11 @@ def decode(raw: bytes) -> KernelDenial:
         sys_event = layout.SyscallEvent.from_buffer_copy(raw)
         detail = SyscallDetail(sys_event.nr, tuple(sys_event.args))
         head = sys_event.head
+    elif kind == layout.KIND_ESCAPE:
+        escape = layout.EscapeEvent.from_buffer_copy(raw)
+        detail = EscapeDetail(escape.moved_tgid, escape.dst_cgroup_id, escape.how, bool(escape.writer_killed),
+                              bool(escape.moved_is_writer))
+        head = escape.head
     elif kind == layout.KIND_DEVICE:
         dev = layout.DeviceEvent.from_buffer_copy(raw)
         detail = DeviceDetail(dev.major, dev.minor, dev.access, dev.dev_type)

@@ -220,7 +220,7 @@ class SandboxGuard:
         self._levels: dict[int, int] = {}    # cgroup id -> level
         self._fds = {name: self._bpf[name].get_fd() for name in
                      ("sandboxes", layout.MAP_RULES, layout.MAP_EXEC_IDS, layout.MAP_EXEC_PATHS,
-                      layout.MAP_SYSCALL_RULES, "config", "counters",
+                      layout.MAP_SYSCALL_RULES, "sandboxed_tasks", "config", "counters",
                       "rate", "globals", "gpu_majors", "escalation", "active", "dns_forwarders",
                       layout.MAP_NAME_ADDRS, "dns_counters")}
         self._events_per_sec = events_per_sec
@@ -490,6 +490,26 @@ class SandboxGuard:
 
     def forget_sandbox(self, cgroup_id: int) -> None:
         self._delete("sandboxes", ctypes.c_uint64(cgroup_id))
+
+    def track_processes(self, cgroup: Cgroup) -> int:
+        """Tell the kernel which processes a new sandbox holds (the escape
+        programs track forks and moves from here on). Returns how many."""
+        value = layout.Tracked(sandbox_cgroup_id=cgroup.id, level=cgroup.level)
+        count = 0
+        for procs in cgroup.path.rglob("cgroup.procs"):
+            try:
+                pids = procs.read_text().split()
+            except OSError:
+                continue  # a child cgroup removed meanwhile
+            for pid in pids:
+                self._update("sandboxed_tasks", ctypes.c_uint32(int(pid)), value)
+                count += 1
+        return count
+
+    def untrack_processes(self, cgroup_id: int) -> None:
+        for key, value in list(self._bpf["sandboxed_tasks"].items()):
+            if value.sandbox_cgroup_id == cgroup_id:
+                self._delete("sandboxed_tasks", key)
 
     # ---- attachment -------------------------------------------------------
 

@@ -34,6 +34,9 @@ KIND_DEVICE = _C["ENF_KIND_DEVICE"]
 KIND_ESCALATION = _C["ENF_KIND_ESCALATION"]
 KIND_DNS = _C["ENF_KIND_DNS"]
 KIND_SYSCALL = _C["ENF_KIND_SYSCALL"]
+KIND_ESCAPE = _C["ENF_KIND_ESCAPE"]
+ESCAPE_MOVE = _C["ENF_ESCAPE_MOVE"]
+ESCAPE_CLONE = _C["ENF_ESCAPE_CLONE"]
 MAX_SYSCALL_RULES = _C["ENF_MAX_SYSCALL_RULES"]
 SYSCALL_ARGS = _C["ENF_SYSCALL_ARGS"]
 MAX_NAME_ADDRS = _C["ENF_MAX_NAME_ADDRS"]
@@ -271,6 +274,26 @@ class SyscallEvent(ctypes.Structure):
     ]
 
 
+class Tracked(ctypes.Structure):
+    _fields_ = [
+        ("sandbox_cgroup_id", ctypes.c_uint64),
+        ("level", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+class EscapeEvent(ctypes.Structure):
+    _fields_ = [
+        ("head", EventHead),
+        ("dst_cgroup_id", ctypes.c_uint64),
+        ("moved_tgid", ctypes.c_uint32),
+        ("how", ctypes.c_uint8),
+        ("writer_killed", ctypes.c_uint8),
+        ("moved_is_writer", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+    ]
+
+
 class FwdKey(ctypes.Structure):
     _fields_ = [
         ("slot", ctypes.c_uint32),
@@ -333,7 +356,8 @@ class DnsCounters(ctypes.Structure):
     ]
 
 
-MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent, EscalationEvent, SyscallEvent))
+MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent, EscalationEvent, SyscallEvent,
+                                                 EscapeEvent))
 
 # (map name in bpf/*.c, which side of it, mirror) for the layout test.
 MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
@@ -352,6 +376,8 @@ MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("escalation_event_layout", "Leaf", EscalationEvent),
     ("syscall_event_layout", "Leaf", SyscallEvent),
     (MAP_SYSCALL_RULES, "Key", SyscallKey),
+    ("escape_event_layout", "Leaf", EscapeEvent),
+    ("sandboxed_tasks", "Leaf", Tracked),
     ("escalation", "Leaf", Escalation),
     ("dns_forwarders", "Key", FwdKey),
     ("dns_forwarders", "Leaf", Forwarder),

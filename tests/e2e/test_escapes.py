@@ -1,0 +1,156 @@
+"""Cgroup escapes end to end: root processes in a real sandbox leave its cgroup
+the ways a root agent can (writing a cgroup.procs outside, for itself or a
+process of its sandbox; clone3 with CLONE_INTO_CGROUP), and each is reported
+and stopped. Moves inside the sandbox, and moves made by processes outside
+every sandbox (an orchestrator, the daemon), are not escapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import patience, wait_denials
+
+pytestmark = pytest.mark.kernel
+
+PROBE = Path(__file__).with_name("escape_probe.py")
+
+
+def run_probe(cgroup: Path, how: str, dest: Path) -> tuple[int, list[dict[str, Any]]]:
+    """The probe as a real process in ``cgroup``: (exit status, the JSON lines it printed)."""
+    from enforcer.cgroupfs import move_pid
+
+    done = subprocess.run([sys.executable, str(PROBE), how, str(dest)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=lambda: move_pid(0, cgroup))
+    return done.returncode, [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def escapes(client: Any, sandbox: str, count: int) -> list[Any]:
+    from enforcer.v1 import enforcer_pb2 as pb
+
+    return [d for d in wait_denials(client, sandbox, count) if d.kind == pb.DENIAL_KIND_ESCAPE]
+
+
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + patience(timeout)
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def sandbox(client, make_cgroup, sandbox_id):
+    """(the sandbox's cgroup, a cgroup outside it), the policy applied in enforce mode."""
+    inside, outside = make_cgroup("sandbox"), make_cgroup("outside")
+    client.apply({"sandbox": sandbox_id, "target": {"cgroup": str(inside)}, "labels": {"run": "esc"}})
+    yield inside, outside
+    client.remove(sandbox_id)
+
+
+def test_moving_itself_out_kills_it_at_the_move(client, sandbox, sandbox_id):
+    inside, outside = sandbox
+    code, lines = run_probe(inside, "move-self", outside)
+    assert code == -9 and lines == [{"pid": lines[0]["pid"]}]  # never printed "moved"
+    (escape,) = escapes(client, sandbox_id, 1)
+    assert escape.process.pid == escape.escape.moved_pid == lines[0]["pid"]
+    assert (escape.escape.how, escape.escape.moved_killed_by, escape.escape.writer_killed) == (
+        "cgroup.procs", "kernel", True)
+    assert escape.escape.cgroup_path == str(outside) and dict(escape.labels) == {"run": "esc"}
+    assert (outside / "cgroup.procs").read_text() == ""
+    assert client.stats(sandbox_id).escape.refused == 1
+
+
+def test_moving_another_process_out_kills_the_mover_and_the_moved(client, sandbox, sandbox_id):
+    inside, outside = sandbox
+    code, lines = run_probe(inside, "move-child", outside)
+    child = lines[0]["child"]
+    assert code == -9 and len(lines) == 1
+    assert gone(child)  # the daemon killed it on the event
+    (escape,) = escapes(client, sandbox_id, 1)
+    assert (escape.process.pid, escape.escape.moved_pid) == (lines[0]["pid"], child)
+    assert (escape.escape.moved_killed_by, escape.escape.writer_killed) == ("daemon", True)
+
+
+def test_a_child_cloned_into_a_cgroup_outside_is_killed(client, sandbox, sandbox_id):
+    inside, outside = sandbox
+    code, lines = run_probe(inside, "clone-into", outside)
+    assert code == -9 and lines == [{"pid": lines[0]["pid"]}]  # killed at the fork
+    (escape,) = escapes(client, sandbox_id, 1)
+    assert escape.escape.how == "clone_into_cgroup" and escape.escape.moved_killed_by == "daemon"
+    assert gone(escape.escape.moved_pid)
+
+
+def test_moves_inside_the_sandbox_and_by_the_orchestrator_are_not_escapes(client, sandbox, sandbox_id):
+    from enforcer.cgroupfs import move_pid
+
+    inside, outside = sandbox
+    below = inside / "worker"
+    below.mkdir()
+    try:
+        code, lines = run_probe(inside, "move-self", below)
+        assert code == 0 and lines[-1] == {"outcome": "moved"}
+        # The orchestrator (this test, outside every sandbox) moves a sandboxed process out and back.
+        sleeper = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: move_pid(0, inside))
+        try:
+            move_pid(sleeper.pid, outside)
+            move_pid(sleeper.pid, inside)
+            time.sleep(0.3)
+            assert sleeper.poll() is None
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        assert escapes(client, sandbox_id, 0) == []
+    finally:
+        below.rmdir()
+
+
+def test_a_process_there_before_the_apply_is_held_too(client, make_cgroup, sandbox_id):
+    """The daemon tells the kernel which processes a new sandbox already holds."""
+    from enforcer.cgroupfs import move_pid
+
+    inside, outside = make_cgroup("sandbox"), make_cgroup("outside")
+    earlier = subprocess.Popen([sys.executable, "-c", "import sys, os; sys.stdin.readline(); "
+                                f"open('{outside}/cgroup.procs', 'w').write(str(os.getpid())); print('moved')"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: move_pid(0, inside))
+    client.apply({"sandbox": sandbox_id, "target": {"cgroup": str(inside)}})
+    try:
+        out, _ = earlier.communicate("go\n", timeout=60)
+        assert earlier.returncode == -9 and "moved" not in out
+        assert [e.escape.moved_pid for e in escapes(client, sandbox_id, 1)] == [earlier.pid]
+    finally:
+        client.remove(sandbox_id)
+
+
+def test_audit_mode_reports_the_escape_and_lets_it_be(client, make_cgroup, sandbox_id):
+    inside, outside = make_cgroup("sandbox"), make_cgroup("outside")
+    client.apply({"sandbox": sandbox_id, "target": {"cgroup": str(inside)}, "mode": "audit"})
+    try:
+        code, lines = run_probe(inside, "move-self", outside)
+        assert code == 0 and lines[-1] == {"outcome": "moved"}
+        (escape,) = escapes(client, sandbox_id, 1)
+        assert escape.action == 2 and escape.escape.moved_killed_by == "" and not escape.escape.writer_killed
+    finally:
+        client.remove(sandbox_id)
+
+
+def test_after_the_policy_is_removed_a_move_is_nobodys_business(client, make_cgroup, sandbox_id):
+    inside, outside = make_cgroup("sandbox"), make_cgroup("outside")
+    client.apply({"sandbox": sandbox_id, "target": {"cgroup": str(inside)}})
+    client.remove(sandbox_id)
+    code, lines = run_probe(inside, "move-self", outside)
+    assert code == 0 and lines[-1] == {"outcome": "moved"}
+    assert os.path.exists(outside / "cgroup.procs")
