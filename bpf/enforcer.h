@@ -252,7 +252,8 @@ struct enf_escalation_event {
 struct enf_syscall_event {
     struct enf_event_head head;
     __u32 nr;               /* this architecture's number */
-    __u32 _pad;
+    __u8  lsm;              /* refused with EPERM by a BPF-LSM hook (else: SIGKILL at entry) */
+    __u8  _pad[3];
     __u64 args[ENF_SYSCALL_ARGS];  /* as passed; only the syscall's own are meaningful */
 };
 

@@ -322,7 +322,8 @@ def _detail_fields(kind: int, detail: object, drivers: dict[int, str],
                                         how=_ESCAPE_HOW.get(detail.how, ""), moved_killed_by=killed_by,
                                         writer_killed=detail.writer_killed)}
     if isinstance(detail, SyscallDetail):
-        return {"syscall": pb.SyscallInfo(name=syscall_name(detail.number), number=detail.number, args=detail.args)}
+        return {"syscall": pb.SyscallInfo(name=syscall_name(detail.number), number=detail.number, args=detail.args,
+                                          refused_by_lsm=detail.lsm)}
     if isinstance(detail, DnsDetail):
         return {"dns": pb.DnsInfo(name=detail.name, query_type=detail.query_type,
                                   reason=_DNS_REASONS.get(detail.reason, pb.DNS_REASON_UNSPECIFIED),
@@ -359,7 +360,8 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
         fields.update(moved_pid=event.escape.moved_pid, cgroup=event.escape.cgroup_path, how=event.escape.how,
                       moved_killed_by=event.escape.moved_killed_by, writer_killed=event.escape.writer_killed)
     elif event.HasField("syscall"):
-        fields.update(syscall=event.syscall.name, number=event.syscall.number, args=list(event.syscall.args))
+        fields.update(syscall=event.syscall.name, number=event.syscall.number, args=list(event.syscall.args),
+                      refused_by_lsm=event.syscall.refused_by_lsm)
     elif event.HasField("socket"):
         fields.update(family=event.socket.family, type=event.socket.type, protocol=event.socket.protocol)
     else:

@@ -72,7 +72,8 @@ class EscalationDetail(NamedTuple):
 
 class SyscallDetail(NamedTuple):
     number: int              # this architecture's
-    args: tuple[int, ...]    # the six argument registers, as passed
+    args: tuple[int, ...]    # the six argument registers, as passed (an LSM refusal: the first argument)
+    lsm: bool = False        # refused with EPERM by a BPF-LSM hook (else the caller was killed)
 
 
 class EscapeDetail(NamedTuple):
@@ -130,7 +131,7 @@ def decode(raw: bytes) -> KernelDenial:
         head = esc.head
     elif kind == layout.KIND_SYSCALL:
         sys_event = layout.SyscallEvent.from_buffer_copy(raw)
-        detail = SyscallDetail(sys_event.nr, tuple(sys_event.args))
+        detail = SyscallDetail(sys_event.nr, tuple(sys_event.args), bool(sys_event.lsm))
         head = sys_event.head
     elif kind == layout.KIND_ESCAPE:
         escape = layout.EscapeEvent.from_buffer_copy(raw)

@@ -228,7 +228,7 @@ class SandboxGuard:
         # Until this build is active, the levels the old build searches stay searched.
         self._inherited_mask = self._read_config().levels_mask if self.adopted else 0
         self._write_config()
-        self.syscalls = SyscallHooks(self._bpf, self.pins, self.build)
+        self.syscalls = SyscallHooks(self._bpf, self.pins, self.build, lsm=self.exec_mode == EXEC_MODE_LSM)
         self.gpu_majors = devices.gpu_majors()
         for major in self.gpu_majors:
             self._update("gpu_majors", ctypes.c_uint32(major), ctypes.c_uint8(1))

@@ -269,7 +269,8 @@ class SyscallEvent(ctypes.Structure):
     _fields_ = [
         ("head", EventHead),
         ("nr", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("lsm", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
         ("args", ctypes.c_uint64 * SYSCALL_ARGS),
     ]
 

@@ -22,6 +22,9 @@ from enforcer.kernel.pins import PinDir, PinError, tracepoint_id
 # Link names (pinned as link-<name> in the build's directory), apart from the
 # build's own tracepoint links (tp-sys_enter_execve captures argv for exec rules).
 RAW_LINK = "syscall-every"
+# Refused with EPERM by their own BPF-LSM hooks in the lsm mode (bpf/syscall.bpf.c):
+# no tracepoint for them there.
+LSM_SYSCALLS = frozenset({"bpf", "perf_event_open", "mount"})
 
 
 def tracepoint_link(name: str) -> str:
@@ -36,7 +39,7 @@ def syscall_hook_of(link: str) -> str | None:
 
 
 class SyscallHooks:
-    def __init__(self, loaded: Any, pins: PinDir, build: int) -> None:
+    def __init__(self, loaded: Any, pins: PinDir, build: int, lsm: bool = False) -> None:
         from bcc import BPF
         from bcc.libbcc import lib
 
@@ -46,6 +49,7 @@ class SyscallHooks:
         self._fn = loaded.load_func(b"enf_sys_enter", BPF.TRACEPOINT)
         self._raw_fn = loaded.load_func(b"enf_raw_sys_enter", BPF.RAW_TRACEPOINT)
         self._links: dict[str, int] = {}  # link name -> open fd (also pinned)
+        self._by_lsm = LSM_SYSCALLS if lsm else frozenset()
 
     @staticmethod
     def missing(names: Iterable[str]) -> list[str]:
@@ -65,7 +69,7 @@ class SyscallHooks:
     def attach(self, names: Iterable[str], every: bool) -> None:
         """Make sure these syscalls are judged (all of them if ``every``); detaches
         nothing. A syscall this kernel does not build has no tracepoint: skipped."""
-        names = set(names)
+        names = set(names) - self._by_lsm
         wanted = [RAW_LINK] if every else [tracepoint_link(n) for n in names - set(self.missing(names))]
         if RAW_LINK in self._links:
             return  # already judging every syscall
@@ -75,7 +79,7 @@ class SyscallHooks:
 
     def keep_only(self, names: Iterable[str], every: bool) -> None:
         """Detach what no policy needs any more (after the switch that stopped needing it)."""
-        names = set(names)
+        names = set(names) - self._by_lsm
         wanted = {RAW_LINK} if every else {tracepoint_link(n) for n in names}
         self.attach(names, every)  # never a moment with fewer hooks than needed
         for link in [link for link in self._links if link not in wanted]:

@@ -1,10 +1,11 @@
 """Syscall rules end to end: a real daemon, real sandbox cgroups, real processes
 making the refused calls.
 
-On every kernel here a refused syscall kills its caller from the syscall's
-entry tracepoint: the caller runs no further instruction, but the call itself
-is not prevented (the mkdir test shows it). Only the syscalls some policy
-refuses are hooked."""
+A refused syscall kills its caller from the syscall's entry tracepoint: the
+caller runs no further instruction, but the call itself is not prevented (the
+mkdir test shows it). With BPF-LSM, bpf, perf_event_open and mount fail with
+EPERM from their own LSM hooks instead. Only the syscalls some policy refuses
+are hooked."""
 
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def apply(client: Any, sandbox: str, cgroup: Path, syscalls: dict[str, Any] | No
                   "mode": mode, **({"syscalls": syscalls} if syscalls is not None else {})})
 
 
+EPERM = {"returned": -1, "errno": 1}
+
+
+@pytest.fixture(scope="module")
+def by_lsm(daemon: Any) -> str | dict[str, int]:
+    """What a refused bpf, perf_event_open or mount gives on this kernel."""
+    from tests.e2e.conftest import expected_exec_mode
+
+    with daemon.client() as enf:
+        mode = enf.status().exec_enforcement
+    assert mode == expected_exec_mode()
+    return EPERM if mode == "lsm" else "killed"
+
+
 def hooks(client: Any) -> set[str]:
     return {p.name for p in client.status().programs if p.name.startswith("syscall-")}
 
@@ -83,16 +98,33 @@ def test_the_refused_call_itself_still_runs(client, make_cgroup, sandbox_id, tmp
         client.remove(sandbox_id)
 
 
-def test_bpf_and_perf_event_open_are_refused_unless_allowed(client, make_cgroup, sandbox_id):
+def test_bpf_and_perf_event_open_are_refused_unless_allowed(client, make_cgroup, sandbox_id, by_lsm):
     cgroup = make_cgroup()
     apply(client, sandbox_id, cgroup, None)  # no syscalls section at all
     try:
-        assert call(cgroup, "bpf", BPF_PROG_GET_NEXT_ID, 0, 0) == "killed"
-        assert call(cgroup, "perf_event_open", 0, 0, -1, -1, 0) == "killed"
-        assert [d.syscall.name for d in syscall_denials(client, sandbox_id, 2)] == ["bpf", "perf_event_open"]
+        assert call(cgroup, "bpf", BPF_PROG_GET_NEXT_ID, 0, 0) == by_lsm
+        assert call(cgroup, "perf-sw") == by_lsm
+        denials = syscall_denials(client, sandbox_id, 2)
+        assert [(d.syscall.name, d.syscall.refused_by_lsm) for d in denials] == [
+            ("bpf", by_lsm == EPERM), ("perf_event_open", by_lsm == EPERM)]
         apply(client, sandbox_id, cgroup, {"allow": ["bpf"]})
-        assert call(cgroup, "bpf", BPF_PROG_GET_NEXT_ID, 0, 0)["returned"] == -1  # ran: EFAULT, not killed
-        assert call(cgroup, "perf_event_open", 0, 0, -1, -1, 0) == "killed"
+        ran = call(cgroup, "bpf", BPF_PROG_GET_NEXT_ID, 0, 0)  # EFAULT (a null attr): not refused
+        assert ran != "killed" and ran["errno"] != 1
+        assert call(cgroup, "perf-sw") == by_lsm
+    finally:
+        client.remove(sandbox_id)
+
+
+def test_mount_is_refused_like_the_kernel_can(client, make_cgroup, sandbox_id, tmp_path, by_lsm):
+    """With BPF-LSM the mount fails (sb_mount): nothing is mounted."""
+    cgroup = make_cgroup()
+    target = tmp_path / "mnt"
+    target.mkdir()
+    apply(client, sandbox_id, cgroup, {"deny": ["mount"]})
+    try:
+        # A mount in a private mount namespace of the probe's own, so nothing outlives it.
+        assert call(cgroup, "unshare-mount-tmpfs", str(target)) == by_lsm
+        assert [d.syscall.name for d in syscall_denials(client, sandbox_id, 1)] == ["mount"]
     finally:
         client.remove(sandbox_id)
 
