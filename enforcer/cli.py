@@ -276,13 +276,20 @@ def cmd_denials(args: argparse.Namespace, enf: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace, enf: Any) -> int:
-    from enforcer.cgroupfs import cgroup2_mount, create_cgroup, move_pid, remove_cgroup
+    from enforcer.cgroupfs import cgroup2_mount, create_cgroup, remove_cgroup
     from enforcer.policy import Target, TargetKind, parse_policy, read_policy_document
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command  # the command's own "--" stay
     if not command:
         print("enforcer run: no command given (enforcer run --policy FILE -- CMD ARGS...)", file=sys.stderr)
         return 2
+    try:
+        user = run_as(args.user) if args.user else None
+    except ValueError as exc:
+        print(f"enforcer run: --user: {exc}", file=sys.stderr)
+        return 2
+    if user is None and os.geteuid() == 0:
+        print(ROOT_WARNING, file=sys.stderr)
     doc = read_policy_document(args.policy)
     if isinstance(doc, dict):
         if "target" in doc:
@@ -298,7 +305,7 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
     try:
         enf.apply(policy)
         applied = True
-        child = subprocess.Popen(command, preexec_fn=lambda: move_pid(0, cgroup.path))
+        child = subprocess.Popen(command, preexec_fn=lambda: enter_sandbox(cgroup.path, user))
         forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
@@ -314,6 +321,44 @@ def cmd_run(args: argparse.Namespace, enf: Any) -> int:
         remove_cgroup(cgroup.path)
         with contextlib.suppress(OSError):  # the shared parent goes once the last run has ended
             cgroup.path.parent.rmdir()
+
+
+ROOT_WARNING = (
+    "enforcer run: warning: the command runs as root with the host's cgroup namespace. Root can still "
+    "leave the sandbox's cgroup (reported and killed as an escape, but the move happens), load kernel "
+    "modules, use raw devices and act through processes outside the sandbox (ptrace, unless the policy "
+    "denies it). Use --user to run it unprivileged.")
+
+
+def run_as(spec: str) -> tuple[int, int]:
+    """USER[:GROUP] as (uid, gid); the user's primary group unless GROUP is given."""
+    import grp
+    import pwd
+
+    name, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no user {name!r}") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"no group {group!r}") from None
+    return entry.pw_uid, gid
+
+
+def enter_sandbox(cgroup: Any, user: tuple[int, int] | None) -> None:
+    """In the child before exec: into the sandbox's cgroup, then drop to the user."""
+    from enforcer.cgroupfs import move_pid
+
+    move_pid(0, cgroup)
+    if user is not None:
+        uid, gid = user
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -472,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "run a command in a fresh cgroup under a policy")
     run.add_argument("--policy", required=True)
     run.add_argument("--sandbox", help="sandbox id (default: the policy's)")
+    run.add_argument("--user", help="run the command as USER[:GROUP] (name or number), not as the caller")
     run.add_argument("command", nargs=argparse.REMAINDER)
     return parser
 

@@ -80,6 +80,18 @@ def test_run_passes_exit_code_and_summarises(daemon, tmp_path):
     assert killed.returncode == 128 + 15
 
 
+def test_run_warns_about_root_and_drops_to_a_user(daemon, tmp_path):
+    file = write_policy(tmp_path / "run.yaml", {"sandbox": "cli-run-user"})
+    as_root = cli(daemon, "run", "--policy", str(file), "--", "id", "-u")
+    assert as_root.stdout == "0\n" and "runs as root with the host's cgroup namespace" in as_root.stderr
+    as_nobody = cli(daemon, "run", "--policy", str(file), "--user", "nobody", "--", "sh", "-c", "id -u; id -G")
+    assert as_nobody.returncode == 0 and "runs as root" not in as_nobody.stderr
+    uid, groups = as_nobody.stdout.splitlines()
+    assert uid != "0" and "0" not in groups.split()  # no root group kept
+    bad = cli(daemon, "run", "--policy", str(file), "--user", "no-such-user-here", "--", "true")
+    assert bad.returncode == 2 and "enforcer run: --user: no user 'no-such-user-here'" in bad.stderr
+
+
 def test_unreachable_daemon_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "enforcer.cli", "--socket", str(tmp_path / "none.sock"), "list"],
                             capture_output=True, text=True, timeout=60)
