@@ -271,6 +271,19 @@ def test_packet_sockets_made_through_io_uring(client, make_cgroup, sandbox_id, p
         assert client.stats(sandbox_id).socket.refused == 0
 
 
+@pytest.mark.needs_kernel("io_uring_socket", "makes the socket through io_uring")
+def test_denying_io_uring_setup_closes_the_io_uring_gap(client, make_cgroup, sandbox_id, probe: Probe):
+    """The gap above, closed by policy on any kernel: io_uring_setup in the deny
+    list kills the caller at the ring's creation, so no IORING_OP_SOCKET runs."""
+    cg = make_cgroup()
+    client.apply({**policy(sandbox_id, cg), "syscalls": {"deny": ["io_uring_setup"]}})
+    result = probe(cg, {"op": "uring_socket", "family": "packet", "type": "raw"})
+    assert result[0] == "exit:-9", result
+    events = wait_denials(client, sandbox_id, 1)
+    assert [e.syscall.name for e in events if e.kind == pb.DENIAL_KIND_SYSCALL] == ["io_uring_setup"]
+    assert client.stats(sandbox_id).socket.refused == 0  # it never got to ask for a socket
+
+
 def test_real_traffic_to_an_allowed_service_flows(client, make_cgroup, sandbox_id, probe: Probe):
     """Loopback in the host namespace: a real listener answers the allowed
     connect, and the refused one never reaches it."""
