@@ -17,7 +17,9 @@ from enforcer.wire import policy_from_proto, policy_to_proto
 # "field.path: reason", the path starting at a field of the document (network.allow[3].ports[0],
 # labels['odd key']); a document that is not a mapping at all is "policy: ...".
 FIELDS = ("sandbox", "target", "labels", "mode", "network", "exec", "devices", "escalate", "syscalls", "policy")
-FIELD_PATH = re.compile(r"^(\w+|\[(?:'[^']*'|\"[^\"]*\")\])(?:\.[\w./-]+|\[\d+\]|\[(?:'[^']*'|\"[^\"]*\")\])*: \S")
+# A quoted key is Python's repr of it: a quote of the other kind, or an escaped one, can be inside.
+_QUOTED = r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+FIELD_PATH = re.compile(rf"^(\w+|\[{_QUOTED}\])(?:\.[\w./-]+|\[\d+\]|\[{_QUOTED}\])*: \S")
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=40), st.binary(max_size=10))
