@@ -150,6 +150,7 @@ struct enf_path_key {
 /* enf_escape_event.how */
 #define ENF_ESCAPE_MOVE  1   /* written into a cgroup.procs outside the sandbox */
 #define ENF_ESCAPE_CLONE 2   /* created outside it: clone3(CLONE_INTO_CGROUP) */
+#define ENF_ESCAPE_SIGNAL 3  /* a signal to the daemon (moved_tgid: the daemon) */
 
 /* sandboxed_tasks: by tgid, the sandbox a process belongs to, kept by the
  * kernel (fork, exit, cgroup moves) and seeded by the daemon at an apply, so
@@ -180,6 +181,8 @@ struct enf_exec_args {
 struct enf_config {
     __u64 levels_mask;      /* bit n set: some sandbox cgroup sits at level n */
     __u64 events_per_sec;   /* per sandbox per CPU; 0 = no limit */
+    __u32 daemon_tgid;      /* a signal to it from a sandbox is an escape (ENF_ESCAPE_SIGNAL) */
+    __u32 _pad;
 };
 
 struct enf_counters {
@@ -265,7 +268,9 @@ struct enf_escape_event {
     __u8  how;              /* ENF_ESCAPE_* */
     __u8  writer_killed;    /* the kernel killed the writer (SIGKILL at the move) */
     __u8  moved_is_writer;  /* ... which is the moved task itself */
-    __u8  _pad;
+    __u8  lsm;              /* ENF_ESCAPE_SIGNAL: refused with EPERM by BPF-LSM (not delivered) */
+    __u32 signal;           /* ENF_ESCAPE_SIGNAL: the signal number */
+    __u32 _pad;
 };
 
 /* ENF_KIND_DEVICE */

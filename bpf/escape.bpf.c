@@ -73,25 +73,87 @@ static __always_inline int sandbox_of_cgroup(void *cgrp, struct enf_tracked *t)
     return 0;
 }
 
-static __always_inline void report_escape(struct enf_tracked *t, u32 moved, void *dst, u8 how, u8 moved_is_writer)
+/* Report an escape of sandbox sb; enforcing, kill the writer unless the
+ * refusal is by LSM (then the act itself fails: lsm). */
+static __always_inline void send_escape(struct enf_sandbox *sb, u32 moved, u64 dst_id, u8 how, u8 moved_is_writer,
+                                        u8 lsm, u32 signal)
 {
-    struct enf_sandbox *sb = sandboxes.lookup(&t->sandbox_cgroup_id);
-    if (!sb)
-        return;  /* the sandbox was removed: nothing to hold it to */
     u8 action = action_of(sb);
-    if (action == ENF_ACTION_REFUSED)
+    u8 kill = action == ENF_ACTION_REFUSED && !lsm;
+    if (kill)
         bpf_send_signal(ENF_SIGKILL);
     if (!count_denial(sb, ENF_KIND_ESCAPE, action))
         return;
     struct enf_escape_event ev = {};
     fill_head(&ev.head, sb, ENF_KIND_ESCAPE, action);
-    ev.dst_cgroup_id = ancestor_id(dst, cgroup_level(dst) & ENF_MAX_LEVEL);
+    ev.dst_cgroup_id = dst_id;
     ev.moved_tgid = moved;
     ev.how = how;
-    ev.writer_killed = action == ENF_ACTION_REFUSED;
+    ev.writer_killed = kill;
     ev.moved_is_writer = moved_is_writer;
+    ev.lsm = lsm;
+    ev.signal = signal;
     send_event(sb, &ev, sizeof(ev));
 }
+
+static __always_inline void report_escape(struct enf_tracked *t, u32 moved, void *dst, u8 how, u8 moved_is_writer)
+{
+    struct enf_sandbox *sb = sandboxes.lookup(&t->sandbox_cgroup_id);
+    if (!sb)
+        return;  /* the sandbox was removed: nothing to hold it to */
+    send_escape(sb, moved, ancestor_id(dst, cgroup_level(dst) & ENF_MAX_LEVEL), how, moved_is_writer, 0, 0);
+}
+
+/* A signal from a sandbox to the daemon (or to every process: pid -1): the
+ * enforcement holds without the daemon, but its going is reported. 1: refuse (LSM). */
+static __always_inline int judge_signal(long target, long sig, u8 lsm)
+{
+    int zero = 0;
+    struct enf_config *cfg = config.lookup(&zero);
+    if (!sig || !cfg || !cfg->daemon_tgid || (target != (long)cfg->daemon_tgid && target != -1))
+        return 0;
+    struct enf_sandbox *sb = sandbox_of_task();
+    if (!sb)
+        return 0;
+    send_escape(sb, cfg->daemon_tgid, 0, ENF_ESCAPE_SIGNAL, 0, lsm, (u32)sig);
+    return action_of(sb) == ENF_ACTION_REFUSED;
+}
+
+#ifdef ENF_LSM
+struct task_struct;
+struct kernel_siginfo;
+struct cred;
+
+LSM_PROBE(task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred)
+{
+    if (!enf_active())
+        return 0;
+    u32 tgid = 0;
+    bpf_probe_read_kernel(&tgid, sizeof(tgid), (char *)p + ENF_OFF_TASK_TGID);
+    return judge_signal(tgid, sig, 1) ? -ENF_EPERM : 0;
+}
+#else
+TRACEPOINT_PROBE(syscalls, sys_enter_kill)
+{
+    if (enf_active())
+        judge_signal(args->pid, args->sig, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_tkill)
+{
+    if (enf_active())
+        judge_signal(args->pid, args->sig, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_tgkill)
+{
+    if (enf_active())
+        judge_signal(args->tgid, args->sig, 0);
+    return 0;
+}
+#endif
 
 /* args: struct task_struct *parent, struct task_struct *child (current: the parent) */
 RAW_TRACEPOINT_PROBE(sched_process_fork)

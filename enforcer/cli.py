@@ -80,7 +80,8 @@ def format_denial(event: Any) -> str:
     elif event.HasField("escape"):
         esc = event.escape
         killed = f", killed by the {esc.moved_killed_by}" if esc.moved_killed_by else ""
-        what = f"pid {esc.moved_pid} to {esc.cgroup_path or esc.cgroup_id} via {esc.how}{killed}"
+        what = (f"signal {esc.signal} to the daemon (pid {esc.moved_pid})" if esc.how == "signal_to_daemon"
+                else f"pid {esc.moved_pid} to {esc.cgroup_path or esc.cgroup_id} via {esc.how}{killed}")
     elif event.HasField("syscall"):
         call = event.syscall
         what = f"{call.name or '#' + str(call.number)}({', '.join(hex(a) for a in call.args)})"

@@ -300,6 +300,8 @@ def _message(kind: str, record: dict[str, Any], refused: bool) -> str:
         named = " ".join(str(part) for part in (record.get("device"), record.get("driver")) if part)
         return (f"device {named + ' ' if named else ''}{record.get('major')}:{record.get('minor')} "
                 f"({record.get('access')}) {verb} in sandbox {sandbox}")
+    if kind == "escape" and record.get("how") == "signal_to_daemon":
+        return f"signal {record.get('signal')} to the enforcer daemon {verb} in sandbox {sandbox}"
     if kind == "escape":
         return (f"process {record.get('moved_pid')} left sandbox {sandbox} for cgroup "
                 f"{record.get('cgroup') or '?'} ({record.get('how')}), {verb}")

@@ -25,6 +25,8 @@ _MAX_CGROUPS_SEARCHED = 20_000
 
 def cgroup_path_of(cgroup_id: int, mount: Path) -> str:
     """The cgroup whose id is ``cgroup_id`` (its directory's inode number), or ""."""
+    if not cgroup_id:
+        return ""
     searched = 0
     for directory, _, _ in os.walk(mount):
         searched += 1
@@ -51,8 +53,8 @@ def _inside(pid: int, sandbox: Path, mount: Path) -> bool | None:
 
 def contain(detail: EscapeDetail, action: int, sandbox: Path | None, mount: Path) -> str:
     """Who killed the process that left: "kernel", "daemon" or "" (audit mode, or it is gone)."""
-    if action != layout.ACTION_REFUSED:
-        return ""
+    if action != layout.ACTION_REFUSED or detail.how == layout.ESCAPE_SIGNAL:
+        return ""  # audit mode; or a signal to the daemon: nothing left the sandbox
     if detail.moved_is_writer and detail.writer_killed:
         return "kernel"
     if sandbox is not None and _inside(detail.moved_tgid, sandbox, mount) is not False:

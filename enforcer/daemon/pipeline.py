@@ -53,7 +53,8 @@ _KINDS = {
     layout.KIND_SYSCALL: pb.DENIAL_KIND_SYSCALL,
     layout.KIND_ESCAPE: pb.DENIAL_KIND_ESCAPE,
 }
-_ESCAPE_HOW = {layout.ESCAPE_MOVE: "cgroup.procs", layout.ESCAPE_CLONE: "clone_into_cgroup"}
+_ESCAPE_HOW = {layout.ESCAPE_MOVE: "cgroup.procs", layout.ESCAPE_CLONE: "clone_into_cgroup",
+               layout.ESCAPE_SIGNAL: "signal_to_daemon"}
 _ESCALATION_ACTIONS = {
     layout.ESCALATE_QUARANTINE: pb.ESCALATION_ACTION_QUARANTINE,
     layout.ESCALATE_FREEZE: pb.ESCALATION_ACTION_FREEZE,
@@ -320,7 +321,8 @@ def _detail_fields(kind: int, detail: object, drivers: dict[int, str],
         killed_by, path = escape
         return {"escape": pb.EscapeInfo(moved_pid=detail.moved_tgid, cgroup_id=detail.dst_cgroup_id, cgroup_path=path,
                                         how=_ESCAPE_HOW.get(detail.how, ""), moved_killed_by=killed_by,
-                                        writer_killed=detail.writer_killed)}
+                                        writer_killed=detail.writer_killed, signal=detail.signal,
+                                        refused_by_lsm=detail.lsm)}
     if isinstance(detail, SyscallDetail):
         return {"syscall": pb.SyscallInfo(name=syscall_name(detail.number), number=detail.number, args=detail.args,
                                           refused_by_lsm=detail.lsm)}
@@ -358,7 +360,8 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
                       protocol=_PROTOCOL_NUMBERS.get(event.dns.transport, 0))
     elif event.HasField("escape"):
         fields.update(moved_pid=event.escape.moved_pid, cgroup=event.escape.cgroup_path, how=event.escape.how,
-                      moved_killed_by=event.escape.moved_killed_by, writer_killed=event.escape.writer_killed)
+                      moved_killed_by=event.escape.moved_killed_by, writer_killed=event.escape.writer_killed,
+                      signal=event.escape.signal, refused_by_lsm=event.escape.refused_by_lsm)
     elif event.HasField("syscall"):
         fields.update(syscall=event.syscall.name, number=event.syscall.number, args=list(event.syscall.args),
                       refused_by_lsm=event.syscall.refused_by_lsm)

@@ -82,6 +82,8 @@ class EscapeDetail(NamedTuple):
     how: int               # layout.ESCAPE_*
     writer_killed: bool    # the kernel killed the writer (the head's process)
     moved_is_writer: bool  # ... which was the moved process itself
+    lsm: bool = False      # a signal to the daemon refused by BPF-LSM (not delivered)
+    signal: int = 0        # a signal to the daemon: which
 
 
 DNS_NOT_ALLOWED = 1  # DnsDetail.reason: no allow rule names it
@@ -136,7 +138,7 @@ def decode(raw: bytes) -> KernelDenial:
     elif kind == layout.KIND_ESCAPE:
         escape = layout.EscapeEvent.from_buffer_copy(raw)
         detail = EscapeDetail(escape.moved_tgid, escape.dst_cgroup_id, escape.how, bool(escape.writer_killed),
-                              bool(escape.moved_is_writer))
+                              bool(escape.moved_is_writer), bool(escape.lsm), escape.signal)
         head = escape.head
     elif kind == layout.KIND_DEVICE:
         dev = layout.DeviceEvent.from_buffer_copy(raw)

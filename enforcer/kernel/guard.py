@@ -316,7 +316,8 @@ class SandboxGuard:
         mask = self._inherited_mask
         for level in self._levels.values():
             mask |= 1 << level
-        self._update("config", ctypes.c_uint32(0), layout.Config(levels_mask=mask, events_per_sec=self._events_per_sec))
+        self._update("config", ctypes.c_uint32(0), layout.Config(levels_mask=mask, events_per_sec=self._events_per_sec,
+                                                                 daemon_tgid=os.getpid()))
 
     def write_entries(self, map_name: str, entries: list[tuple[bytes, bytes]]) -> None:
         """Rule entries packed by enforcer.kernel.encode (key bytes, value bytes),

@@ -37,6 +37,7 @@ KIND_SYSCALL = _C["ENF_KIND_SYSCALL"]
 KIND_ESCAPE = _C["ENF_KIND_ESCAPE"]
 ESCAPE_MOVE = _C["ENF_ESCAPE_MOVE"]
 ESCAPE_CLONE = _C["ENF_ESCAPE_CLONE"]
+ESCAPE_SIGNAL = _C["ENF_ESCAPE_SIGNAL"]
 MAX_SYSCALL_RULES = _C["ENF_MAX_SYSCALL_RULES"]
 SYSCALL_ARGS = _C["ENF_SYSCALL_ARGS"]
 MAX_NAME_ADDRS = _C["ENF_MAX_NAME_ADDRS"]
@@ -171,6 +172,8 @@ class Config(ctypes.Structure):
     _fields_ = [
         ("levels_mask", ctypes.c_uint64),
         ("events_per_sec", ctypes.c_uint64),
+        ("daemon_tgid", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
     ]
 
 
@@ -291,7 +294,9 @@ class EscapeEvent(ctypes.Structure):
         ("how", ctypes.c_uint8),
         ("writer_killed", ctypes.c_uint8),
         ("moved_is_writer", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("lsm", ctypes.c_uint8),
+        ("signal", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
     ]
 
 

@@ -147,6 +147,27 @@ def test_audit_mode_reports_the_escape_and_lets_it_be(client, make_cgroup, sandb
         client.remove(sandbox_id)
 
 
+def test_a_signal_to_the_daemon_is_reported_and_stopped(client, sandbox, sandbox_id, daemon):
+    """Enforcement outlives the daemon, but a sandbox that goes for it is
+    reported: killed at the kill() (tracepoint), or refused with EPERM (BPF-LSM,
+    task_kill). SIGCONT, so the daemon lives whatever happens."""
+    from enforcer.cgroupfs import move_pid
+    from tests.e2e.conftest import expected_exec_mode
+
+    inside, _ = sandbox
+    target = daemon.proc.pid
+    script = (f"import os, signal\ntry:\n    os.kill({target}, signal.SIGCONT)\n    print('sent')\n"
+              "except PermissionError:\n    print('EPERM')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: move_pid(0, inside))
+    lsm = expected_exec_mode() == "lsm"
+    assert (done.returncode, done.stdout) == ((0, "EPERM\n") if lsm else (-9, "")), done
+    (escape,) = escapes(client, sandbox_id, 1)
+    assert (escape.escape.how, escape.escape.moved_pid, escape.escape.signal, escape.escape.refused_by_lsm) == (
+        "signal_to_daemon", target, 18, lsm)
+    assert escape.escape.writer_killed is not lsm and daemon.proc.poll() is None
+
+
 def test_after_the_policy_is_removed_a_move_is_nobodys_business(client, make_cgroup, sandbox_id):
     inside, outside = make_cgroup("sandbox"), make_cgroup("outside")
     client.apply({"sandbox": sandbox_id, "target": {"cgroup": str(inside)}})
