@@ -268,7 +268,7 @@ struct enf_escape_event {
     __u8  how;              /* ENF_ESCAPE_* */
     __u8  writer_killed;    /* the kernel killed the writer (SIGKILL at the move) */
     __u8  moved_is_writer;  /* ... which is the moved task itself */
-    __u8  lsm;              /* ENF_ESCAPE_SIGNAL: refused with EPERM by BPF-LSM (not delivered) */
+    __u8  lsm;              /* refused with EPERM by BPF-LSM: nothing moved, no signal delivered */
     __u32 signal;           /* ENF_ESCAPE_SIGNAL: the signal number */
     __u32 _pad;
 };

@@ -123,6 +123,60 @@ static __always_inline int judge_signal(long target, long sig, u8 lsm)
 struct task_struct;
 struct kernel_siginfo;
 struct cred;
+struct file;
+
+#define ENF_CGROUP2_SUPER_MAGIC 0x63677270
+#define ENF_FMODE_WRITE 0x2
+
+/* "cgroup.procs" or "cgroup.threads": the files a move is written to. */
+static __always_inline int is_move_file(const char *name)
+{
+    char buf[16] = {};
+    bpf_probe_read_kernel_str(buf, sizeof(buf), name);
+    return buf[0] == 'c' && buf[1] == 'g' && buf[6] == '.' &&
+           ((buf[7] == 'p' && buf[8] == 'r' && buf[9] == 'o' && buf[10] == 'c' && buf[11] == 's' && !buf[12]) ||
+            (buf[7] == 't' && buf[8] == 'h' && buf[9] == 'r' && buf[13] == 's' && !buf[14]));
+}
+
+/* With BPF-LSM a move out is refused before it happens: opening, for writing,
+ * the cgroup.procs (or cgroup.threads) of a cgroup outside the opener's
+ * sandbox fails with EPERM. The attach tracepoint still catches a move through
+ * a descriptor opened before the sandbox was (then: killed). Enforcing only:
+ * in audit mode the move is let through and the tracepoint reports it. */
+LSM_PROBE(file_open, struct file *file)
+{
+    u32 mode = 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode), (char *)file + ENF_OFF_FILE_MODE);
+    if (!(mode & ENF_FMODE_WRITE))
+        return 0;
+    void *dentry = read_ptr(file, ENF_OFF_FILE_PATH + ENF_OFF_PATH_DENTRY);
+    void *inode = dentry ? read_ptr(dentry, ENF_OFF_DENTRY_INODE) : 0;
+    void *sb_ptr = inode ? read_ptr(inode, ENF_OFF_INODE_SB) : 0;
+    unsigned long magic = 0;
+    if (sb_ptr)
+        bpf_probe_read_kernel(&magic, sizeof(magic), (char *)sb_ptr + ENF_OFF_SB_MAGIC);
+    if (magic != ENF_CGROUP2_SUPER_MAGIC || !enf_active())
+        return 0;
+    if (!is_move_file(read_ptr(dentry, ENF_OFF_DENTRY_NAME + ENF_OFF_QSTR_NAME)))
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct enf_tracked *t = sandboxed_tasks.lookup(&tgid);
+    if (!t)
+        return 0;
+    struct enf_tracked mine = *t;
+    /* The cgroup whose file it is: its directory's kernfs node holds it. */
+    void *dir = read_ptr(dentry, ENF_OFF_DENTRY_PARENT);
+    void *dir_inode = dir ? read_ptr(dir, ENF_OFF_DENTRY_INODE) : 0;
+    void *kn = dir_inode ? read_ptr(dir_inode, ENF_OFF_INODE_PRIVATE) : 0;
+    void *cgrp = kn ? read_ptr(kn, ENF_OFF_KERNFS_NODE_PRIV) : 0;
+    if (!cgrp || cgroup_within(cgrp, &mine))
+        return 0;
+    struct enf_sandbox *sb = sandboxes.lookup(&mine.sandbox_cgroup_id);
+    if (!sb || action_of(sb) != ENF_ACTION_REFUSED)
+        return 0;
+    send_escape(sb, 0, ancestor_id(cgrp, cgroup_level(cgrp) & ENF_MAX_LEVEL), ENF_ESCAPE_MOVE, 0, 1, 0);
+    return -ENF_EPERM;
+}
 
 LSM_PROBE(task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred)
 {

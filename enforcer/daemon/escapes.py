@@ -53,8 +53,8 @@ def _inside(pid: int, sandbox: Path, mount: Path) -> bool | None:
 
 def contain(detail: EscapeDetail, action: int, sandbox: Path | None, mount: Path) -> str:
     """Who killed the process that left: "kernel", "daemon" or "" (audit mode, or it is gone)."""
-    if action != layout.ACTION_REFUSED or detail.how == layout.ESCAPE_SIGNAL:
-        return ""  # audit mode; or a signal to the daemon: nothing left the sandbox
+    if action != layout.ACTION_REFUSED or detail.how == layout.ESCAPE_SIGNAL or detail.lsm or detail.moved_tgid <= 0:
+        return ""  # audit mode; a signal to the daemon; refused by BPF-LSM: nothing left the sandbox
     if detail.moved_is_writer and detail.writer_killed:
         return "kernel"
     if sandbox is not None and _inside(detail.moved_tgid, sandbox, mount) is not False:

@@ -178,6 +178,12 @@ EXEC_OFFSETS = (
     ("ENF_OFF_CGROUP_ANCESTORS", "cgroup", "ancestors"),
     ("ENF_OFF_CGROUP_KN", "cgroup", "kn"),
     ("ENF_OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
+    ("ENF_OFF_KERNFS_NODE_PRIV", "kernfs_node", "priv"),
+    ("ENF_OFF_FILE_MODE", "file", "f_mode"),
+    ("ENF_OFF_DENTRY_NAME", "dentry", "d_name"),
+    ("ENF_OFF_QSTR_NAME", "qstr", "name"),
+    ("ENF_OFF_SB_MAGIC", "super_block", "s_magic"),
+    ("ENF_OFF_INODE_PRIVATE", "inode", "i_private"),
 )
 
 

@@ -38,9 +38,17 @@ def move(pid: int, dest: str) -> None:
 def sleeping_child() -> int:
     pid = os.fork()
     if pid == 0:
+        quiet()
         time.sleep(60)
         os._exit(0)
     return pid
+
+
+def quiet() -> None:
+    """A child lets go of the output pipes: the test reads until they close."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
 
 
 def clone_into(dest: str) -> int:
@@ -50,6 +58,7 @@ def clone_into(dest: str) -> int:
     libc.syscall.restype = ctypes.c_long
     pid = libc.syscall(SYS_CLONE3, ctypes.byref(args), ctypes.sizeof(args))
     if pid == 0:
+        quiet()
         time.sleep(60)
         os._exit(0)
     if pid < 0:

@@ -1,8 +1,10 @@
 """Cgroup escapes end to end: root processes in a real sandbox leave its cgroup
 the ways a root agent can (writing a cgroup.procs outside, for itself or a
 process of its sandbox; clone3 with CLONE_INTO_CGROUP), and each is reported
-and stopped. Moves inside the sandbox, and moves made by processes outside
-every sandbox (an orchestrator, the daemon), are not escapes."""
+and stopped: with BPF-LSM the open of a cgroup.procs outside fails with EPERM
+(nothing moves); without, the mover is killed at the move. Moves inside the
+sandbox, and moves made by processes outside every sandbox (an orchestrator,
+the daemon), are not escapes."""
 
 from __future__ import annotations
 
@@ -51,6 +53,19 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
+@pytest.fixture(scope="module")
+def lsm() -> bool:
+    """BPF-LSM refuses the open of a cgroup.procs outside (file_open)."""
+    from tests.e2e.conftest import expected_exec_mode
+
+    return expected_exec_mode() == "lsm"
+
+
+def refused_open(code: int, lines: list[dict[str, Any]]) -> bool:
+    """The probe's write failed with EPERM (an exception: exit 1) and it said no more."""
+    return code == 1 and len(lines) == 1
+
+
 @pytest.fixture
 def sandbox(client, make_cgroup, sandbox_id):
     """(the sandbox's cgroup, a cgroup outside it), the policy applied in enforce mode."""
@@ -60,26 +75,35 @@ def sandbox(client, make_cgroup, sandbox_id):
     client.remove(sandbox_id)
 
 
-def test_moving_itself_out_kills_it_at_the_move(client, sandbox, sandbox_id):
+def test_moving_itself_out_is_refused_or_killed_at_the_move(client, sandbox, sandbox_id, lsm):
     inside, outside = sandbox
     code, lines = run_probe(inside, "move-self", outside)
-    assert code == -9 and lines == [{"pid": lines[0]["pid"]}]  # never printed "moved"
     (escape,) = escapes(client, sandbox_id, 1)
-    assert escape.process.pid == escape.escape.moved_pid == lines[0]["pid"]
-    assert (escape.escape.how, escape.escape.moved_killed_by, escape.escape.writer_killed) == (
-        "cgroup.procs", "kernel", True)
+    assert escape.process.pid == lines[0]["pid"] and escape.escape.how == "cgroup.procs"
+    if lsm:  # the open failed: nothing moved
+        assert refused_open(code, lines)
+        assert (escape.escape.moved_pid, escape.escape.refused_by_lsm, escape.escape.writer_killed) == (0, True, False)
+    else:
+        assert code == -9 and lines == [{"pid": lines[0]["pid"]}]  # never printed "moved"
+        assert escape.escape.moved_pid == lines[0]["pid"]
+        assert (escape.escape.moved_killed_by, escape.escape.writer_killed) == ("kernel", True)
     assert escape.escape.cgroup_path == str(outside) and dict(escape.labels) == {"run": "esc"}
     assert (outside / "cgroup.procs").read_text() == ""
     assert client.stats(sandbox_id).escape.refused == 1
 
 
-def test_moving_another_process_out_kills_the_mover_and_the_moved(client, sandbox, sandbox_id):
+def test_moving_another_process_out_is_refused_or_kills_both(client, sandbox, sandbox_id, lsm):
     inside, outside = sandbox
     code, lines = run_probe(inside, "move-child", outside)
     child = lines[0]["child"]
+    (escape,) = escapes(client, sandbox_id, 1)
+    if lsm:  # refused at the open: the child never left (and is ended here)
+        assert refused_open(code, lines) and escape.escape.refused_by_lsm and escape.escape.moved_pid == 0
+        assert child in map(int, (inside / "cgroup.procs").read_text().split())
+        os.kill(child, 9)
+        return
     assert code == -9 and len(lines) == 1
     assert gone(child)  # the daemon killed it on the event
-    (escape,) = escapes(client, sandbox_id, 1)
     assert (escape.process.pid, escape.escape.moved_pid) == (lines[0]["pid"], child)
     assert (escape.escape.moved_killed_by, escape.escape.writer_killed) == ("daemon", True)
 
@@ -117,7 +141,7 @@ def test_moves_inside_the_sandbox_and_by_the_orchestrator_are_not_escapes(client
         below.rmdir()
 
 
-def test_a_process_there_before_the_apply_is_held_too(client, make_cgroup, sandbox_id):
+def test_a_process_there_before_the_apply_is_held_too(client, make_cgroup, sandbox_id, lsm):
     """The daemon tells the kernel which processes a new sandbox already holds."""
     from enforcer.cgroupfs import move_pid
 
@@ -129,8 +153,8 @@ def test_a_process_there_before_the_apply_is_held_too(client, make_cgroup, sandb
     client.apply({"sandbox": sandbox_id, "target": {"cgroup": str(inside)}})
     try:
         out, _ = earlier.communicate("go\n", timeout=60)
-        assert earlier.returncode == -9 and "moved" not in out
-        assert [e.escape.moved_pid for e in escapes(client, sandbox_id, 1)] == [earlier.pid]
+        assert earlier.returncode == (1 if lsm else -9) and "moved" not in out
+        assert [e.escape.moved_pid for e in escapes(client, sandbox_id, 1)] == [0 if lsm else earlier.pid]
     finally:
         client.remove(sandbox_id)
 
