@@ -15,6 +15,13 @@ import sys
 import time
 
 
+def _in_cgroup(path: str) -> bool:
+    """Is this process in the cgroup at ``path`` (an absolute path below the cgroup2 mount)?"""
+    with open("/proc/self/cgroup") as lines:
+        own = next((line[3:].strip() for line in lines if line.startswith("0::")), "")
+    return bool(own) and path.endswith(own)
+
+
 def _is_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -160,11 +167,16 @@ def run(op: dict) -> str:
             stype = {"raw": socket.SOCK_RAW, "dgram": socket.SOCK_DGRAM}[op["type"]]
             os.close(uring_socket(family, stype))
             return "OK"
-        if kind == "sendto_after_leaving":
-            # Create the socket here, then move this process to another cgroup and use it.
+        if kind == "sendto_once_moved":
+            # Create the socket here, say so (op["ready"]), wait until something
+            # outside moves this process to op["cgroup"], then use the socket.
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                with open(op["cgroup"] + "/cgroup.procs", "w") as procs:
-                    procs.write("0")
+                open(op["ready"], "w").close()
+                deadline = time.monotonic() + 30
+                while not _in_cgroup(op["cgroup"]):
+                    if time.monotonic() > deadline:
+                        return "not-moved"
+                    time.sleep(0.01)
                 s.sendto(b"probe", (op["addr"], op["port"]))
             return "OK"
         family = socket.AF_INET6 if op.get("socket_family") == "inet6" else _family(op["addr"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -308,15 +309,31 @@ def test_real_traffic_to_an_allowed_service_flows(client, make_cgroup, sandbox_i
     assert accepted == [b"ping"]
 
 
-def test_a_guarded_socket_used_outside_every_sandbox_is_refused(client, make_cgroup, sandbox_id, probe: Probe):
+def test_a_guarded_socket_used_outside_every_sandbox_is_refused(client, make_cgroup, sandbox_id, probe: Probe,
+                                                                 tmp_path):
     """The kernel runs our hooks by the socket's cgroup; when the caller is in no
-    sandbox we cannot pick rules for it, so the send fails closed."""
+    sandbox we cannot pick rules for it, so the send fails closed. The process is
+    moved out by the orchestrator (this test): moving itself would be an escape."""
+    from enforcer.cgroupfs import move_pid
+
     cg, outside = make_cgroup("sb"), make_cgroup("outside")
     client.apply(policy(sandbox_id, cg, default="allow"))
     # In the host namespace: `ip netns exec` remounts /sys, hiding the cgroup tree.
     assert probe(cg, sendto("127.0.0.1", 9), in_netns=False) == ["OK"]
-    leave = {"op": "sendto_after_leaving", "cgroup": str(outside), "addr": "127.0.0.1", "port": 9}
+    ready = tmp_path / "socket-made"
+
+    def move_it_out() -> None:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for pid in (cg / "cgroup.procs").read_text().split():
+            move_pid(int(pid), outside)
+
+    mover = threading.Thread(target=move_it_out)
+    mover.start()
+    leave = {"op": "sendto_once_moved", "ready": str(ready), "cgroup": str(outside), "addr": "127.0.0.1", "port": 9}
     assert probe(cg, leave, in_netns=False) == ["EPERM"]
+    mover.join()
     assert probe(outside, sendto("127.0.0.1", 9), in_netns=False) == ["OK"]  # its own sockets are not guarded
 
 
