@@ -240,7 +240,10 @@ def run_daemon(config: DaemonConfig) -> int:
         pid=os.getpid(),
         startup_seconds=round(time.monotonic() - started, 3),
     )
-    stop.wait()
+    # Woken each second: a signal handler runs in the main thread only when it
+    # gets back to Python code, and a wait with no timeout may never return.
+    while not stop.wait(1.0):
+        pass
 
     health_servicer.enter_graceful_shutdown()
     enforcement.dns.stop()  # queries go unanswered until the next daemon listens: fail closed
