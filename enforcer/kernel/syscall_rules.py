@@ -7,7 +7,7 @@ import struct
 
 from enforcer.kernel import layout
 from enforcer.policy import SyscallPolicy, Verdict
-from enforcer.policy.syscalls import syscall_table
+from enforcer.policy.syscalls import syscall_names, syscall_table
 
 _KEY = struct.Struct("<II")  # layout.SyscallKey; tests/unit/test_syscalls.py checks it
 
@@ -32,4 +32,4 @@ def pack_syscalls(policy: SyscallPolicy, generation: int) -> list[tuple[bytes, b
 
 def syscall_name(number: int) -> str:
     """The name of a number in this architecture's table ("" if it has none)."""
-    return next((name for name, nr in syscall_table().items() if nr == number), "")
+    return syscall_names().get(number, "")

@@ -81,6 +81,8 @@ X86_64: dict[str, int] = {
 }
 
 TABLES = {"x86_64": X86_64}
+# Number -> name, built once per table: events name their syscall by number.
+NAMES = {machine: {number: name for name, number in table.items()} for machine, table in TABLES.items()}
 
 MAX_ENTRIES = 512  # per list: more than any architecture has syscalls
 _FIELDS = ("default", "allow", "deny")
@@ -94,6 +96,12 @@ def syscall_table(machine: str | None = None) -> dict[str, int]:
         raise PolicyError("syscalls", f"syscall rules are not supported on {machine} yet "
                                       f"(known: {', '.join(sorted(TABLES))})")
     return table
+
+
+def syscall_names(machine: str | None = None) -> dict[int, str]:
+    """This machine's table the other way round (number -> name)."""
+    syscall_table(machine)  # the same refusal on an unknown architecture
+    return NAMES[machine or platform.machine()]
 
 
 def parse_syscall_policy(value: Any, path: str = "syscalls") -> SyscallPolicy:
@@ -135,7 +143,7 @@ def _name(item: Any, path: str, table: dict[str, int]) -> str:
     if isinstance(item, bool) or not isinstance(item, (str, int)):
         raise PolicyError(path, f"must be a syscall name, got {type(item).__name__}")
     if isinstance(item, int):
-        by_number = {number: name for name, number in table.items()}
+        by_number = syscall_names()
         if item not in by_number:
             raise PolicyError(path, f"{item} is not a syscall number on this architecture "
                                     f"(0-{max(by_number)}, with gaps)")
