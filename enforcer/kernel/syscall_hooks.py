@@ -50,17 +50,24 @@ class SyscallHooks:
         self._raw_fn = loaded.load_func(b"enf_raw_sys_enter", BPF.RAW_TRACEPOINT)
         self._links: dict[str, int] = {}  # link name -> open fd (also pinned)
         self._by_lsm = LSM_SYSCALLS if lsm else frozenset()
+        self._tracepoints: dict[str, bool] = {}  # syscall name -> does sys_enter_<name> exist
 
-    @staticmethod
-    def missing(names: Iterable[str]) -> list[str]:
-        """Those of ``names`` this kernel has no entry tracepoint for (not built in)."""
-        absent = []
-        for name in names:
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` this kernel has no entry tracepoint for (not built
+        in). Looked up in tracefs once per name: it does not change while the
+        kernel runs, and every apply asks."""
+        return [name for name in names if not self._has_tracepoint(name)]
+
+    def _has_tracepoint(self, name: str) -> bool:
+        known = self._tracepoints.get(name)
+        if known is None:
             try:
                 tracepoint_id("syscalls", f"sys_enter_{name}")
+                known = True
             except PinError:
-                absent.append(name)
-        return absent
+                known = False
+            self._tracepoints[name] = known
+        return known
 
     @property
     def attached(self) -> set[str]:
