@@ -65,7 +65,7 @@ def resolve_target(target: Target, mount: Path | None = None) -> Cgroup:
     mount = mount or cgroup2_mount()
     where = f"target.{target.kind.value}"
     if target.kind is TargetKind.CGROUP:
-        path = _cgroup_path(target.value, mount)
+        path = cgroup_path(target.value, mount)
         if not path.exists():
             raise PolicyError(where, f"cgroup {target.value} does not exist")
     elif target.kind is TargetKind.PID:
@@ -81,7 +81,8 @@ def resolve_target(target: Target, mount: Path | None = None) -> Cgroup:
     return cgroup
 
 
-def _cgroup_path(value: str, mount: Path) -> Path:
+def cgroup_path(value: str, mount: Path) -> Path:
+    """Where a cgroup named as in Target.cgroup is: absolute, or relative to the mount."""
     path = Path(value)
     if not path.is_absolute():
         return mount / path
@@ -97,7 +98,7 @@ def create_target_cgroup(target: Target, mount: Path) -> list[Path]:
     """Make the cgroup a ``create: true`` target names, and its missing parents.
     Returns the directories made, outermost first (what undoing removes)."""
     where = "target.cgroup"
-    path = _cgroup_path(target.value, mount)
+    path = cgroup_path(target.value, mount)
     if not _within(path, mount) or path == mount:
         raise PolicyError(where, f"{target.value} is not below the cgroup2 mount {mount}: it cannot be created")
     missing = [p for p in [path, *path.parents] if _within(p, mount) and not p.exists()]

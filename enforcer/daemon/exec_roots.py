@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from enforcer.cgroupfs import Cgroup, CgroupError, a_process_in, cgroup_at
+from enforcer.cgroupfs import Cgroup, CgroupError, a_process_in, cgroup_at, cgroup_path
 from enforcer.daemon.store import ContainerRoot, Containers
 from enforcer.kernel import exec_rules
 from enforcer.kernel.rootfs import RootFs
@@ -40,9 +40,8 @@ def container_root(container: str, cgroup: str, root: str, mount: Path) -> Conta
     for field, value in (("cgroup", cgroup), ("root", root)):
         if "\0" in value or len(value) > 4096:
             raise PolicyError(field, "is not a path (a NUL byte, or longer than PATH_MAX)")
-    path = Path(cgroup) if cgroup.startswith("/") and Path(cgroup).is_relative_to(mount) else mount / cgroup.lstrip("/")
     try:
-        found = cgroup_at(path, mount)
+        found = cgroup_at(cgroup_path(cgroup, mount), mount)
     except CgroupError as exc:
         raise PolicyError("cgroup", str(exc)) from exc
     if not root.startswith("/"):
