@@ -9,7 +9,7 @@ a policy with syscall rules is refused there.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from enforcer.policy.errors import PolicyError
@@ -105,11 +105,12 @@ def syscall_names(machine: str | None = None) -> dict[int, str]:
 
 
 def parse_syscall_policy(value: Any, path: str = "syscalls") -> SyscallPolicy:
-    if not isinstance(value, Mapping):
-        raise PolicyError(path, f"must be a syscall policy (a mapping), got {type(value).__name__}")
-    unknown = sorted(str(k) for k in value if k not in _FIELDS)
-    if unknown:
-        raise PolicyError(f"{path}.{unknown[0]}", f"unknown field (expected one of: {', '.join(_FIELDS)})")
+    # The document checks every section uses (odd keys named as parse names
+    # them); imported here because parse imports this module.
+    from enforcer.policy.parse import _refuse_unknown, _require_mapping
+
+    _require_mapping(value, path, "a syscall policy")
+    _refuse_unknown(value, _FIELDS, path)
     default = value.get("default", "allow")
     if default not in ("allow", "deny"):
         raise PolicyError(f"{path}.default", f"must be 'allow' or 'deny', got {default!r}")
