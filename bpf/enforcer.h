@@ -256,7 +256,8 @@ struct enf_syscall_event {
     struct enf_event_head head;
     __u32 nr;               /* this architecture's number */
     __u8  lsm;              /* refused with EPERM by a BPF-LSM hook (else: SIGKILL at entry) */
-    __u8  _pad[3];
+    __u8  compat;           /* a 32-bit call: nr is its i386 number, unless lsm (then the x86_64 one the hook stands for) */
+    __u8  _pad[2];
     __u64 args[ENF_SYSCALL_ARGS];  /* as passed; only the syscall's own are meaningful */
 };
 

@@ -155,13 +155,14 @@ int enf_sock_create(struct bpf_sock *sk)
 }
 
 /* Packet sockets bypass every cgroup socket hook. With BPF-LSM, socket_create
- * refuses them with EPERM (io_uring's IORING_OP_SOCKET passes there too).
+ * refuses them with EPERM (io_uring's IORING_OP_SOCKET passes there too; the
+ * hook itself is in syscall.bpf.c, which also judges socket rules there).
  * Without it the only guard is to stop the process at the syscall: it is
  * killed before socket() returns a descriptor. */
 #ifdef ENF_LSM
-LSM_PROBE(socket_create, int family, int type, int protocol, int kern)
+static __always_inline int refuse_packet_socket(int family, int type, int protocol)
 {
-    if (family != ENF_AF_PACKET || kern || !enf_active())
+    if (family != ENF_AF_PACKET || !enf_active())
         return 0;
     struct enf_sandbox *sb = sandbox_of_task();
     if (!sb)

@@ -38,6 +38,11 @@ from enforcer.settings import (
 )
 
 # The per-kind counter fields of SandboxStats, in display order.
+SYSCALL_REFUSALS = {
+    "eperm": "fail with EPERM (BPF-LSM)",
+    "kill": "caller killed at the call, which runs",
+    "none": "not built by this kernel (ENOSYS, not reported)",
+}
 STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall", "escape")
 
 
@@ -84,7 +89,8 @@ def format_denial(event: Any) -> str:
                 else f"pid {esc.moved_pid} to {esc.cgroup_path or esc.cgroup_id} via {esc.how}{killed}")
     elif event.HasField("syscall"):
         call = event.syscall
-        what = f"{call.name or '#' + str(call.number)}({', '.join(hex(a) for a in call.args)})"
+        what = (f"{call.name or '#' + str(call.number)}({', '.join(hex(a) for a in call.args)})"
+                + (" 32-bit" if call.compat else ""))
     elif event.HasField("dns"):
         reason = pb.DnsReason.Name(event.dns.reason).removeprefix("DNS_REASON_").lower()
         what = f"{event.dns.name} {event.dns.query_type}/{PROTOCOL_NAMES.get(event.dns.transport, '?')} ({reason})"
@@ -249,6 +255,13 @@ def cmd_status(args: argparse.Namespace, enf: Any) -> int:
         missing += not ok
         where = f"{program.attached}/{program.expected} sandboxes" if program.hook == "cgroup" else "pinned link"
         print(f"  {program.name:<28} {program.hook:<15} {where}{'' if ok else '  MISSING'}")
+    if status.syscalls:
+        by_how: dict[str, list[str]] = {}
+        for row in status.syscalls:
+            by_how.setdefault(row.refused_by, []).append("every other syscall" if row.name == "*" else row.name)
+        print("refused syscalls:")
+        for how_refused, names in sorted(by_how.items()):
+            print(f"  {SYSCALL_REFUSALS.get(how_refused, how_refused)}: {', '.join(names)}")
     return 1 if missing else 0
 
 

@@ -268,10 +268,11 @@ def to_ocsf(record: dict[str, Any], host: str) -> dict[str, Any] | None:
         event["unmapped"].update(cgroup=record.get("cgroup", ""), how=record.get("how", ""),
                                  moved_killed_by=record.get("moved_killed_by", ""))
     elif kind == "syscall":
-        # The refused call, as Process Activity: Other (the caller is killed at the call).
+        # The refused call, as Process Activity: Other (the caller is killed at the call, or it got EPERM).
         activity_id, activity, process = 99, "Other", actor_process
         event["unmapped"].update(syscall=record.get("syscall", ""), number=record.get("number"),
-                                 args=record.get("args") or [])
+                                 args=record.get("args") or [], refused_by_lsm=bool(record.get("refused_by_lsm")),
+                                 compat=bool(record.get("compat")))
     elif kind == "escalation" and record.get("escalation") == "ESCALATION_ACTION_KILL":
         activity_id, activity, process = 2, "Terminate", actor_process
     else:  # a device open, a quarantine or freeze

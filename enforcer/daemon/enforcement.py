@@ -78,6 +78,7 @@ class KernelStatus:
     state_dir: str
     taken_over: bool
     dns_forwarders: int
+    syscalls: list[tuple[str, str]]  # refused syscall, how this kernel refuses it (eperm, kill, none)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Enforcement:
     def kernel_status(self) -> KernelStatus:
         with self._lock:  # the attached cgroups do not change under the query
             programs = self._guard.program_status()
+            syscalls = self._guard.syscalls.refusals(*self._refused_syscalls())
         return KernelStatus(
             programs=programs,
             events_lost=self._guard.read_global(layout.GLOBAL_LOST),
@@ -137,6 +139,7 @@ class Enforcement:
             state_dir=str(self._state.path) if self._state else "",
             taken_over=self._guard.adopted,
             dns_forwarders=self.dns.forwarders,
+            syscalls=syscalls,
         )
 
     @property
@@ -327,15 +330,20 @@ class Enforcement:
             log.warning("syscalls_not_built", sandbox=policy.sandbox, syscalls=missing,
                         note="this kernel does not build them: they fail with ENOSYS, attempts are not reported")
 
-    def _prune_syscall_hooks(self) -> None:
-        """Keep only the syscall hooks the applied policies need (call under the lock)."""
+    def _refused_syscalls(self) -> tuple[set[str], bool]:
+        """What the applied policies refuse: these syscalls, and every other
+        one for some sandbox (call under the lock)."""
         names: set[str] = set()
         every = False
         for record in self._store.all():
             wanted, all_of_them = syscall_rules.hooked(record.policy.syscalls)
             names |= wanted
             every = every or all_of_them
-        self._guard.syscalls.keep_only(names, every)
+        return names, every
+
+    def _prune_syscall_hooks(self) -> None:
+        """Keep only the syscall hooks the applied policies need (call under the lock)."""
+        self._guard.syscalls.keep_only(*self._refused_syscalls())
 
     def remove(self, sandbox: str) -> SandboxRecord:
         with self._lock:

@@ -324,8 +324,10 @@ def _detail_fields(kind: int, detail: object, drivers: dict[int, str],
                                         writer_killed=detail.writer_killed, signal=detail.signal,
                                         refused_by_lsm=detail.lsm)}
     if isinstance(detail, SyscallDetail):
-        return {"syscall": pb.SyscallInfo(name=syscall_name(detail.number), number=detail.number, args=detail.args,
-                                          refused_by_lsm=detail.lsm)}
+        i386_number = detail.compat and not detail.lsm  # not a number of this architecture's table
+        return {"syscall": pb.SyscallInfo(name="" if i386_number else syscall_name(detail.number),
+                                          number=detail.number, args=detail.args, refused_by_lsm=detail.lsm,
+                                          compat=detail.compat)}
     if isinstance(detail, DnsDetail):
         return {"dns": pb.DnsInfo(name=detail.name, query_type=detail.query_type,
                                   reason=_DNS_REASONS.get(detail.reason, pb.DNS_REASON_UNSPECIFIED),
@@ -364,7 +366,7 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
                       signal=event.escape.signal, refused_by_lsm=event.escape.refused_by_lsm)
     elif event.HasField("syscall"):
         fields.update(syscall=event.syscall.name, number=event.syscall.number, args=list(event.syscall.args),
-                      refused_by_lsm=event.syscall.refused_by_lsm)
+                      refused_by_lsm=event.syscall.refused_by_lsm, compat=event.syscall.compat)
     elif event.HasField("socket"):
         fields.update(family=event.socket.family, type=event.socket.type, protocol=event.socket.protocol)
     else:

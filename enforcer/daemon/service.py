@@ -215,6 +215,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             state_dir=kernel.state_dir,
             taken_over=kernel.taken_over,
             dns_forwarders=kernel.dns_forwarders,
+            syscalls=[pb.SyscallEnforcement(name=name, refused_by=how) for name, how in kernel.syscalls],
             next_seq=self._pipeline.next_seq,
             exec_enforcement=self._enforcement.exec_mode,
             gpu_majors=sorted(self._enforcement.gpu_majors),

@@ -4,8 +4,9 @@ The exec program reads a few fields of ``linux_binprm``, ``file``, ``inode``,
 ``dentry``, ``super_block``, ``mount`` and ``task_struct``. Their layout differs
 between kernel builds and the header tree bcc compiles against is not the running
 kernel's, so every such offset comes from /sys/kernel/btf/vmlinux at start-up and
-is passed to the compiler as a constant. Only the parts of the BTF format needed
-to find struct members are decoded.
+is passed to the compiler as a constant, as are the values of the few internal
+enums the LSM hooks compare against. Only the parts of the BTF format needed to
+find struct members and enum values are decoded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ BTF_MAGIC = 0xEB9F
 
 KIND_STRUCT = 4
 KIND_UNION = 5
+KIND_ENUM = 6
 # Bytes that follow the 12-byte btf_type header, by kind: fixed part and per-vlen part.
 _EXTRA = {
     1: (4, 0),    # INT
@@ -75,6 +77,7 @@ class KernelTypes:
         self._composites: dict[int, int] = {}  # type id -> position of its btf_type
         self._by_name: dict[str, int] = {}
         self._typedefs: dict[int, int] = {}   # modifiers and typedefs, to see through them
+        self._enums: dict[str, int] = {}      # enum name -> position of its btf_type
         pos, end, type_id = hdr_len + type_off, hdr_len + type_off + type_len, 0
         unpack_type = struct.Struct("<III").unpack_from
         extra = _EXTRA
@@ -90,6 +93,8 @@ class KernelTypes:
                 self._composites[type_id] = pos
                 if name_off and size_or_type:
                     self._by_name.setdefault(_string(self._strings, name_off), type_id)
+            elif kind == KIND_ENUM and name_off:
+                self._enums.setdefault(_string(self._strings, name_off), pos)
             elif kind in (8, 9, 10, 11, 18):
                 self._typedefs[type_id] = size_or_type
             pos += 12 + fixed + per * (info & 0xFFFF)
@@ -127,6 +132,19 @@ class KernelTypes:
         if found % 8:
             raise BtfError(f"{struct_name}.{member} is a bit field")
         return found // 8
+
+    def enum_value(self, enum_name: str, name: str) -> int:
+        """Value of the enumerator ``name`` of ``enum enum_name``."""
+        pos = self._enums.get(enum_name)
+        if pos is None:
+            raise BtfError(f"enum {enum_name} is not in the kernel's BTF")
+        _name_off, info, _size = struct.unpack_from("<III", self._data, pos)
+        signed = info >> 31
+        for i in range(info & 0xFFFF):
+            e_name, e_value = struct.unpack_from("<Ii" if signed else "<II", self._data, pos + 12 + 8 * i)
+            if _string(self._strings, e_name) == name:
+                return int(e_value)
+        raise BtfError(f"enum {enum_name} has no {name} in this kernel")
 
     def _find(self, type_id: int, member: str) -> int | None:
         composite = self._composite(self._resolve(type_id))
@@ -184,9 +202,23 @@ EXEC_OFFSETS = (
     ("ENF_OFF_QSTR_NAME", "qstr", "name"),
     ("ENF_OFF_SB_MAGIC", "super_block", "s_magic"),
     ("ENF_OFF_INODE_PRIVATE", "inode", "i_private"),
+    ("ENF_OFF_TASK_THREAD_INFO", "task_struct", "thread_info"),
+    ("ENF_OFF_THREAD_INFO_STATUS", "thread_info", "status"),
+)
+
+# (C macro name, enum, enumerator): what the LSM hooks of bpf/syscall.bpf.c are
+# told about (which file or image the kernel is loading).
+SYSCALL_ENUMS = (
+    ("ENF_READING_MODULE", "kernel_read_file_id", "READING_MODULE"),
+    ("ENF_READING_KEXEC_IMAGE", "kernel_read_file_id", "READING_KEXEC_IMAGE"),
+    ("ENF_READING_KEXEC_INITRAMFS", "kernel_read_file_id", "READING_KEXEC_INITRAMFS"),
+    ("ENF_LOADING_MODULE", "kernel_load_data_id", "LOADING_MODULE"),
+    ("ENF_LOADING_KEXEC_IMAGE", "kernel_load_data_id", "LOADING_KEXEC_IMAGE"),
 )
 
 
-def exec_offsets(types: KernelTypes | None = None) -> dict[str, int]:
+def kernel_constants(types: KernelTypes | None = None) -> dict[str, int]:
+    """Every ENF_OFF_* offset and ENF_* enum value the BPF programs are compiled with."""
     types = types or KernelTypes.running_kernel()
-    return {macro: types.offset(struct_name, member) for macro, struct_name, member in EXEC_OFFSETS}
+    return ({macro: types.offset(struct_name, member) for macro, struct_name, member in EXEC_OFFSETS}
+            | {macro: types.enum_value(enum, name) for macro, enum, name in SYSCALL_ENUMS})

@@ -71,9 +71,10 @@ class EscalationDetail(NamedTuple):
 
 
 class SyscallDetail(NamedTuple):
-    number: int              # this architecture's
-    args: tuple[int, ...]    # the six argument registers, as passed (an LSM refusal: the first argument)
+    number: int              # this architecture's (a 32-bit call killed at entry: its i386 number)
+    args: tuple[int, ...]    # the six argument registers, as passed
     lsm: bool = False        # refused with EPERM by a BPF-LSM hook (else the caller was killed)
+    compat: bool = False     # a 32-bit call
 
 
 class EscapeDetail(NamedTuple):
@@ -133,7 +134,7 @@ def decode(raw: bytes) -> KernelDenial:
         head = esc.head
     elif kind == layout.KIND_SYSCALL:
         sys_event = layout.SyscallEvent.from_buffer_copy(raw)
-        detail = SyscallDetail(sys_event.nr, tuple(sys_event.args), bool(sys_event.lsm))
+        detail = SyscallDetail(sys_event.nr, tuple(sys_event.args), bool(sys_event.lsm), bool(sys_event.compat))
         head = sys_event.head
     elif kind == layout.KIND_ESCAPE:
         escape = layout.EscapeEvent.from_buffer_copy(raw)

@@ -18,7 +18,7 @@ from enforcer.cgroupfs import Cgroup
 from enforcer.kernel import btf, devices, layout
 from enforcer.kernel.pins import PinDir, layout_id, tracepoint_id
 from enforcer.kernel.ringbuf import EventRing
-from enforcer.kernel.syscall_hooks import SyscallHooks, syscall_hook_of
+from enforcer.kernel.syscall_hooks import SyscallHooks, lsm_defines, syscall_hook_of
 from enforcer.settings import EXEC_MODE_AUTO, EXEC_MODE_LSM, EXEC_MODE_TRACEPOINT, EXEC_MODES
 
 # UAPI numbers (stable): bpf_prog_type and bpf_attach_type of the cgroup programs.
@@ -74,8 +74,8 @@ def compile_defines(exec_mode: str, offsets: dict[str, int] | None = None,
                     extra: dict[str, str] | None = None) -> dict[str, str]:
     """The macros the loader passes: the BTF offsets of internal fields, the exec
     mode, and (``extra``) where the maps are pinned and which build this is."""
-    offsets = offsets if offsets is not None else btf.exec_offsets()
-    defines = {name: str(value) for name, value in offsets.items()}
+    offsets = offsets if offsets is not None else btf.kernel_constants()
+    defines = {name: str(value) for name, value in offsets.items()} | lsm_defines(exec_mode == EXEC_MODE_LSM)
     if exec_mode == EXEC_MODE_LSM:
         defines["ENF_LSM"] = "1"
     return {**defines, **(extra or {})}
@@ -196,7 +196,7 @@ class SandboxGuard:
         self.build = self.pins.new_build()
         pin_defines = {"ENF_MAPS_DIR": f'"{maps_dir}"', "ENF_ACTIVE_PATH": f'"{self.pins.active_path}"',
                        "ENF_BUILD": str(self.build)}
-        offsets = btf.exec_offsets()
+        offsets = btf.kernel_constants()
         chosen = default_exec_mode(lsm_available) if exec_mode == EXEC_MODE_AUTO else exec_mode
         source = bpf_source().encode()
         try:

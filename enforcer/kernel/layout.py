@@ -273,7 +273,8 @@ class SyscallEvent(ctypes.Structure):
         ("head", EventHead),
         ("nr", ctypes.c_uint32),
         ("lsm", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 3),
+        ("compat", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 2),
         ("args", ctypes.c_uint64 * SYSCALL_ARGS),
     ]
 

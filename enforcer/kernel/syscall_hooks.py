@@ -18,13 +18,31 @@ from collections.abc import Iterable
 from typing import Any
 
 from enforcer.kernel.pins import PinDir, PinError, tracepoint_id
+from enforcer.policy.syscalls import syscall_table
 
 # Link names (pinned as link-<name> in the build's directory), apart from the
 # build's own tracepoint links (tp-sys_enter_execve captures argv for exec rules).
 RAW_LINK = "syscall-every"
-# Refused with EPERM by their own BPF-LSM hooks in the lsm mode (bpf/syscall.bpf.c):
-# no tracepoint for them there.
-LSM_SYSCALLS = frozenset({"bpf", "perf_event_open", "mount"})
+# Refused with EPERM by the BPF-LSM hook that stands for them in the lsm mode
+# (bpf/syscall.bpf.c): no tracepoint for them there.
+LSM_SYSCALLS = frozenset({"bpf", "perf_event_open", "mount", "ptrace", "process_vm_readv", "process_vm_writev",
+                          "init_module", "finit_module", "kexec_load", "kexec_file_load", "socket", "socketpair"})
+
+
+def lsm_defines(lsm: bool) -> dict[str, str]:
+    """ENF_NR_<NAME> for each syscall an LSM hook stands for, and in the lsm
+    mode ENF_LSM_SYSCALL(nr), true for exactly those: the C side's only list."""
+    numbers = {name: syscall_table()[name] for name in sorted(LSM_SYSCALLS)}
+    defines = {f"ENF_NR_{name.upper()}": str(nr) for name, nr in numbers.items()}
+    if lsm:
+        defines["ENF_LSM_SYSCALL(nr)"] = "(" + " || ".join(f"(nr) == {nr}" for nr in numbers.values()) + ")"
+    return defines
+
+
+def refused_how(name: str, lsm: bool) -> str:
+    """How this kernel refuses syscall ``name``: "eperm" (a BPF-LSM hook) or
+    "kill" (SIGKILL at its entry tracepoint; the call runs)."""
+    return "eperm" if lsm and name in LSM_SYSCALLS else "kill"
 
 
 def tracepoint_link(name: str) -> str:
@@ -68,6 +86,14 @@ class SyscallHooks:
                 known = False
             self._tracepoints[name] = known
         return known
+
+    def refusals(self, names: Iterable[str], every: bool) -> list[tuple[str, str]]:
+        """(syscall, how it is refused here: eperm, kill or none) for the
+        refused ``names``; "*" stands for every other one when ``every``."""
+        lsm = bool(self._by_lsm)
+        rows = [(name, refused_how(name, lsm) if every or self._has_tracepoint(name) else "none")
+                for name in sorted(names)]
+        return rows + ([("*", "kill")] if every else [])
 
     @property
     def attached(self) -> set[str]:
