@@ -310,6 +310,29 @@ class Enforcement:
             log.error("sandbox_processes_not_tracked", sandbox=sandbox, error=str(exc),
                       note="a move out of the sandbox by these processes is not reported")
 
+    def on_bpf_call(self) -> None:
+        """A sandbox called bpf() and was refused. Without BPF-LSM the call ran
+        before its caller died, and a detach racing it from another thread
+        could have got through: put back whatever is missing."""
+        with self._lock:
+            restored = self._guard.restore_attachments()
+        if restored:
+            log.error("programs_reattached", programs=[f"{name}@{cgroup_id}" for name, cgroup_id in restored],
+                      note="a sandbox detached them with bpf() before it was stopped")
+
+    def keep_pins(self) -> None:
+        """Pin again what was unlinked from bpffs; skipped while an apply holds
+        the lock (the caller comes back in a second)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            restored = self._guard.restore_pins()
+        finally:
+            self._lock.release()
+        if restored:
+            log.error("pins_restored", pins=[str(p) for p in restored],
+                      note="someone unlinked them; without a pin a link ends with the daemon")
+
     def on_escape(self, denial: KernelDenial) -> tuple[str, str]:
         """The kernel reported a cgroup escape: kill what left if the kernel
         could not; (who killed it, where it went)."""

@@ -37,6 +37,7 @@ from enforcer.kernel.events import (
 )
 from enforcer.kernel.ringbuf import RingRecord
 from enforcer.kernel.syscall_rules import syscall_name
+from enforcer.policy.syscalls import syscall_table
 from enforcer.v1 import enforcer_pb2 as pb
 
 log = structlog.get_logger("enforcer.pipeline")
@@ -69,6 +70,15 @@ PUBLISH_CHUNK = 512
 # Denials decided in userspace (the DNS forwarder) waiting for the drain thread,
 # which alone numbers events; beyond this they are counted lost.
 MAX_SUBMITTED = 65536
+_NR_BPF = syscall_table()["bpf"]
+_NR32_BPF = 357  # i386: a 32-bit call killed at entry carries it
+
+
+def _is_bpf(detail: SyscallDetail) -> bool:
+    i386 = detail.compat and not detail.lsm
+    return detail.number == (_NR32_BPF if i386 else _NR_BPF)
+
+
 _DNS_REASONS = {DNS_NOT_ALLOWED: pb.DNS_REASON_NOT_ALLOWED, DNS_DENIED: pb.DNS_REASON_DENIED}
 
 
@@ -85,6 +95,7 @@ class EscalationHandler(Protocol):
     def lost_escalations(self) -> list[KernelDenial]: ...
     def on_unserved_dns(self, denial: KernelDenial) -> None: ...
     def on_escape(self, denial: KernelDenial) -> tuple[str, str]: ...
+    def on_bpf_call(self) -> None: ...
 _REASONS = {
     layout.REASON_NOT_ALLOWED: pb.EXEC_REASON_NOT_ALLOWED,
     layout.REASON_DENIED: pb.EXEC_REASON_DENIED,
@@ -209,6 +220,7 @@ class DenialPipeline:
         infos = [self._store.event_info(d.tag, d.slot, d.cgroup_id) for d in denials]
         events = []
         unserved_dns: dict[tuple[int, int], KernelDenial] = {}  # one per process and batch, not per refusal
+        bpf_called = False  # checked once per batch, not per refusal
         for denial, info in zip(denials, infos, strict=True):
             if denial.kind == layout.KIND_ESCALATION and self._escalations:
                 try:
@@ -218,6 +230,8 @@ class DenialPipeline:
             elif (isinstance(denial.detail, NetDetail) and denial.detail.port == layout.DNS_PORT
                   and denial.kind != layout.KIND_SOCKET):
                 unserved_dns.setdefault((denial.slot, denial.tgid), denial)
+            elif isinstance(denial.detail, SyscallDetail) and _is_bpf(denial.detail):
+                bpf_called = True
             escape = ("", "")
             if denial.kind == layout.KIND_ESCAPE and self._escalations:
                 try:
@@ -228,6 +242,11 @@ class DenialPipeline:
         if self._escalations:
             for denial in unserved_dns.values():
                 self._escalations.on_unserved_dns(denial)
+            if bpf_called:
+                try:
+                    self._escalations.on_bpf_call()
+                except Exception:
+                    log.exception("reattach_failed")
         # Only this thread assigns sequence numbers. The audit log gets the batch
         # first: an event a subscriber sees is already recorded.
         for seq, event in enumerate(events, self._next_seq):

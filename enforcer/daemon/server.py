@@ -242,14 +242,19 @@ def run_daemon(config: DaemonConfig) -> int:
     )
     # Woken each second: a signal handler runs in the main thread only when it
     # gets back to Python code, and a wait with no timeout may never return.
+    # Each second, too, pins unlinked from bpffs are put back.
     while not stop.wait(1.0):
-        pass
+        try:
+            enforcement.keep_pins()
+        except Exception:
+            log.exception("keeping_pins_failed")
 
     health_servicer.enter_graceful_shutdown()
     enforcement.dns.stop()  # queries go unanswered until the next daemon listens: fail closed
     pipeline.stop()  # after the forwarder: the DNS denials it reported are published first
     server.stop(grace=1).wait()
     enforcement.flush_retired()
+    enforcement.keep_pins()
     # The programs stay attached and pinned: enforcement holds until the next
     # daemon takes over (or `enforcer daemon --uninstall`).
     guard.close()

@@ -229,6 +229,9 @@ class SandboxGuard:
         self._inherited_mask = self._read_config().levels_mask if self.adopted else 0
         self._write_config()
         self.syscalls = SyscallHooks(self._bpf, self.pins, self.build, lsm=self.exec_mode == EXEC_MODE_LSM)
+        # Every map pin this build relies on, with the fd that can pin it again.
+        self._map_pins = {self.pins.active_path: self._bpf["active"].get_fd()} | {
+            pin: self._bpf[pin.name].get_fd() for pin in sorted(maps_dir.iterdir())}
         self.gpu_majors = devices.gpu_majors()
         for major in self.gpu_majors:
             self._update("gpu_majors", ctypes.c_uint32(major), ctypes.c_uint8(1))
@@ -470,6 +473,41 @@ class SandboxGuard:
                 "tracepoint" if name.startswith("tp-") else "raw_tracepoint" if name.startswith("raw-") else "lsm")
             rows.append((name, hook, 1, 1))
         return rows
+
+    # ---- putting back what a sandbox took away ------------------------------
+
+    def restore_pins(self) -> list[Path]:
+        """Pin again what was unlinked from bpffs (root in a sandbox can): the
+        daemon still holds every fd, but without its pin a link would end
+        with the daemon and the next daemon would not find the maps."""
+        build_dir = self.pins.build_dir(self.build)
+        held = [*self._map_pins.items(), *self.syscalls.pinned(),
+                *((build_dir / f"prog-{fn.name.decode()}", fn.fd) for fn, _ in self._programs),
+                *((build_dir / f"link-{name}", fd) for name, fd in self._links.items())]
+        restored = []
+        for path, fd in held:
+            if not os.path.lexists(path):
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.pins.bpf.pin(fd, path)
+                restored.append(path)
+        return restored
+
+    def restore_attachments(self) -> list[tuple[str, int]]:
+        """Attach again every program the kernel no longer has on a guarded
+        cgroup: a detach a refused bpf() call got through before its caller
+        died. (program, cgroup id) for each one put back."""
+        restored = []
+        for fn, attach_type in self._programs:
+            prog_id = self.pins.bpf.object_id(fn.fd)
+            for cgroup_id, fd in self._attached.items():
+                try:
+                    if prog_id in self.pins.bpf.attached_ids(fd, attach_type):
+                        continue
+                except FileNotFoundError:
+                    continue  # the cgroup is gone
+                self.pins.bpf.attach(fn.fd, fd, attach_type)
+                restored.append((fn.name.decode(), cgroup_id))
+        return restored
 
     # ---- adopting what an earlier daemon left ------------------------------
 

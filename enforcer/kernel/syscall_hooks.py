@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from enforcer.kernel.pins import PinDir, PinError, tracepoint_id
@@ -94,6 +95,10 @@ class SyscallHooks:
         rows = [(name, refused_how(name, lsm) if every or self._has_tracepoint(name) else "none")
                 for name in sorted(names)]
         return rows + ([("*", "kill")] if every else [])
+
+    def pinned(self) -> list[tuple[Path, int]]:
+        """(pin, fd) of every link attached now."""
+        return [(self._pins.build_dir(self._build) / f"link-{link}", fd) for link, fd in self._links.items()]
 
     @property
     def attached(self) -> set[str]:

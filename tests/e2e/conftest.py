@@ -226,6 +226,20 @@ def bpffs() -> Path:
     return bpffs_root()
 
 
+# What a refused call returns to a probe (tests/e2e/syscall_probe.py) with BPF-LSM.
+EPERM = {"returned": -1, "errno": 1}
+
+
+@pytest.fixture(scope="session")
+def by_lsm(daemon: DaemonProcess) -> str | dict[str, int]:
+    """What a refused bpf() (or any syscall an LSM hook stands for) gives a
+    sandboxed probe on this kernel: EPERM with BPF-LSM, else "killed"."""
+    with daemon.client() as enf:
+        mode = enf.status().exec_enforcement
+    assert mode == expected_exec_mode()
+    return EPERM if mode == "lsm" else "killed"
+
+
 @pytest.fixture(scope="session")
 def workdir(session_cleanup: Cleanup) -> Path:
     path = Path(tempfile.mkdtemp(prefix="enforcer-test-"))

@@ -13,6 +13,10 @@ number with the given integer arguments and prints what it returned, as JSON.
     syscall_probe.py finit-module-self finit_module of this script: ENOEXEC if allowed (no module)
     syscall_probe.py init-module-zeros init_module of 64 zero bytes: ENOEXEC if allowed
     syscall_probe.py socketpair-unix   socketpair(AF_UNIX, SOCK_STREAM) into a real array
+    syscall_probe.py detach-pinned PIN CGROUP TYPE
+                                       what root would do to lift a cgroup program: BPF_OBJ_GET
+                                       its pin, then BPF_PROG_DETACH it from CGROUP (prints the
+                                       first call that failed)
 
 Prints {"returned": R, "errno": E}; a process killed at the call prints nothing
 (its exit status says SIGKILL).
@@ -58,6 +62,23 @@ def int80(libc: ctypes.CDLL, nr: int, args: list[int]) -> int:
     return returned
 
 
+BPF_OBJ_GET, BPF_PROG_DETACH = 7, 9
+
+
+def detach_pinned(libc: ctypes.CDLL, pin: bytes, cgroup: bytes, attach_type: int) -> None:
+    path = ctypes.create_string_buffer(pin)
+    get_attr = (ctypes.c_uint64 * 2)(ctypes.addressof(path), 0)  # pathname; bpf_fd, file_flags
+    prog_fd = libc.syscall(NUMBERS["bpf"], ctypes.c_long(BPF_OBJ_GET), get_attr, ctypes.c_long(16))
+    if prog_fd < 0:
+        print(json.dumps({"returned": prog_fd, "errno": ctypes.get_errno(), "step": "obj_get"}), flush=True)
+        return
+    cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    detach_attr = (ctypes.c_uint32 * 5)(cgroup_fd, prog_fd, attach_type, 0, 0)
+    returned = libc.syscall(NUMBERS["bpf"], ctypes.c_long(BPF_PROG_DETACH), detach_attr, ctypes.c_long(20))
+    print(json.dumps({"returned": returned, "errno": ctypes.get_errno() if returned < 0 else 0, "step": "detach"}),
+          flush=True)
+
+
 def main() -> None:
     name, args = sys.argv[1], [int(a, 0) if not a.startswith("/") else a.encode() for a in sys.argv[2:]]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -75,6 +96,9 @@ def main() -> None:
             print(json.dumps({"returned": returned, "errno": ctypes.get_errno()}), flush=True)
             return
         name, args = "mount", [b"none", args[0], b"tmpfs", 0, None]
+    if name == "detach-pinned":
+        detach_pinned(libc, args[0], args[1], int(args[2]))
+        return
     if name == "int80":  # the kernel returns -errno in eax
         returned = int80(libc, int(args[0]), [int(a) for a in args[1:]])
         print(json.dumps({"returned": -1 if returned < 0 else returned, "errno": -returned if returned < 0 else 0}),

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from enforcer.policy.syscalls import X86_64
-from tests.e2e.conftest import DaemonProcess, wait_denials
+from tests.e2e.conftest import EPERM, DaemonProcess, wait_denials
 
 pytestmark = pytest.mark.kernel
 
@@ -48,20 +48,6 @@ def syscall_denials(client: Any, sandbox: str, count: int) -> list[Any]:
 def apply(client: Any, sandbox: str, cgroup: Path, syscalls: dict[str, Any] | None, mode: str = "enforce") -> None:
     client.apply({"sandbox": sandbox, "target": {"cgroup": str(cgroup)}, "labels": {"run": "sys-test"},
                   "mode": mode, **({"syscalls": syscalls} if syscalls is not None else {})})
-
-
-EPERM = {"returned": -1, "errno": 1}
-
-
-@pytest.fixture(scope="module")
-def by_lsm(daemon: Any) -> str | dict[str, int]:
-    """What a refused bpf, perf_event_open or mount gives on this kernel."""
-    from tests.e2e.conftest import expected_exec_mode
-
-    with daemon.client() as enf:
-        mode = enf.status().exec_enforcement
-    assert mode == expected_exec_mode()
-    return EPERM if mode == "lsm" else "killed"
 
 
 def refused_by(client: Any) -> dict[str, str]:
