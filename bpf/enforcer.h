@@ -76,7 +76,8 @@
 /* Index into the per-CPU globals array. */
 #define ENF_GLOBAL_UNATTRIBUTED 0  /* refusals of sockets in a guarded cgroup with no sandbox found */
 #define ENF_GLOBAL_LOST         1  /* events the ring buffer could not take, all sandboxes */
-#define ENF_NUM_GLOBALS         2
+#define ENF_GLOBAL_UNTRACKED    2  /* sandboxed processes sandboxed_tasks had no room for */
+#define ENF_NUM_GLOBALS         3
 
 /* sandboxes: key is the sandbox cgroup's id (u64). */
 struct enf_sandbox {

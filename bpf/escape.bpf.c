@@ -209,6 +209,14 @@ TRACEPOINT_PROBE(syscalls, sys_enter_tgkill)
 }
 #endif
 
+/* A process the table has no room for is not followed: counted, so that
+ * status can say that some moves out would go unreported. */
+static __always_inline void track(u32 tgid, struct enf_tracked *where)
+{
+    if (sandboxed_tasks.update(&tgid, where))
+        count_global(ENF_GLOBAL_UNTRACKED);
+}
+
 /* args: struct task_struct *parent, struct task_struct *child (current: the parent) */
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
@@ -227,12 +235,12 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
         /* Created straight into a sandbox (clone3 CLONE_INTO_CGROUP from outside). */
         struct enf_tracked into = {};
         if (cgrp != task_cgroup((void *)bpf_get_current_task()) && sandbox_of_cgroup(cgrp, &into))
-            sandboxed_tasks.update(&tgid, &into);
+            track(tgid, &into);
         return 0;
     }
     struct enf_tracked copy = *t;
     if (cgroup_within(cgrp, &copy)) {
-        sandboxed_tasks.update(&tgid, &copy);
+        track(tgid, &copy);
         return 0;
     }
     report_escape(&copy, tgid, cgrp, ENF_ESCAPE_CLONE, 0);
@@ -270,7 +278,7 @@ RAW_TRACEPOINT_PROBE(cgroup_attach_task)
         /* else moved out by someone outside the sandbox: not an escape */
     }
     if (into_sandbox)
-        sandboxed_tasks.update(&tgid, &now);
+        track(tgid, &now);
     else if (before)
         sandboxed_tasks.delete(&tgid);
     return 0;

@@ -245,6 +245,9 @@ def cmd_status(args: argparse.Namespace, enf: Any) -> int:
     print(f"kernel: {status.kernel_release}")
     print(f"audit log: {status.audit_log} ({status.audit_records} records written, "
           f"{status.audit_write_failures} failed)")
+    if status.processes_untracked:
+        print(f"escapes: {status.processes_untracked} sandboxed processes not tracked (table full): "
+              "their moves out of a sandbox are not seen")
     print(f"events: {status.events_lost} lost (ring buffer full), {status.events_unattributed} unattributed; "
           f"next seq {status.next_seq}")
     print(f"build {status.build}, maps {status.map_layout} pinned in {status.pin_dir}"

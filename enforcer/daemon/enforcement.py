@@ -72,6 +72,7 @@ class KernelStatus:
     programs: list[tuple[str, str, int, int]]  # name, hook, attached, expected
     events_lost: int
     events_unattributed: int
+    processes_untracked: int  # sandboxed processes the escape programs had no room for
     build: str
     map_layout: str
     pin_dir: str
@@ -133,6 +134,7 @@ class Enforcement:
             programs=programs,
             events_lost=self._guard.read_global(layout.GLOBAL_LOST),
             events_unattributed=self._guard.read_global(layout.GLOBAL_UNATTRIBUTED),
+            processes_untracked=self._guard.read_global(layout.GLOBAL_UNTRACKED),
             build=f"{self._guard.build:08x}",
             map_layout=self._guard.layout,
             pin_dir=str(self._guard.pins.root),

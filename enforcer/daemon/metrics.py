@@ -58,6 +58,8 @@ class EnforcerCollector(Collector):
                                   value=kernel.events_lost)
         yield CounterMetricFamily("enforcer_events_unattributed",
                                   "Refusals in a guarded cgroup with no sandbox entry", value=kernel.events_unattributed)
+        yield CounterMetricFamily("enforcer_processes_untracked",
+                                  "Sandboxed processes the escape table had no room for", value=kernel.processes_untracked)
         yield GaugeMetricFamily("enforcer_policies_active", "Sandboxes with a policy applied", value=len(totals))
         missing = sum(expected - attached for _, _, attached, expected in kernel.programs)
         yield GaugeMetricFamily("enforcer_programs_missing",

@@ -209,6 +209,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
                       for name, hook, attached, expected in kernel.programs],
             events_lost=kernel.events_lost,
             events_unattributed=kernel.events_unattributed,
+            processes_untracked=kernel.processes_untracked,
             build=kernel.build,
             map_layout=kernel.map_layout,
             pin_dir=kernel.pin_dir,

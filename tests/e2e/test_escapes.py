@@ -199,3 +199,37 @@ def test_after_the_policy_is_removed_a_move_is_nobodys_business(client, make_cgr
     code, lines = run_probe(inside, "move-self", outside)
     assert code == 0 and lines[-1] == {"outcome": "moved"}
     assert os.path.exists(outside / "cgroup.procs")
+
+
+def test_processes_the_tracking_table_has_no_room_for_are_counted(client, sandbox, daemon):
+    """The table of sandboxed processes (65,536, all sandboxes) filled with
+    made-up ones: a process entering the sandbox then is not followed, and
+    status says how many were not, instead of nothing."""
+    import ctypes
+
+    from enforcer.kernel import layout
+
+    inside, _ = sandbox
+    status = client.status()
+    pin = Path(status.pin_dir) / f"maps-{status.map_layout}" / "sandboxed_tasks"
+    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    fd = libbpf.bpf_obj_get(str(pin).encode())
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    size = 65536  # ENF_MAX_TRACKED_TASKS
+    keys = (ctypes.c_uint32 * size)(*range(0xF0000000, 0xF0000000 + size))  # above any pid_max
+    values = (layout.Tracked * size)()
+    count = ctypes.c_uint32(size)
+    try:
+        libbpf.bpf_map_update_batch(fd, keys, values, ctypes.byref(count), None)  # stops when full
+        assert count.value > 0
+        before = status.processes_untracked
+        from enforcer.cgroupfs import move_pid
+
+        entered = subprocess.run([sys.executable, "-c", "pass"], timeout=60,  # moved in: no room to follow it
+                                 preexec_fn=lambda: move_pid(0, inside))
+        assert entered.returncode == 0
+        assert client.status().processes_untracked > before
+    finally:
+        for key in keys[:count.value]:
+            libbpf.bpf_map_delete_elem(fd, ctypes.byref(ctypes.c_uint32(key)))
+        os.close(fd)
