@@ -8,6 +8,8 @@ the median of several rounds is reported).
       TCP <= 1.05x unguarded.
   fork+exec of /bin/true from a process guarded by a 1,000-path exec policy vs.
       an unguarded one. Target: <= 1.05x.
+  fork+exec of /bin/true outside every sandbox, nothing loaded vs. a daemon up
+      (the exec, fork, exit and cgroup-move tracepoints every task passes). No target.
   ApplyPolicy latency for a 1,000-rule policy (replace), p50/p99. Target p99 <= 20 ms.
   Denial stream to one follow=True client (daemon with --events-per-sec 0): a
       sandbox refused as fast as it can go (delivered/s, target >= 50,000), at
@@ -160,6 +162,28 @@ def print_stream_results(binary: Path, workdir: Path, root: Path) -> None:
         daemon.stop()
 
 
+def print_host_spawn_cost(binary: Path, workdir: Path, cgroup: Path, rounds: int, spawns: int) -> None:
+    """What the programs that are on while any daemon has loaded them (exec,
+    fork, exit and cgroup-move tracepoints) cost a fork+exec outside every
+    sandbox: each round measures with nothing loaded, then with a daemon up."""
+    off: list[float] = []
+    on: list[float] = []
+    ns_per_op(binary, cgroup, "spawn", spawns // 10)  # warm-up
+    for i in range(rounds):
+        off.append(ns_per_op(binary, cgroup, "spawn", spawns))
+        (workdir / f"host{i}").mkdir()
+        proc = DaemonProcess(workdir / f"host{i}")
+        proc.start()
+        try:
+            on.append(ns_per_op(binary, cgroup, "spawn", spawns))
+        finally:
+            proc.stop()
+    base, loaded = statistics.median(off), statistics.median(on)
+    print(f"\nfork+exec /bin/true outside every sandbox, {spawns} per round, median of {rounds} rounds")
+    print(f"  nothing loaded   {base / 1000:8.1f} us")
+    print(f"  daemon loaded    {loaded / 1000:8.1f} us  ratio {loaded / base:5.3f}  added {(loaded - base) / 1000:+.2f} us")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -190,6 +214,7 @@ def main() -> int:
         proc.stop()
     print(f"  {' '.join(f'{s:.2f}s' for s in startups)}  median {statistics.median(startups):.2f} s  (target <= 2 s)")
 
+    print_host_spawn_cost(binary, workdir, groups["unguarded"], args.rounds, args.spawns)
     print_stream_results(binary, workdir, root)
 
     daemon = DaemonProcess(workdir)
