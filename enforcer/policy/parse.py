@@ -38,7 +38,7 @@ from enforcer.policy.model import (
     Upstream,
     Verdict,
 )
-from enforcer.policy.syscalls import parse_syscall_policy
+from enforcer.policy.syscalls import SYSCALL_FIELDS, parse_syscall_policy
 
 SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
@@ -71,6 +71,13 @@ MAX_HOST_NAME = 253
 _EXEC_FIELDS = ("default", "allow", "deny")
 _DEVICE_FIELDS = ("gpu",)
 _RULE_FIELDS = ("to", "ports", "protocol")
+_TARGET_FIELDS = (*(k.value for k in TargetKind), "create", "root")
+# Every field a policy document may have, by where it sits (docs/policy.md names each one).
+FIELDS: dict[str, tuple[str, ...]] = {
+    "": _TOP_FIELDS, "target": _TARGET_FIELDS, "network": _NETWORK_FIELDS, "network.allow[]": _RULE_FIELDS,
+    "network.dns": _DNS_FIELDS, "exec": _EXEC_FIELDS, "devices": _DEVICE_FIELDS, "escalate": _ESCALATE_FIELDS,
+    "syscalls": SYSCALL_FIELDS,
+}
 
 
 def load_policy_file(path: str | Path) -> Policy:
@@ -216,7 +223,7 @@ def _parse_target(value: Any, path: str) -> Target:
     if value is None:
         raise PolicyError(path, "is required (one of: cgroup, pid, container)")
     _require_mapping(value, path, "a target")
-    _refuse_unknown(value, [*(k.value for k in TargetKind), "create", "root"], path)
+    _refuse_unknown(value, _TARGET_FIELDS, path)
     create = value.get("create", False)
     if not isinstance(create, bool):
         raise PolicyError(f"{path}.create", f"must be true or false, got {create!r}")

@@ -85,7 +85,7 @@ TABLES = {"x86_64": X86_64}
 NAMES = {machine: {number: name for name, number in table.items()} for machine, table in TABLES.items()}
 
 MAX_ENTRIES = 512  # per list: more than any architecture has syscalls
-_FIELDS = ("default", "allow", "deny")
+SYSCALL_FIELDS = ("default", "allow", "deny")
 
 
 def syscall_table(machine: str | None = None) -> dict[str, int]:
@@ -110,7 +110,7 @@ def parse_syscall_policy(value: Any, path: str = "syscalls") -> SyscallPolicy:
     from enforcer.policy.parse import _refuse_unknown, _require_mapping
 
     _require_mapping(value, path, "a syscall policy")
-    _refuse_unknown(value, _FIELDS, path)
+    _refuse_unknown(value, SYSCALL_FIELDS, path)
     default = value.get("default", "allow")
     if default not in ("allow", "deny"):
         raise PolicyError(f"{path}.default", f"must be 'allow' or 'deny', got {default!r}")
