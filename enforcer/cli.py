@@ -43,7 +43,6 @@ SYSCALL_REFUSALS = {
     "kill": "caller killed at the call, which runs",
     "none": "not built by this kernel (ENOSYS, not reported)",
 }
-STAT_KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall", "escape")
 
 
 def _json(message: Any) -> str:
@@ -59,43 +58,13 @@ def _labels_text(labels: Any) -> str:
 
 
 def format_denial(event: Any) -> str:
+    from enforcer.kinds import BY_PROTO
     from enforcer.v1 import enforcer_pb2 as pb
-    from enforcer.wire import PROTOCOL_NAMES
 
     when = datetime.datetime.fromtimestamp(event.time_unix_ns / 1e9, tz=datetime.UTC)
     kind = pb.DenialKind.Name(event.kind).removeprefix("DENIAL_KIND_").lower()
     action = pb.Action.Name(event.action).removeprefix("ACTION_").lower()
-    if event.HasField("destination"):
-        dest = event.destination
-        host = f"[{dest.address}]" if ":" in dest.address else dest.address
-        what = f"{host}:{dest.port}/{PROTOCOL_NAMES.get(dest.protocol, '?')}"
-    elif event.HasField("exec"):
-        reason = pb.ExecReason.Name(event.exec.reason).removeprefix("EXEC_REASON_").lower()
-        argv = json.dumps(list(event.exec.argv)) + ("..." if event.exec.argv_truncated else "")
-        what = f"{event.exec.path} ({reason}{', script' if event.exec.script else ''}) argv={argv} ppid={event.process.ppid}"
-    elif event.HasField("escalation"):
-        esc = event.escalation
-        verb = "" if esc.acted else "would be "
-        what = (f"{esc.after} denials within {esc.within_seconds:g}s: {verb}"
-                f"{pb.EscalationAction.Name(esc.action).removeprefix('ESCALATION_ACTION_').lower()}")
-    elif event.HasField("device"):
-        device = event.device
-        named = " ".join(filter(None, (device.name, f"({device.driver})" if device.driver else "")))
-        what = f"{named + ' ' if named else ''}{device.major}:{device.minor} access={device.access}"
-    elif event.HasField("escape"):
-        esc = event.escape
-        killed = f", killed by the {esc.moved_killed_by}" if esc.moved_killed_by else ""
-        what = (f"signal {esc.signal} to the daemon (pid {esc.moved_pid})" if esc.how == "signal_to_daemon"
-                else f"pid {esc.moved_pid} to {esc.cgroup_path or esc.cgroup_id} via {esc.how}{killed}")
-    elif event.HasField("syscall"):
-        call = event.syscall
-        what = (f"{call.name or '#' + str(call.number)}({', '.join(hex(a) for a in call.args)})"
-                + (" 32-bit" if call.compat else ""))
-    elif event.HasField("dns"):
-        reason = pb.DnsReason.Name(event.dns.reason).removeprefix("DNS_REASON_").lower()
-        what = f"{event.dns.name} {event.dns.query_type}/{PROTOCOL_NAMES.get(event.dns.transport, '?')} ({reason})"
-    else:
-        what = f"socket(family={event.socket.family}, type={event.socket.type}, protocol={event.socket.protocol})"
+    what = BY_PROTO[event.kind].text(event)
     labels = _labels_text(event.labels)
     return (
         f"{when:%Y-%m-%dT%H:%M:%S.%f}Z #{event.seq} {event.sandbox} {action} {kind} {what}"
@@ -105,8 +74,10 @@ def format_denial(event: Any) -> str:
 
 
 def format_stats(stats: Any) -> str:
+    from enforcer.kinds import COUNTED
+
     rows = [f"sandbox {stats.sandbox}"]
-    for name in STAT_KINDS:
+    for name in COUNTED:
         counters = getattr(stats, name)
         rows.append(f"  {name:8} refused {counters.refused:>8}  audited {counters.audited:>8}")
     rows.append(f"  events suppressed (rate limit) {stats.events_suppressed}, lost (ring buffer full) {stats.events_lost}")
@@ -114,8 +85,10 @@ def format_stats(stats: Any) -> str:
 
 
 def _summary(stats: Any) -> str:
-    refused = {n: getattr(stats, n).refused for n in STAT_KINDS}
-    audited = {n: getattr(stats, n).audited for n in STAT_KINDS}
+    from enforcer.kinds import COUNTED
+
+    refused = {n: getattr(stats, n).refused for n in COUNTED}
+    audited = {n: getattr(stats, n).audited for n in COUNTED}
     detail = ", ".join(f"{n} {c}" for n, c in refused.items() if c)
     audit_detail = ", ".join(f"{n} {c}" for n, c in audited.items() if c)
     text = f"enforcer: sandbox {stats.sandbox}: {sum(refused.values())} refused"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import re
 import socket
 from collections.abc import Iterable, Iterator
@@ -23,32 +22,22 @@ from pathlib import Path
 from typing import IO, Any
 
 from enforcer import __version__
+from enforcer import kinds as denial_kinds
+from enforcer.v1 import enforcer_pb2 as pb
 
 OCSF_VERSION = "1.3.0"
 OCSF_PROFILES = ["security_control"]
 FORMATS = ("jsonl", "ocsf", "csv")
 
 # Short kind names (what --kind takes) -> how the audit log spells them.
-DENIAL_KINDS = {
-    "connect": "DENIAL_KIND_CONNECT",
-    "sendmsg": "DENIAL_KIND_SENDMSG",
-    "socket": "DENIAL_KIND_SOCKET",
-    "exec": "DENIAL_KIND_EXEC",
-    "device": "DENIAL_KIND_DEVICE",
-    "escalation": "DENIAL_KIND_ESCALATION",
-    "dns": "DENIAL_KIND_DNS",
-    "syscall": "DENIAL_KIND_SYSCALL",
-    "escape": "DENIAL_KIND_ESCAPE",
-}
+DENIAL_KINDS = {kind.name: pb.DenialKind.Name(kind.proto) for kind in denial_kinds.KINDS}
 _SHORT_KINDS = {spelled: short for short, spelled in DENIAL_KINDS.items()}
 POLICY_EVENTS = ("policy_applied", "policy_removed", "labels_updated", "sandbox_released")
 KINDS = (*DENIAL_KINDS, "policy")
 
-CSV_COLUMNS = ("seq", "timestamp", "event", "sandbox", "kind", "action", "pid", "comm", "address", "port",
-               "path", "argv", "reason", "major", "minor", "access", "driver", "device", "escalation", "name",
-               "query_type", "syscall", "number", "args", "moved_pid", "cgroup", "how", "moved_killed_by",
-               "labels",
-               "policy_sha256", "client", "generation")
+CSV_COLUMNS = ("seq", "timestamp", "event", "sandbox", "kind", "action", "pid", "comm",
+               *dict.fromkeys(column for kind in denial_kinds.KINDS for column in kind.csv_columns),
+               "labels", "policy_sha256", "client", "generation")
 
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -199,10 +188,6 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
 
 # ---- OCSF ----------------------------------------------------------------------
 
-_NET_ACTIVITY = {"connect": (1, "Open"), "sendmsg": (6, "Traffic"), "socket": (99, "Other")}
-_PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp"}
-
-
 def to_ocsf(record: dict[str, Any], host: str) -> dict[str, Any] | None:
     kind = kind_of(record)
     if kind not in DENIAL_KINDS:
@@ -224,94 +209,13 @@ def to_ocsf(record: dict[str, Any], host: str) -> dict[str, Any] | None:
             "uid": str(record.get("seq", "")),
             "labels": [f"{k}={v}" for k, v in sorted((record.get("labels") or {}).items())],
         },
-        "message": _message(kind, record, refused),
+        "message": denial_kinds.BY_NAME[kind].message(record, "refused" if refused else "audited"),
         "unmapped": {"sandbox": record.get("sandbox", ""), "kind": kind,
                      **{k: record[k] for k in ("reason", "script", "escalation", "after", "within_seconds", "acted",
                                                "family", "type") if k in record}},
     }
     actor_process = {"pid": int(record.get("pid", 0)), "name": str(record.get("comm", ""))}
-    if kind in _NET_ACTIVITY:
-        # Network Activity 1.3.0 has no actor: the process goes in unmapped.
-        event["unmapped"].update(pid=actor_process["pid"], comm=actor_process["name"])
-        activity_id, activity = _NET_ACTIVITY[kind]
-        event.update(category_uid=4, category_name="Network Activity", class_uid=4001,
-                     class_name="Network Activity", activity_id=activity_id, activity_name=activity,
-                     type_uid=400100 + activity_id, type_name=f"Network Activity: {activity}",
-                     dst_endpoint={"ip": record["address"], "port": int(record.get("port", 0))}
-                     if record.get("address") else {"hostname": host},
-                     connection_info={"direction_id": 2, "direction": "Outbound",
-                                      **_protocol(record.get("protocol"))})
-        return event
-    if kind == "dns":
-        # DNS Activity: a Query (1); a refused one was answered REFUSED (rcode 5).
-        event["unmapped"].update(pid=actor_process["pid"], comm=actor_process["name"])
-        event.update(category_uid=4, category_name="Network Activity", class_uid=4003, class_name="DNS Activity",
-                     activity_id=1, activity_name="Query", type_uid=400301, type_name="DNS Activity: Query",
-                     query={"hostname": str(record.get("name", "")), "type": str(record.get("query_type", "")),
-                            "class": "IN"},
-                     connection_info={"direction_id": 2, "direction": "Outbound", **_protocol(record.get("protocol"))})
-        if refused:
-            event.update(rcode_id=5, rcode="Refused")
-        return event
-    if kind == "exec":
-        activity_id, activity = 1, "Launch"
-        argv = record.get("argv") or []
-        process = {"pid": int(record.get("pid", 0)), "name": os.path.basename(str(record.get("path", ""))),
-                   "cmd_line": " ".join(argv),
-                   "file": {"name": os.path.basename(str(record.get("path", ""))),
-                            "path": str(record.get("path", "")), "type_id": 1, "type": "Regular File"}}
-        actor_process = {**actor_process, **({"pid": int(record["ppid"])} if record.get("ppid") else {})}
-    elif kind == "escape":
-        # The process that left its sandbox's cgroup; the actor made the move.
-        activity_id, activity = 99, "Other"
-        process = {"pid": int(record.get("moved_pid", 0)), "name": ""}
-        event["unmapped"].update(cgroup=record.get("cgroup", ""), how=record.get("how", ""),
-                                 moved_killed_by=record.get("moved_killed_by", ""))
-    elif kind == "syscall":
-        # The refused call, as Process Activity: Other (the caller is killed at the call, or it got EPERM).
-        activity_id, activity, process = 99, "Other", actor_process
-        event["unmapped"].update(syscall=record.get("syscall", ""), number=record.get("number"),
-                                 args=record.get("args") or [], refused_by_lsm=bool(record.get("refused_by_lsm")),
-                                 compat=bool(record.get("compat")))
-    elif kind == "escalation" and record.get("escalation") == "ESCALATION_ACTION_KILL":
-        activity_id, activity, process = 2, "Terminate", actor_process
-    else:  # a device open, a quarantine or freeze
-        activity_id, activity, process = 99, "Other", actor_process
-    event.update(category_uid=1, category_name="System Activity", class_uid=1007, class_name="Process Activity",
-                 activity_id=activity_id, activity_name=activity, type_uid=100700 + activity_id,
-                 type_name=f"Process Activity: {activity}", actor={"process": actor_process}, process=process,
-                 device={"hostname": host, "type_id": 0, "type": "Unknown"})
+    rendered = denial_kinds.BY_NAME[kind].ocsf(record, refused, actor_process, host)
+    event.update(rendered.fields)
+    event["unmapped"].update(rendered.unmapped)
     return event
-
-
-def _protocol(number: object) -> dict[str, Any]:
-    if not isinstance(number, int) or number <= 0:
-        return {}
-    return {"protocol_num": number, **({"protocol_name": _PROTOCOL_NAMES[number]} if number in _PROTOCOL_NAMES else {})}
-
-
-def _message(kind: str, record: dict[str, Any], refused: bool) -> str:
-    verb = "refused" if refused else "audited"
-    sandbox = record.get("sandbox", "")
-    if kind in ("connect", "sendmsg"):
-        return f"{kind} to {record.get('address')}:{record.get('port')} {verb} in sandbox {sandbox}"
-    if kind == "exec":
-        return f"exec of {record.get('path')} {verb} in sandbox {sandbox}"
-    if kind == "device":
-        named = " ".join(str(part) for part in (record.get("device"), record.get("driver")) if part)
-        return (f"device {named + ' ' if named else ''}{record.get('major')}:{record.get('minor')} "
-                f"({record.get('access')}) {verb} in sandbox {sandbox}")
-    if kind == "escape" and record.get("how") == "signal_to_daemon":
-        return f"signal {record.get('signal')} to the enforcer daemon {verb} in sandbox {sandbox}"
-    if kind == "escape":
-        return (f"process {record.get('moved_pid')} left sandbox {sandbox} for cgroup "
-                f"{record.get('cgroup') or '?'} ({record.get('how')}), {verb}")
-    if kind == "syscall":
-        return f"syscall {record.get('syscall') or record.get('number')} {verb} in sandbox {sandbox}"
-    if kind == "dns":
-        return f"DNS query for {record.get('name')} ({record.get('query_type')}) {verb} in sandbox {sandbox}"
-    if kind == "escalation":
-        return f"escalation {record.get('escalation')} after {record.get('after')} denials in sandbox {sandbox}"
-    return f"socket creation {verb} in sandbox {sandbox}"
-
-

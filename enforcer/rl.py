@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("connect", "sendmsg", "socket", "exec", "device", "dns", "syscall", "escape")
+from enforcer.kinds import BY_NAME, COUNTED
+
+KINDS = COUNTED  # the kinds a summary counts
 
 
 @dataclass(frozen=True)
@@ -26,20 +28,9 @@ class KindRule:
 
 
 def _default_rules() -> dict[str, KindRule]:
-    # Network attempts are common mistakes (a wrong mirror); raw sockets, refused
-    # programs and GPU access are what a breakout looks like.
-    return {
-        "connect": KindRule(penalty=0.1, drop_after=50),
-        "sendmsg": KindRule(penalty=0.1, drop_after=50),
-        "socket": KindRule(penalty=1.0, drop_after=1),
-        "exec": KindRule(penalty=1.0, drop_after=1),
-        "device": KindRule(penalty=1.0, drop_after=1),
-        # A lookup of an unlisted name: as common a mistake as a wrong address.
-        "dns": KindRule(penalty=0.1, drop_after=50),
-        # ptrace, bpf, mount...: an attempt to get out, not a mistake.
-        "syscall": KindRule(penalty=1.0, drop_after=1),
-        "escape": KindRule(penalty=1.0, drop_after=1),
-    }
+    # Each kind's default is in enforcer.kinds: network mistakes cost a little,
+    # what a breakout looks like drops the trajectory.
+    return {name: KindRule(penalty=BY_NAME[name].penalty, drop_after=BY_NAME[name].drop_after) for name in KINDS}
 
 
 @dataclass(frozen=True)

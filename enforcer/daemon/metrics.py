@@ -19,11 +19,10 @@ from enforcer.daemon.audit import AuditFile
 from enforcer.daemon.enforcement import Enforcement
 from enforcer.kernel import layout
 from enforcer.kernel.guard import CounterTotals
+from enforcer.kinds import BY_NAME, COUNTED
 
 # The metric's kind label -> the kernel's counter index.
-KIND_LABELS = {"connect": layout.KIND_CONNECT, "sendmsg": layout.KIND_SENDMSG, "socket": layout.KIND_SOCKET,
-               "exec": layout.KIND_EXEC, "device": layout.KIND_DEVICE, "dns": layout.KIND_DNS,
-               "syscall": layout.KIND_SYSCALL, "escape": layout.KIND_ESCAPE}
+KIND_LABELS = {name: layout.kind_number(BY_NAME[name].kernel_macro) for name in COUNTED}
 
 
 class PipelineView(Protocol):

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -37,23 +38,14 @@ from enforcer.kernel.events import (
 )
 from enforcer.kernel.ringbuf import RingRecord
 from enforcer.kernel.syscall_rules import syscall_name
+from enforcer.kinds import BY_PROTO, KINDS
 from enforcer.policy.syscalls import syscall_table
 from enforcer.v1 import enforcer_pb2 as pb
 
 log = structlog.get_logger("enforcer.pipeline")
 audit = structlog.get_logger(AUDIT_LOGGER)
 
-_KINDS = {
-    layout.KIND_CONNECT: pb.DENIAL_KIND_CONNECT,
-    layout.KIND_SENDMSG: pb.DENIAL_KIND_SENDMSG,
-    layout.KIND_SOCKET: pb.DENIAL_KIND_SOCKET,
-    layout.KIND_EXEC: pb.DENIAL_KIND_EXEC,
-    layout.KIND_DEVICE: pb.DENIAL_KIND_DEVICE,
-    layout.KIND_ESCALATION: pb.DENIAL_KIND_ESCALATION,
-    layout.KIND_DNS: pb.DENIAL_KIND_DNS,
-    layout.KIND_SYSCALL: pb.DENIAL_KIND_SYSCALL,
-    layout.KIND_ESCAPE: pb.DENIAL_KIND_ESCAPE,
-}
+_KINDS = {layout.kind_number(kind.kernel_macro): kind.proto for kind in KINDS}  # the kernel's -> the wire's
 _ESCAPE_HOW = {layout.ESCAPE_MOVE: "cgroup.procs", layout.ESCAPE_CLONE: "clone_into_cgroup",
                layout.ESCAPE_SIGNAL: "signal_to_daemon"}
 _ESCALATION_ACTIONS = {
@@ -70,6 +62,8 @@ PUBLISH_CHUNK = 512
 # Denials decided in userspace (the DNS forwarder) waiting for the drain thread,
 # which alone numbers events; beyond this they are counted lost.
 MAX_SUBMITTED = 65536
+Drivers = dict[int, str]  # device majors -> driver names
+Escape = tuple[str, str]  # for an escape: who killed what left, and where it went
 _NR_BPF = syscall_table()["bpf"]
 _NR32_BPF = 357  # i386: a 32-bit call killed at entry carries it
 
@@ -109,7 +103,6 @@ _ACTIONS = {layout.ACTION_REFUSED: pb.ACTION_REFUSED, layout.ACTION_AUDITED: pb.
 _KIND_NAMES = {kind: pb.DenialKind.Name(number) for kind, number in _KINDS.items()}
 _ACTION_NAMES = {action: pb.Action.Name(number) for action, number in _ACTIONS.items()}
 _PROTOCOLS = {6: pb.PROTOCOL_TCP, 17: pb.PROTOCOL_UDP}
-_PROTOCOL_NUMBERS = {wire: number for number, wire in _PROTOCOLS.items()}
 
 
 def boot_to_unix_offset_ns() -> int:
@@ -315,43 +308,66 @@ class DenialPipeline:
             return events, max(stop, cursor), missed
 
 
+def _network_detail(kind: int, detail: NetDetail, _drivers: Drivers, _escape: Escape) -> dict[str, Any]:
+    if kind == layout.KIND_SOCKET:
+        return {"socket": pb.SocketInfo(family=detail.family, type=detail.sock_type, protocol=detail.protocol)}
+    return {"destination": pb.Destination(address=detail.address, port=detail.port,
+                                          protocol=_PROTOCOLS.get(detail.protocol, pb.PROTOCOL_UNSPECIFIED))}
+
+
+def _exec_detail(_kind: int, detail: ExecDetail, _drivers: Drivers, _escape: Escape) -> dict[str, Any]:
+    return {"exec": pb.ExecInfo(path=detail.path, argv=detail.argv, argv_truncated=detail.argv_truncated,
+                                reason=_REASONS.get(detail.reason, pb.EXEC_REASON_UNSPECIFIED),
+                                script=detail.script, device=detail.dev, inode=detail.ino)}
+
+
+def _escalation_detail(_kind: int, detail: EscalationDetail, _drivers: Drivers, _escape: Escape) -> dict[str, Any]:
+    return {"escalation": pb.EscalationInfo(
+        action=_ESCALATION_ACTIONS.get(detail.action, pb.ESCALATION_ACTION_UNSPECIFIED), after=detail.after,
+        within_seconds=detail.within_ns / 1e9, acted=detail.acted, denials=detail.fired_at)}
+
+
+def _device_detail(_kind: int, detail: DeviceDetail, drivers: Drivers, escape: Escape) -> dict[str, Any]:
+    driver, name = device_name(detail.major, detail.minor, drivers)
+    return {"device": pb.DeviceInfo(major=detail.major, minor=detail.minor,
+                                    access="".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit),
+                                    driver=driver, name=name)}
+
+
+def _escape_detail(_kind: int, detail: EscapeDetail, drivers: Drivers, escape: Escape) -> dict[str, Any]:
+    killed_by, path = escape  # who killed what left, and where it went
+    return {"escape": pb.EscapeInfo(moved_pid=detail.moved_tgid, cgroup_id=detail.dst_cgroup_id, cgroup_path=path,
+                                    how=_ESCAPE_HOW.get(detail.how, ""), moved_killed_by=killed_by,
+                                    writer_killed=detail.writer_killed, signal=detail.signal,
+                                    refused_by_lsm=detail.lsm)}
+
+
+def _syscall_detail(_kind: int, detail: SyscallDetail, _drivers: Drivers, _escape: Escape) -> dict[str, Any]:
+    i386_number = detail.compat and not detail.lsm  # not a number of this architecture's table
+    return {"syscall": pb.SyscallInfo(name="" if i386_number else syscall_name(detail.number),
+                                      number=detail.number, args=detail.args, refused_by_lsm=detail.lsm,
+                                      compat=detail.compat)}
+
+
+def _dns_detail(_kind: int, detail: DnsDetail, _drivers: Drivers, _escape: Escape) -> dict[str, Any]:
+    return {"dns": pb.DnsInfo(name=detail.name, query_type=detail.query_type,
+                              reason=_DNS_REASONS.get(detail.reason, pb.DNS_REASON_UNSPECIFIED),
+                              transport=_PROTOCOLS.get(detail.transport, pb.PROTOCOL_UNSPECIFIED))}
+
+
+# The kernel's decoded detail -> the DenialEvent field it fills (enforcer.kinds names the field).
+_DETAIL_BUILDERS: dict[type, Callable[[int, Any, Drivers, Escape], dict[str, Any]]] = {
+    NetDetail: _network_detail, ExecDetail: _exec_detail, EscalationDetail: _escalation_detail,
+    DeviceDetail: _device_detail, EscapeDetail: _escape_detail, SyscallDetail: _syscall_detail,
+    DnsDetail: _dns_detail,
+}
+
+
 def _detail_fields(kind: int, detail: object, drivers: dict[int, str],
                    escape: tuple[str, str] = ("", "")) -> dict[str, Any]:
     """The kind-specific part of a DenialEvent, as constructor arguments."""
-    if isinstance(detail, NetDetail):
-        if kind == layout.KIND_SOCKET:
-            return {"socket": pb.SocketInfo(family=detail.family, type=detail.sock_type, protocol=detail.protocol)}
-        return {"destination": pb.Destination(address=detail.address, port=detail.port,
-                                              protocol=_PROTOCOLS.get(detail.protocol, pb.PROTOCOL_UNSPECIFIED))}
-    if isinstance(detail, ExecDetail):
-        return {"exec": pb.ExecInfo(path=detail.path, argv=detail.argv, argv_truncated=detail.argv_truncated,
-                                    reason=_REASONS.get(detail.reason, pb.EXEC_REASON_UNSPECIFIED),
-                                    script=detail.script, device=detail.dev, inode=detail.ino)}
-    if isinstance(detail, EscalationDetail):
-        return {"escalation": pb.EscalationInfo(
-            action=_ESCALATION_ACTIONS.get(detail.action, pb.ESCALATION_ACTION_UNSPECIFIED), after=detail.after,
-            within_seconds=detail.within_ns / 1e9, acted=detail.acted, denials=detail.fired_at)}
-    if isinstance(detail, DeviceDetail):
-        driver, name = device_name(detail.major, detail.minor, drivers)
-        return {"device": pb.DeviceInfo(major=detail.major, minor=detail.minor,
-                                        access="".join(letter for bit, letter in _ACCESS_LETTERS if detail.access & bit),
-                                        driver=driver, name=name)}
-    if isinstance(detail, EscapeDetail):
-        killed_by, path = escape
-        return {"escape": pb.EscapeInfo(moved_pid=detail.moved_tgid, cgroup_id=detail.dst_cgroup_id, cgroup_path=path,
-                                        how=_ESCAPE_HOW.get(detail.how, ""), moved_killed_by=killed_by,
-                                        writer_killed=detail.writer_killed, signal=detail.signal,
-                                        refused_by_lsm=detail.lsm)}
-    if isinstance(detail, SyscallDetail):
-        i386_number = detail.compat and not detail.lsm  # not a number of this architecture's table
-        return {"syscall": pb.SyscallInfo(name="" if i386_number else syscall_name(detail.number),
-                                          number=detail.number, args=detail.args, refused_by_lsm=detail.lsm,
-                                          compat=detail.compat)}
-    if isinstance(detail, DnsDetail):
-        return {"dns": pb.DnsInfo(name=detail.name, query_type=detail.query_type,
-                                  reason=_DNS_REASONS.get(detail.reason, pb.DNS_REASON_UNSPECIFIED),
-                                  transport=_PROTOCOLS.get(detail.transport, pb.PROTOCOL_UNSPECIFIED))}
-    return {}
+    build = _DETAIL_BUILDERS.get(type(detail))
+    return build(kind, detail, drivers, escape) if build else {}
 
 
 def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
@@ -366,31 +382,7 @@ def _audit_fields(event: pb.DenialEvent) -> dict[str, object]:
         "comm": event.process.comm,
         "time_unix_ns": event.time_unix_ns,
     }
-    if event.HasField("exec"):
-        fields.update(ppid=event.process.ppid, path=event.exec.path, argv=list(event.exec.argv),
-                      reason=pb.ExecReason.Name(event.exec.reason), script=event.exec.script)
-    elif event.HasField("escalation"):
-        fields.update(escalation=pb.EscalationAction.Name(event.escalation.action), after=event.escalation.after,
-                      within_seconds=event.escalation.within_seconds, acted=event.escalation.acted)
-    elif event.HasField("device"):
-        fields.update(major=event.device.major, minor=event.device.minor, access=event.device.access,
-                      driver=event.device.driver, device=event.device.name)
-    elif event.HasField("dns"):
-        fields.update(name=event.dns.name, query_type=event.dns.query_type,
-                      reason=pb.DnsReason.Name(event.dns.reason),
-                      protocol=_PROTOCOL_NUMBERS.get(event.dns.transport, 0))
-    elif event.HasField("escape"):
-        fields.update(moved_pid=event.escape.moved_pid, cgroup=event.escape.cgroup_path, how=event.escape.how,
-                      moved_killed_by=event.escape.moved_killed_by, writer_killed=event.escape.writer_killed,
-                      signal=event.escape.signal, refused_by_lsm=event.escape.refused_by_lsm)
-    elif event.HasField("syscall"):
-        fields.update(syscall=event.syscall.name, number=event.syscall.number, args=list(event.syscall.args),
-                      refused_by_lsm=event.syscall.refused_by_lsm, compat=event.syscall.compat)
-    elif event.HasField("socket"):
-        fields.update(family=event.socket.family, type=event.socket.type, protocol=event.socket.protocol)
-    else:
-        fields.update(address=event.destination.address, port=event.destination.port,
-                      protocol=_PROTOCOL_NUMBERS.get(event.destination.protocol, 0))
+    fields.update(BY_PROTO[event.kind].audit(event))
     return fields
 
 

@@ -19,6 +19,7 @@ from enforcer.daemon.pipeline import DenialPipeline, matches
 from enforcer.daemon.store import ApplyConflict, CapacityExhausted, NestingConflict, SandboxNotFound, SandboxRecord
 from enforcer.kernel import layout
 from enforcer.kernel.guard import KernelError, MapFull
+from enforcer.kinds import BY_NAME, COUNTED
 from enforcer.policy import PolicyError
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
@@ -189,14 +190,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
 
         return pb.SandboxStats(
             sandbox=request.sandbox,
-            connect=kind(layout.KIND_CONNECT),
-            sendmsg=kind(layout.KIND_SENDMSG),
-            socket=kind(layout.KIND_SOCKET),
-            exec=kind(layout.KIND_EXEC),
-            device=kind(layout.KIND_DEVICE),
-            dns=kind(layout.KIND_DNS),
-            syscall=kind(layout.KIND_SYSCALL),
-            escape=kind(layout.KIND_ESCAPE),
+            **{name: kind(layout.kind_number(BY_NAME[name].kernel_macro)) for name in COUNTED},
             events_suppressed=totals.suppressed,
             events_lost=totals.lost,
             since_unix_ns=since_ns,

@@ -21,6 +21,13 @@ def _header_constants() -> dict[str, int]:
 
 
 _C = _header_constants()
+
+
+def kind_number(macro: str) -> int:
+    """The kernel's number for a denial kind, by its ENF_KIND_* name (enforcer.kinds names each)."""
+    return _C[macro]
+
+
 MAX_SANDBOXES = _C["ENF_MAX_SANDBOXES"]
 MAX_PORT_RULES = _C["ENF_MAX_PORT_RULES"]
 MAX_PREFIXES = _C["ENF_MAX_PREFIXES"]
