@@ -8,6 +8,7 @@ written and leaves the kernel and the store exactly as they were.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import queue
@@ -212,44 +213,42 @@ class Enforcement:
             else:
                 record.counters_since_ns = record.applied_unix_ns
             dns_change: DnsChange | None = None
-            try:
+            # Each step that changes something pushes its undo; a failure takes
+            # back, newest first, what was done. For a replace the switch is the
+            # point of no return; a new sandbox has its programs attached after it.
+            with contextlib.ExitStack() as undo:
+                if previous is None:
+                    undo.callback(self._store.release_slot, slot)
                 # On disk before the kernel: a daemon killed after the switch still knows it.
                 self._save(record)
+                undo.callback(self._unsave, policy.sandbox, previous)
                 self._guard.write_rules(entries)
+                undo.callback(self._guard.delete_rules, keys)
                 self._guard.syscalls.attach(*syscall_rules.hooked(policy.syscalls))
                 if previous is None:
                     self._guard.reset_slot(slot)
                 if policy.network.by_name:
                     dns_change = self.dns.prepare(policy, slot, generation, cgroup.path)
+                    undo.callback(self.dns.rollback, dns_change)  # a new sandbox's: also once committed
                 if still_wanted is not None and not still_wanted():
                     raise CallerGone("the caller's deadline passed or it cancelled before the switch: nothing applied")
                 self._guard.set_sandbox(cgroup, state)  # the switch
-            except Exception:
-                if dns_change is not None:
-                    self.dns.rollback(dns_change)
-                self._guard.delete_rules(keys)
+                if previous is not None:
+                    undo.pop_all()
+                else:
+                    undo.callback(self._guard.unguard, cgroup.id)  # its kernel entry, and what got attached
+                self._store.put(record)
                 if previous is None:
-                    self._store.release_slot(slot)
-                self._unsave(policy.sandbox, previous)
-                raise
-            self._store.put(record)
-            if dns_change is not None:
-                self.dns.commit(dns_change, policy)
-            elif previous is not None and previous.policy.network.by_name:
-                self.dns.remove(policy.sandbox)
-            if previous is None:
-                try:
+                    undo.callback(self._store.pop, policy.sandbox)
+                if dns_change is not None:
+                    self.dns.commit(dns_change, policy)
+                elif previous is not None and previous.policy.network.by_name:
+                    self.dns.remove(policy.sandbox)
+                if previous is None:
                     self._guard.guard(cgroup)
                     self._track(cgroup, policy.sandbox)
-                except Exception:
-                    self.dns.remove(policy.sandbox)
-                    self._store.pop(policy.sandbox)
-                    self._guard.unguard(cgroup.id)
-                    self._guard.delete_rules(keys)
-                    self._store.release_slot(slot)
-                    self._unsave(policy.sandbox, None)
-                    raise
-            else:
+                undo.pop_all()
+            if previous is not None:
                 self._retired.put(previous.rule_keys)  # unreachable from now on; freed off the request path
             self._prune_syscall_hooks()
         log.info(
