@@ -24,219 +24,56 @@ thread of its own (DNS over TCP is rare: truncated answers, some resolvers).
 from __future__ import annotations
 
 import contextlib
-import errno
+import functools
 import ipaddress
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.rdatatype
 import structlog
 
 from enforcer import netns
+from enforcer.daemon.dns.budget import EventBudget
+from enforcer.daemon.dns.learned import LearnedAddresses, NameView
+from enforcer.daemon.dns.listeners import ForwarderError, Listener, open_listener, upstream_sockets
+from enforcer.daemon.dns.upstreams import UPSTREAM_TIMEOUT_S, ask_tcp, host_resolvers, read_framed
+from enforcer.daemon.dns.wire import (
+    OPCODE_MASK,
+    RCODE_FORMERR,
+    RCODE_NOTIMP,
+    RCODE_REFUSED,
+    RCODE_SERVFAIL,
+    TYPE_A,
+    TYPE_AAAA,
+    Question,
+    answer_addresses,
+    parse_question,
+    reply_with,
+    type_name,
+)
 from enforcer.kernel import layout
-from enforcer.kernel.encode import IPPROTO_TCP, IPPROTO_UDP, PROTOCOL_NUMBERS
+from enforcer.kernel.encode import IPPROTO_TCP, IPPROTO_UDP
 from enforcer.kernel.events import DNS_DENIED, DNS_NOT_ALLOWED, DnsDetail
 from enforcer.kernel.guard import SandboxGuard
-from enforcer.kernel.names import Grant, grants_value, name_key, parse_grants, parse_name_key
-from enforcer.policy import Mode, NetworkPolicy, Policy, Upstream
+from enforcer.policy import Mode, Policy, Upstream
 
 log = structlog.get_logger("enforcer.dns")
 
-MAX_TTL_S = 3600           # an answer's TTL is honoured up to this
-UPSTREAM_TIMEOUT_S = 2.0   # then the next upstream, then SERVFAIL
 TCP_IDLE_TIMEOUT_S = 10.0
 MAX_TCP_CONNECTIONS = 64   # per sandbox and namespace
-# An address already allowed until at least this close to the new expiry is
-# not written again: a flood of identical answers costs no map writes.
-REFRESH_SLACK_NS = 500_000_000
 SWEEP_S = 1.0
-# One sandbox's share of the learned-address map (ENF_MAX_NAME_ADDRS over all):
-# a sandbox resolving ever new addresses (a wildcard name, say) evicts its own
-# soonest-expiring address instead of filling the map for everyone.
-MAX_LEARNED_PER_SANDBOX = 2048
 RETRY_NAMESPACE_S = 1.0  # a namespace whose forwarder could not be made is tried again after this
-RESOLV_CONF = Path("/etc/resolv.conf")
-
-RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NOTIMP, RCODE_REFUSED = 1, 2, 4, 5
-TYPE_A, TYPE_AAAA = 1, 28
-_HEADER = struct.Struct("!HHHHHH")
-QR_BIT = 0x8000
-OPCODE_MASK = 0x7800
-
 
 # sandbox, slot, detail, layout.ACTION_* -> False if it could not be taken (counted lost)
 Reporter = Callable[[str, int, DnsDetail, int], bool]
 
 
-class ForwarderError(RuntimeError):
-    """A sandbox's DNS cannot be served (no loopback in its namespace, no upstream)."""
-
-
-# ---- wire helpers (the hot path parses only the question itself) -------------
-
-@dataclass(frozen=True)
-class Question:
-    msg_id: int
-    flags: int
-    name: str        # lowercase, no final dot
-    qtype: int
-    end: int         # offset just past the question
-
-
-def parse_question(data: bytes) -> Question | None:
-    """The one question of a query, or None when it is not a well-formed
-    single-question query (it is answered FORMERR if it has a header)."""
-    if len(data) < 12:
-        return None
-    msg_id, flags, qdcount, _an, _ns, _ar = _HEADER.unpack_from(data)
-    if flags & QR_BIT or qdcount != 1:
-        return None
-    labels = []
-    offset = 12
-    while True:
-        if offset >= len(data):
-            return None
-        length = data[offset]
-        offset += 1
-        if length == 0:
-            break
-        if length > 63 or offset + length > len(data):
-            return None  # compression pointers have no place in a query's question
-        labels.append(data[offset:offset + length])
-        offset += length
-    if offset + 4 > len(data):
-        return None
-    qtype = int.from_bytes(data[offset:offset + 2], "big")
-    try:
-        name = b".".join(labels).decode("ascii").lower()
-    except UnicodeDecodeError:
-        name = b".".join(labels).decode("latin-1").lower()
-    return Question(msg_id, flags, name, qtype, offset + 4)
-
-
-def reply_with(data: bytes, question: Question | None, rcode: int) -> bytes | None:
-    """A header-and-question answer with ``rcode`` and no records."""
-    if question is None:
-        if len(data) < 12:
-            return None
-        msg_id, flags = struct.unpack_from("!HH", data)
-        return _HEADER.pack(msg_id, QR_BIT | (flags & (OPCODE_MASK | 0x0100)) | rcode, 0, 0, 0, 0)
-    flags = QR_BIT | (question.flags & (OPCODE_MASK | 0x0100)) | 0x0080 | rcode  # RD copied, RA set
-    return _HEADER.pack(question.msg_id, flags, 1, 0, 0, 0) + data[12:question.end]
-
-
-def type_name(qtype: int) -> str:
-    try:
-        return dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
-    except Exception:
-        return f"TYPE{qtype}"
-
-
-def answer_addresses(response: bytes, question: Question) -> list[tuple[int, bytes, int]] | None:
-    """(family, address bytes, ttl) of every A/AAAA record on the CNAME chain
-    from the asked name; None if the answer is not one to this question."""
-    try:
-        message = dns.message.from_wire(response, ignore_trailing=True)
-    except dns.exception.DNSException:
-        return None
-    if len(message.question) != 1:
-        return None
-    asked = message.question[0]
-    if asked.name.to_text(omit_final_dot=True).lower() != question.name or asked.rdtype != question.qtype:
-        return None
-    chain = {asked.name}
-    chain_ttl = MAX_TTL_S
-    for _ in range(16):  # CNAMEs may come in any order; a chain is short
-        grew = False
-        for rrset in message.answer:
-            if rrset.rdtype == dns.rdatatype.CNAME and rrset.name in chain:
-                for rdata in rrset:
-                    if rdata.target not in chain:
-                        chain.add(rdata.target)
-                        chain_ttl = min(chain_ttl, rrset.ttl)
-                        grew = True
-        if not grew:
-            break
-    found: list[tuple[int, bytes, int]] = []
-    for rrset in message.answer:
-        if rrset.name not in chain or rrset.rdtype not in (TYPE_A, TYPE_AAAA):
-            continue
-        family = int(socket.AF_INET if rrset.rdtype == TYPE_A else socket.AF_INET6)
-        ttl = min(rrset.ttl, chain_ttl, MAX_TTL_S)
-        for rdata in rrset:
-            found.append((family, socket.inet_pton(family, rdata.address), ttl))
-    return found
-
-
-def host_resolvers(path: Path = RESOLV_CONF) -> tuple[Upstream, ...]:
-    found = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return ()
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            with contextlib.suppress(ValueError):
-                found.append(Upstream(ipaddress.ip_address(fields[1].split("%")[0])))
-    return tuple(found)
-
-
-# ---- per sandbox ---------------------------------------------------------------
-
-@dataclass
-class NameView:
-    """What one generation of a sandbox's policy says about names."""
-
-    generation: int
-    network: NetworkPolicy
-    audit: bool
-
-
-@dataclass
-class Learned:
-    """Addresses learned for one generation: (family, address) -> port rule ->
-    (expiry, name). The names let a replaced policy re-judge them."""
-
-    entries: dict[tuple[int, bytes], dict[tuple[int, int, int], tuple[int, str | None]]] = field(default_factory=dict)
-
-
-@dataclass
-class Listener:
-    """A sandbox's forwarder sockets in one network namespace."""
-
-    namespace: netns.NetworkNamespace | None  # None: the daemon's own
-    cookie: int
-    udp4: socket.socket
-    tcp4: socket.socket
-    udp6: socket.socket | None
-    tcp6: socket.socket | None
-    upstream: dict[int, socket.socket]  # family -> UDP socket toward the upstream resolvers
-    upstream_namespace: netns.NetworkNamespace | None
-    tcp_connections: int = 0
-
-    def ports(self) -> layout.Forwarder:
-        def port(sock: socket.socket | None) -> int:
-            return sock.getsockname()[1] if sock is not None else 0
-        return layout.Forwarder(udp4=port(self.udp4), tcp4=port(self.tcp4), udp6=port(self.udp6),
-                                tcp6=port(self.tcp6))
-
-    def sockets(self) -> list[socket.socket]:
-        return [s for s in (self.udp4, self.tcp4, self.udp6, self.tcp6, *self.upstream.values()) if s is not None]
-
-    def close(self) -> None:
-        for sock in self.sockets():
-            sock.close()
-        if self.namespace is not None:
-            self.namespace.close()
+def _boottime_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)  # the clock the kernel's expiries are in
 
 
 @dataclass
@@ -247,11 +84,10 @@ class SandboxResolver:
     upstreams: tuple[Upstream, ...]
     upstream_given: bool         # from the policy (reached from the sandbox's namespace) or the host's
     grace_ns: int
+    learned: LearnedAddresses
+    budget: EventBudget
     listeners: dict[int, Listener] = field(default_factory=dict)  # namespace inode -> sockets
-    learned: dict[int, Learned] = field(default_factory=dict)      # generation -> addresses
     counters: layout.DnsCounters = field(default_factory=layout.DnsCounters)
-    rate_window_ns: int = 0
-    rate_count: int = 0
 
     @property
     def current(self) -> NameView:
@@ -331,14 +167,15 @@ class DnsForwarder:
                 if not upstreams:
                     raise ForwarderError("the policy gives no dns.upstream and /etc/resolv.conf lists no nameserver")
                 resolver = SandboxResolver(policy.sandbox, slot, [view], upstreams, bool(network.dns.upstream),
-                                           round(network.dns.grace * 1e9))
+                                           round(network.dns.grace * 1e9), LearnedAddresses(self._guard),
+                                           EventBudget(self._events_per_sec))
                 resolver.counters = self._guard.read_dns_counters(slot)
             change = DnsChange(policy.sandbox, generation, created)
             try:
                 self._listen(resolver, cgroup_path)
                 if not created:
                     resolver.views = [resolver.current, view]
-                    self._carry_forward(resolver, view)
+                    resolver.learned.carry_forward(resolver.current.generation, view, _boottime_ns())
             except BaseException:
                 if created:
                     self._close_resolver(resolver, forget_kernel=True)
@@ -365,8 +202,7 @@ class DnsForwarder:
                 resolver.upstreams, resolver.upstream_given = upstreams, given
                 for listener in resolver.listeners.values():
                     self._open_upstream(resolver, listener)
-            for generation in [g for g in resolver.learned if g != change.generation]:
-                self._forget_generation(resolver, generation)
+            resolver.learned.keep_only(change.generation)
 
     def rollback(self, change: DnsChange) -> None:
         with self._lock:
@@ -377,7 +213,7 @@ class DnsForwarder:
                 self._close_resolver(self._resolvers.pop(change.sandbox), forget_kernel=True)
                 return
             resolver.views = [v for v in resolver.views if v.generation != change.generation]
-            self._forget_generation(resolver, change.generation)
+            resolver.learned.forget(change.generation)
 
     def remove(self, sandbox: str) -> None:
         with self._lock:
@@ -392,13 +228,7 @@ class DnsForwarder:
         they expire (their names are not kept: a later replace drops them)."""
         change = self.prepare(policy, slot, generation, cgroup_path)
         with self._lock:
-            resolver = self._resolvers[change.sandbox]
-            table = resolver.learned.setdefault(generation, Learned())
-            for key, value in learned:
-                _, family, addr = parse_name_key(key)
-                ports = table.entries.setdefault((family, addr), {})
-                for grant in parse_grants(value):
-                    ports[(grant.first, grant.last, grant.protocol)] = (grant.expires_ns, None)
+            self._resolvers[change.sandbox].learned.adopt(generation, learned)
 
     def forget_stale_forwarders(self) -> None:
         """Forwarder entries no sandbox of this daemon serves (left by an earlier one)."""
@@ -443,7 +273,7 @@ class DnsForwarder:
                 continue
             namespace = None if inode == netns.own_inode() else netns.open_namespace(pid)
             try:
-                listener = netns.run_in(namespace, lambda ns=namespace: self._open_listener(ns))  # type: ignore[misc]
+                listener = netns.run_in(namespace, lambda ns=namespace: open_listener(ns))  # type: ignore[misc]
             except BaseException:
                 if namespace is not None:
                     namespace.close()
@@ -457,10 +287,12 @@ class DnsForwarder:
             resolver.listeners[inode] = listener
             for sock in (listener.udp4, listener.udp6):
                 if sock is not None:
-                    self._selector.register(sock, selectors.EVENT_READ, ("query", resolver, listener))
+                    self._selector.register(sock, selectors.EVENT_READ,
+                                            functools.partial(self._drain, self._query, resolver, listener))
             for sock in (listener.tcp4, listener.tcp6):
                 if sock is not None:
-                    self._selector.register(sock, selectors.EVENT_READ, ("accept", resolver, listener))
+                    self._selector.register(sock, selectors.EVENT_READ,
+                                            functools.partial(self._accept, resolver, listener))
         self._wake_w.send(b"x")
 
     def _open_upstream(self, resolver: SandboxResolver, listener: Listener) -> None:
@@ -468,7 +300,7 @@ class DnsForwarder:
         resolver the policy names is reached as the sandbox would reach it (from
         its namespace); the host's resolvers from the daemon's own."""
         namespace = listener.namespace if resolver.upstream_given else None
-        sockets = netns.run_in(namespace, lambda: self._upstream_sockets(resolver))
+        sockets = netns.run_in(namespace, lambda: upstream_sockets(resolver.upstreams))
         for sock in listener.upstream.values():
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
@@ -476,52 +308,8 @@ class DnsForwarder:
             sock.close()
         listener.upstream, listener.upstream_namespace = sockets, namespace
         for sock in sockets.values():
-            self._selector.register(sock, selectors.EVENT_READ, ("answer", resolver, listener))
-
-    def _open_listener(self, namespace: netns.NetworkNamespace | None) -> Listener:
-        """Runs inside the namespace."""
-        opened: list[socket.socket] = []
-
-        def bound(family: int, kind: int, required: bool) -> socket.socket | None:
-            sock = socket.socket(family, kind)
-            opened.append(sock)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
-            except OSError as exc:
-                if required:
-                    raise ForwarderError(f"cannot listen on 127.0.0.1 in the sandbox's network namespace "
-                                         f"({exc.strerror}): is its loopback up?") from exc
-                opened.remove(sock)
-                sock.close()
-                return None
-            if kind == socket.SOCK_STREAM:
-                sock.listen(64)
-            sock.setblocking(False)
-            return sock
-
-        try:
-            udp4 = bound(socket.AF_INET, socket.SOCK_DGRAM, True)
-            tcp4 = bound(socket.AF_INET, socket.SOCK_STREAM, True)
-            udp6 = bound(socket.AF_INET6, socket.SOCK_DGRAM, False)
-            tcp6 = bound(socket.AF_INET6, socket.SOCK_STREAM, False) if udp6 else None
-            assert udp4 is not None and tcp4 is not None
-            cookie = netns.netns_cookie(udp4)
-        except BaseException:
-            for sock in opened:
-                sock.close()
-            raise
-        return Listener(namespace, cookie, udp4, tcp4, udp6, tcp6, {}, None)
-
-    @staticmethod
-    def _upstream_sockets(resolver: SandboxResolver) -> dict[int, socket.socket]:
-        sockets: dict[int, socket.socket] = {}
-        for family in {socket.AF_INET if u.address.version == 4 else socket.AF_INET6 for u in resolver.upstreams}:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            sockets[family] = sock
-        return sockets
+            self._selector.register(sock, selectors.EVENT_READ,
+                                    functools.partial(self._drain, self._answer, resolver, listener))
 
     def _drop_listener(self, listener: Listener) -> None:
         for sock in listener.sockets():
@@ -537,97 +325,13 @@ class DnsForwarder:
         resolver.listeners.clear()
         self._pending = {k: p for k, p in self._pending.items() if p.resolver is not resolver}
         if forget_kernel:
-            for generation in list(resolver.learned):
-                self._forget_generation(resolver, generation)
-
-    # ---- learned addresses ----------------------------------------------------
-
-    def _forget_generation(self, resolver: SandboxResolver, generation: int) -> None:
-        table = resolver.learned.pop(generation, None)
-        if table:
-            self._guard.delete_entries(layout.MAP_NAME_ADDRS, [
-                name_key(generation, family, addr) for family, addr in table.entries])
-
-    def _carry_forward(self, resolver: SandboxResolver, view: NameView) -> None:
-        """What the current generation learned, re-judged by the next policy."""
-        source = resolver.learned.get(resolver.current.generation)
-        if source is None:
-            return
-        target = resolver.learned.setdefault(view.generation, Learned())
-        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        for (family, addr), ports in source.entries.items():
-            for _, (expires, name) in ports.items():
-                if name is None or expires <= now:
-                    continue
-                rules = view.network.name_allowed(name)
-                if rules:
-                    self._learn(target, family, addr, rules, expires, name)
-        entries = [(name_key(view.generation, family, addr), self._value(ports))
-                   for (family, addr), ports in target.entries.items()]
-        self._guard.write_entries(layout.MAP_NAME_ADDRS, entries)
-
-    @staticmethod
-    def _learn(table: Learned, family: int, addr: bytes, rules: tuple, expires: int, name: str) -> bool:
-        """Merge a grant; True if the kernel's entry must be written."""
-        ports = table.entries.setdefault((family, addr), {})
-        changed = False
-        for rule in rules:
-            protocol = PROTOCOL_NUMBERS[rule.protocol]
-            for r in rule.port_ranges():
-                key = (r.first, r.last, protocol)
-                old = ports.get(key)
-                if old is None or old[0] < expires - REFRESH_SLACK_NS:
-                    ports[key] = (max(expires, old[0]) if old else expires, name)
-                    changed = True
-        return changed
-
-    @staticmethod
-    def _value(ports: dict[tuple[int, int, int], tuple[int, str | None]]) -> bytes:
-        grants = sorted((Grant(expires, first, last, protocol) for (first, last, protocol), (expires, _) in
-                         ports.items()), reverse=True)[:layout.MAX_NAME_GRANTS]
-        return grants_value(grants)
-
-    def _install(self, resolver: SandboxResolver, name: str, addresses: list[tuple[int, bytes, int]]) -> None:
-        """Allow the answer's addresses in every generation the kernel may judge
-        by right now whose policy allows the name. Under the lock."""
-        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        for view in resolver.views:
-            rules = view.network.name_allowed(name)
-            if not rules:
-                continue
-            table = resolver.learned.setdefault(view.generation, Learned())
-            writes = []
-            for family, addr, ttl in addresses:
-                if (family, addr) not in table.entries and len(table.entries) >= MAX_LEARNED_PER_SANDBOX:
-                    self._evict(table, view.generation)
-                expires = now + ttl * 1_000_000_000 + resolver.grace_ns
-                if self._learn(table, family, addr, rules, expires, name):
-                    writes.append((name_key(view.generation, family, addr), self._value(table.entries[(family, addr)])))
-            self._guard.write_entries(layout.MAP_NAME_ADDRS, writes)
-
-    def _evict(self, table: Learned, generation: int) -> None:
-        """Make room in a sandbox's share: the address that would expire first goes."""
-        family, addr = min(table.entries, key=lambda k: max(expires for expires, _ in table.entries[k].values()))
-        del table.entries[(family, addr)]
-        self._guard.delete_entries(layout.MAP_NAME_ADDRS, [name_key(generation, family, addr)])
+            resolver.learned.forget_all()
 
     def _sweep(self) -> None:
-        """Drop what has expired (the kernel already ignores it: this frees room)."""
-        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        now = _boottime_ns()
         with self._lock:
             for resolver in self._resolvers.values():
-                for generation, table in resolver.learned.items():
-                    gone, rewrite = [], []
-                    for (family, addr), ports in list(table.entries.items()):
-                        live = {k: v for k, v in ports.items() if v[0] > now}
-                        if not live:
-                            del table.entries[(family, addr)]
-                            gone.append(name_key(generation, family, addr))
-                        elif len(live) != len(ports):
-                            table.entries[(family, addr)] = live
-                            rewrite.append((name_key(generation, family, addr), self._value(live)))
-                    self._guard.delete_entries(layout.MAP_NAME_ADDRS, gone)
-                    self._guard.write_entries(layout.MAP_NAME_ADDRS, rewrite)
+                resolver.learned.sweep(now)
 
     # ---- denials ----------------------------------------------------------------
 
@@ -639,17 +343,10 @@ class DnsForwarder:
             counters.audited += 1
         else:
             counters.refused += 1
-        report = True
-        if self._events_per_sec:
-            now = time.monotonic_ns()
-            if now - resolver.rate_window_ns >= 1_000_000_000:
-                resolver.rate_window_ns, resolver.rate_count = now, 0
-            if resolver.rate_count >= self._events_per_sec:
-                counters.suppressed += 1
-                report = False
-            else:
-                resolver.rate_count += 1
-        if report:
+        report = resolver.budget.take(time.monotonic_ns())
+        if not report:
+            counters.suppressed += 1
+        else:
             detail = DnsDetail(question.name, type_name(question.qtype), reason, transport)
             action = layout.ACTION_AUDITED if audit else layout.ACTION_REFUSED
             if self._report is None or not self._report(resolver.sandbox, resolver.slot, detail, action):
@@ -685,7 +382,8 @@ class DnsForwarder:
                 return reply_with(response, question, RCODE_SERVFAIL) or b""
             if addresses:
                 try:
-                    self._install(resolver, question.name, addresses)
+                    resolver.learned.install(resolver.views, question.name, addresses, resolver.grace_ns,
+                                             _boottime_ns())
                 except Exception as exc:
                     log.error("dns_install_failed", sandbox=resolver.sandbox, name=question.name, error=str(exc))
                     return reply_with(response, question, RCODE_SERVFAIL) or b""
@@ -708,7 +406,7 @@ class DnsForwarder:
                         self._wake_r.recv(4096)
                     continue
                 try:
-                    self._handle(key.fileobj, key.data)  # type: ignore[arg-type]
+                    key.data(key.fileobj)
                 except Exception:
                     log.exception("dns_forwarder_error")
             now = time.monotonic()
@@ -720,12 +418,11 @@ class DnsForwarder:
                 except Exception:
                     log.exception("dns_sweep_failed")
 
-    def _handle(self, sock: socket.socket, data: tuple[str, SandboxResolver, Listener]) -> None:
-        what, resolver, listener = data
-        if what == "accept":
-            self._accept(sock, resolver, listener)
-            return
-        for _ in range(64):  # a burst at a time, then the other sockets get their turn
+    def _drain(self, handle: Callable[[socket.socket, SandboxResolver, Listener, bytes, tuple[object, ...]], None],
+               resolver: SandboxResolver, listener: Listener, sock: socket.socket) -> None:
+        """A burst of datagrams from one socket, each to ``handle`` under the
+        lock; then the other sockets get their turn."""
+        for _ in range(64):
             try:
                 packet, peer = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
@@ -735,10 +432,7 @@ class DnsForwarder:
             with self._lock:
                 if resolver.sandbox not in self._resolvers or self._stopping:
                     return
-                if what == "query":
-                    self._query(sock, resolver, listener, packet, peer)
-                else:
-                    self._answer(sock, packet, peer)
+                handle(sock, resolver, listener, packet, peer)
 
     def _query(self, sock: socket.socket, resolver: SandboxResolver, listener: Listener, packet: bytes,
                client: tuple[object, ...]) -> None:
@@ -771,7 +465,8 @@ class DnsForwarder:
             pending.upstream_index += 1
         self._reply_udp(pending, reply_with(pending.query, pending.question, RCODE_SERVFAIL))
 
-    def _answer(self, sock: socket.socket, packet: bytes, peer: tuple[object, ...]) -> None:
+    def _answer(self, sock: socket.socket, _resolver: SandboxResolver, _listener: Listener, packet: bytes,
+                peer: tuple[object, ...]) -> None:
         if len(packet) < 12:
             return
         pending = self._pending.get((sock.fileno(), int.from_bytes(packet[:2], "big")))
@@ -816,7 +511,7 @@ class DnsForwarder:
 
     # ---- TCP ------------------------------------------------------------------------
 
-    def _accept(self, sock: socket.socket, resolver: SandboxResolver, listener: Listener) -> None:
+    def _accept(self, resolver: SandboxResolver, listener: Listener, sock: socket.socket) -> None:
         try:
             conn, _ = sock.accept()
         except OSError:
@@ -835,7 +530,7 @@ class DnsForwarder:
             conn.setblocking(True)
             conn.settimeout(TCP_IDLE_TIMEOUT_S)
             while True:
-                query = _read_framed(conn)
+                query = read_framed(conn)
                 if query is None:
                     return
                 with self._lock:
@@ -844,7 +539,7 @@ class DnsForwarder:
                     reply, question = self._decide(resolver, query, IPPROTO_TCP)
                     upstreams = resolver.upstreams
                 if question is not None:
-                    response = _ask_tcp(upstreams, query)
+                    response = ask_tcp(upstreams, query)
                     with self._lock:
                         if response is None:
                             reply = reply_with(query, question, RCODE_SERVFAIL)
@@ -859,35 +554,3 @@ class DnsForwarder:
             conn.close()
             with self._lock:
                 listener.tcp_connections -= 1
-
-
-def _read_framed(conn: socket.socket) -> bytes | None:
-    head = _read_exactly(conn, 2)
-    if head is None:
-        return None
-    return _read_exactly(conn, int.from_bytes(head, "big"))
-
-
-def _read_exactly(conn: socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def _ask_tcp(upstreams: tuple[Upstream, ...], query: bytes) -> bytes | None:
-    for upstream in upstreams:
-        try:
-            with socket.create_connection((str(upstream.address), upstream.port), timeout=UPSTREAM_TIMEOUT_S) as s:
-                s.sendall(len(query).to_bytes(2, "big") + query)
-                response = _read_framed(s)
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, None):
-                log.warning("dns_upstream_tcp_failed", upstream=str(upstream), error=str(exc))
-            continue
-        if response is not None and response[:2] == query[:2]:
-            return response
-    return None
