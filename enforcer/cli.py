@@ -102,7 +102,7 @@ def _summary(stats: Any) -> str:
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     if args.print_bpf:
-        from enforcer.kernel.guard import print_source
+        from enforcer.kernel.loader import print_source
 
         print(print_source(None if args.exec_mode == EXEC_MODE_AUTO else args.exec_mode))
         return 0

@@ -40,7 +40,8 @@ from enforcer.daemon.store import (
 )
 from enforcer.kernel import encode, exec_rules, layout, syscall_rules
 from enforcer.kernel.events import EscalationDetail, EscapeDetail, KernelDenial
-from enforcer.kernel.guard import CounterTotals, KernelError, SandboxGuard, SandboxState
+from enforcer.kernel.guard import KernelError, SandboxGuard
+from enforcer.kernel.maps import CounterTotals, SandboxState
 from enforcer.policy import EscalationAction, Mode, Policy, PolicyError, Verdict, parse_labels
 from enforcer.wire import policy_wire
 
@@ -104,7 +105,7 @@ class Enforcement:
         while True:
             keys = self._retired.get()
             try:
-                self._guard.delete_rules(keys)
+                self._guard.maps.delete_rules(keys)
             except Exception:
                 log.exception("retired_rules_delete_failed", count=sum(len(k) for k in keys.values()))
             finally:
@@ -125,7 +126,7 @@ class Enforcement:
     def raw_counters(self) -> list[tuple[str, CounterTotals]]:
         """Each sandbox's kernel counters since its apply (stats resets aside)."""
         with self._lock:
-            return [(r.policy.sandbox, self._guard.read_counters(r.slot)) for r in self._store.all()]
+            return [(r.policy.sandbox, self._guard.maps.read_counters(r.slot)) for r in self._store.all()]
 
     def kernel_status(self) -> KernelStatus:
         with self._lock:  # the attached cgroups do not change under the query
@@ -133,9 +134,9 @@ class Enforcement:
             syscalls = self._guard.syscalls.refusals(*self._refused_syscalls())
         return KernelStatus(
             programs=programs,
-            events_lost=self._guard.read_global(layout.GLOBAL_LOST),
-            events_unattributed=self._guard.read_global(layout.GLOBAL_UNATTRIBUTED),
-            processes_untracked=self._guard.read_global(layout.GLOBAL_UNTRACKED),
+            events_lost=self._guard.maps.read_global(layout.GLOBAL_LOST),
+            events_unattributed=self._guard.maps.read_global(layout.GLOBAL_UNATTRIBUTED),
+            processes_untracked=self._guard.maps.read_global(layout.GLOBAL_UNTRACKED),
             build=f"{self._guard.build:08x}",
             map_layout=self._guard.layout,
             pin_dir=str(self._guard.pins.root),
@@ -222,17 +223,17 @@ class Enforcement:
                 # On disk before the kernel: a daemon killed after the switch still knows it.
                 self._save(record)
                 undo.callback(self._unsave, policy.sandbox, previous)
-                self._guard.write_rules(entries)
-                undo.callback(self._guard.delete_rules, keys)
+                self._guard.maps.write_rules(entries)
+                undo.callback(self._guard.maps.delete_rules, keys)
                 self._guard.syscalls.attach(*syscall_rules.hooked(policy.syscalls))
                 if previous is None:
-                    self._guard.reset_slot(slot)
+                    self._guard.maps.reset_slot(slot)
                 if policy.network.by_name:
                     dns_change = self.dns.prepare(policy, slot, generation, cgroup.path)
                     undo.callback(self.dns.rollback, dns_change)  # a new sandbox's: also once committed
                 if still_wanted is not None and not still_wanted():
                     raise CallerGone("the caller's deadline passed or it cancelled before the switch: nothing applied")
-                self._guard.set_sandbox(cgroup, state)  # the switch
+                self._guard.maps.set_sandbox(cgroup, state)  # the switch
                 if previous is not None:
                     undo.pop_all()
                 else:
@@ -306,7 +307,7 @@ class Enforcement:
         """The processes already in a new sandbox, for the escape programs. A
         map too full to take them all leaves some untracked: said, not fatal."""
         try:
-            self._guard.track_processes(cgroup)
+            self._guard.maps.track_processes(cgroup)
         except KernelError as exc:
             log.error("sandbox_processes_not_tracked", sandbox=sandbox, error=str(exc),
                       note="a move out of the sandbox by these processes is not reported")
@@ -378,10 +379,10 @@ class Enforcement:
     def _remove_locked(self, sandbox: str) -> SandboxRecord:
         record = self._store.pop(sandbox)
         self._guard.unguard(record.cgroup.id)
-        self._guard.untrack_processes(record.cgroup.id)
+        self._guard.maps.untrack_processes(record.cgroup.id)
         self._prune_syscall_hooks()
         self.dns.remove(sandbox)
-        self._guard.delete_rules(record.rule_keys)
+        self._guard.maps.delete_rules(record.rule_keys)
         self._store.release_slot(record.slot)
         if self._state:  # after the kernel: killed in between, the next daemon guards it again (fail closed)
             self._state.delete(sandbox)
@@ -446,7 +447,7 @@ class Enforcement:
             self._store.note_tag(tag, sandbox, labels)
             policy = dataclasses.replace(record.policy, labels=labels)
             # The rules stay; a quarantine is not in this entry (the kernel keeps it per slot).
-            self._guard.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag))
+            self._guard.maps.set_sandbox(record.cgroup, _sandbox_state(policy, record.generation, record.slot, tag))
             record.policy, record.tag = policy, tag
             record.policy_wire, record.policy_sha256 = policy_wire(policy)
             self._save(record)
@@ -457,7 +458,7 @@ class Enforcement:
         """Lift an escalation: thaw, end the quarantine, re-arm the threshold."""
         with self._lock:
             record = self._store.get(sandbox)
-            self._guard.reset_escalation(record.slot)  # ends a quarantine, re-arms the threshold
+            self._guard.maps.reset_escalation(record.slot)  # ends a quarantine, re-arms the threshold
             if record.frozen and record.cgroup.still_exists():
                 write_control(record.cgroup, "cgroup.freeze", "0")
             record.quarantined = record.frozen = False
@@ -497,7 +498,7 @@ class Enforcement:
             for record in self._store.all():
                 if record.policy.escalate is None:
                     continue
-                fired = self._guard.escalation_fired(record.slot)
+                fired = self._guard.maps.escalation_fired(record.slot)
                 if not fired or fired == record.escalation_handled:
                     continue
                 if not record.escalation_seen_ns:
@@ -538,7 +539,7 @@ class Enforcement:
         counted between the read and the reset is not lost."""
         with self._lock:
             record = self._store.get(sandbox)
-            totals = self._guard.read_counters(record.slot)
+            totals = self._guard.maps.read_counters(record.slot)
             counts, since = totals.minus(record.counter_base), record.counters_since_ns
             if reset:
                 record.counter_base, record.counters_since_ns = totals, now_ns()
@@ -553,13 +554,13 @@ class Enforcement:
         either way this build's programs are attached beside the old ones before
         any of it, so the sandbox is never unguarded. Rule entries of no live
         generation (an apply cut short) are deleted."""
-        kernel = self._guard.kernel_sandboxes() if self._guard.adopted else {}
+        kernel = self._guard.maps.kernel_sandboxes() if self._guard.adopted else {}
         reapply: list[SandboxRecord] = []
         recreate: list[SandboxRecord] = []  # a created cgroup that is gone (a reboot): made and guarded again
         with self._lock:
             for record in saved:
                 if not record.cgroup.still_exists():
-                    self._guard.forget_sandbox(record.cgroup.id)
+                    self._guard.maps.forget_sandbox(record.cgroup.id)
                     kernel.pop(record.cgroup.id, None)
                     if record.policy.target.create:
                         recreate.append(record)
@@ -577,13 +578,13 @@ class Enforcement:
                     self._guard.guard(record.cgroup)
             for cgroup_id in kernel:  # the state directory does not know it: lost or edited by hand
                 log.error("unknown_sandbox_entry_removed", cgroup_id=cgroup_id)
-                self._guard.forget_sandbox(cgroup_id)
+                self._guard.maps.forget_sandbox(cgroup_id)
             owners = {r.generation: r for r in self._store.all()}
-            for generation, keys in self._guard.rule_keys_by_generation().items():
+            for generation, keys in self._guard.maps.rule_keys_by_generation().items():
                 if generation in owners:
                     owners[generation].rule_keys = keys
                 else:
-                    self._guard.delete_rules(keys)
+                    self._guard.maps.delete_rules(keys)
             self._restore_forwarders({r.policy.sandbox for r in reapply})
             self._prune_syscall_hooks()  # this build's hooks for the adopted policies, before it takes over
         # (record, its cgroup or None to create it again, why): applied again.
@@ -608,7 +609,7 @@ class Enforcement:
         forwarder owns those entries from here). Learned entries of any other
         generation (an apply cut short, a sandbox applied again) are deleted."""
         learned: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in self._guard.read_name_addrs():  # one pass over the map
+        for key, value in self._guard.maps.read_name_addrs():  # one pass over the map
             learned.setdefault(layout.key_generation(layout.MAP_NAME_ADDRS, key), []).append((key, value))
         for record in self._store.all():
             if not record.policy.network.by_name or record.policy.sandbox in reapplied:
@@ -619,7 +620,7 @@ class Enforcement:
             except Exception as exc:  # the sandbox stays guarded; its queries go nowhere
                 log.error("dns_forwarder_restore_failed", sandbox=record.policy.sandbox, error=str(exc))
                 learned[record.generation] = entries
-        self._guard.delete_entries(layout.MAP_NAME_ADDRS, [key for entries in learned.values() for key, _ in entries])
+        self._guard.maps.delete_entries(layout.MAP_NAME_ADDRS, [key for entries in learned.values() for key, _ in entries])
 
     def remove_all(self) -> None:
         for record in self._store.all():

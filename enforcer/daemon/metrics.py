@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from enforcer.daemon.audit import AuditFile
 from enforcer.daemon.enforcement import Enforcement
 from enforcer.kernel import layout
-from enforcer.kernel.guard import CounterTotals
+from enforcer.kernel.maps import CounterTotals
 from enforcer.kinds import BY_NAME, COUNTED
 
 # The metric's kind label -> the kernel's counter index.

@@ -28,7 +28,8 @@ from enforcer.daemon.metrics import Metrics, parse_address
 from enforcer.daemon.pipeline import DenialPipeline
 from enforcer.daemon.service import EnforcerService
 from enforcer.daemon.state import StateDir, StateError
-from enforcer.kernel.guard import KernelError, SandboxGuard, tracefs_ready, uninstall
+from enforcer.kernel.guard import KernelError, SandboxGuard
+from enforcer.kernel.loader import tracefs_ready, uninstall
 from enforcer.kernel.pins import PinError, bpffs_root
 from enforcer.settings import (
     DEFAULT_AUDIT_KEEP,

@@ -25,7 +25,7 @@ import structlog
 
 from enforcer.cgroupfs import Cgroup
 from enforcer.daemon.store import ContainerRoot, SandboxRecord
-from enforcer.kernel.guard import CounterTotals
+from enforcer.kernel.maps import CounterTotals
 from enforcer.policy import PolicyError
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.wire import policy_from_proto, policy_to_proto

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from enforcer.cgroupfs import Cgroup
-from enforcer.kernel.guard import CounterTotals
+from enforcer.kernel.maps import CounterTotals
 from enforcer.policy import Policy
 
 # Events can still arrive under a tag a moment after it was replaced (new policy

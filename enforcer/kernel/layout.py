@@ -90,6 +90,22 @@ MAP_EXEC_PATHS = "exec_paths"
 MAP_SYSCALL_RULES = "syscall_rules"
 # Addresses learned from DNS answers, keyed by generation too; written by the forwarder.
 MAP_NAME_ADDRS = "name_addrs"
+# The daemon's other maps, each named once (as in bpf/*.c).
+MAP_SANDBOXES = "sandboxes"              # cgroup id -> Sandbox
+MAP_CONFIG = "config"                    # [0] -> Config
+MAP_COUNTERS = "counters"                # slot -> per-CPU Counters
+MAP_RATE = "rate"                        # slot -> per-CPU Rate (the event budget)
+MAP_GLOBALS = "globals"                  # ENF_GLOBAL_* -> per-CPU count
+MAP_GPU_MAJORS = "gpu_majors"            # major -> 1
+MAP_ESCALATION = "escalation"            # slot -> Escalation
+MAP_ACTIVE = "active"                    # [0] -> the acting build (pinned beside the layouts)
+MAP_DNS_FORWARDERS = "dns_forwarders"    # FwdKey -> Forwarder
+MAP_DNS_COUNTERS = "dns_counters"        # slot -> DnsCounters (the forwarder's, written by the daemon)
+MAP_SANDBOXED_TASKS = "sandboxed_tasks"  # tgid -> Tracked
+MAP_EVENTS = "events"                    # the ring buffer
+DAEMON_MAPS = (MAP_SANDBOXES, MAP_RULES, MAP_EXEC_IDS, MAP_EXEC_PATHS, MAP_SYSCALL_RULES, MAP_SANDBOXED_TASKS,
+               MAP_CONFIG, MAP_COUNTERS, MAP_RATE, MAP_GLOBALS, MAP_GPU_MAJORS, MAP_ESCALATION, MAP_ACTIVE,
+               MAP_DNS_FORWARDERS, MAP_NAME_ADDRS, MAP_DNS_COUNTERS)
 
 # Bits of the address prefix that come before the address in an LPM key.
 LPM_KEY_HEADER_BITS = 64
@@ -376,15 +392,15 @@ MAX_EVENT_SIZE = max(ctypes.sizeof(t) for t in (NetEvent, ExecEvent, DeviceEvent
 
 # (map name in bpf/*.c, which side of it, mirror) for the layout test.
 MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
-    ("sandboxes", "Leaf", Sandbox),
+    (MAP_SANDBOXES, "Leaf", Sandbox),
     (MAP_RULES, "Key", LpmKey),
     (MAP_RULES, "Leaf", RuleSet),
     (MAP_EXEC_IDS, "Key", ExecKey),
     (MAP_EXEC_PATHS, "Key", PathKey),
     ("exec_args", "Leaf", ExecArgs),
-    ("config", "Leaf", Config),
-    ("counters", "Leaf", Counters),
-    ("rate", "Leaf", Rate),
+    (MAP_CONFIG, "Leaf", Config),
+    (MAP_COUNTERS, "Leaf", Counters),
+    (MAP_RATE, "Leaf", Rate),
     ("net_event_layout", "Leaf", NetEvent),
     ("exec_event_layout", "Leaf", ExecEvent),
     ("device_event_layout", "Leaf", DeviceEvent),
@@ -392,14 +408,14 @@ MAP_LAYOUTS: list[tuple[str, str, type[ctypes.Structure]]] = [
     ("syscall_event_layout", "Leaf", SyscallEvent),
     (MAP_SYSCALL_RULES, "Key", SyscallKey),
     ("escape_event_layout", "Leaf", EscapeEvent),
-    ("sandboxed_tasks", "Leaf", Tracked),
-    ("escalation", "Leaf", Escalation),
-    ("dns_forwarders", "Key", FwdKey),
-    ("dns_forwarders", "Leaf", Forwarder),
+    (MAP_SANDBOXED_TASKS, "Leaf", Tracked),
+    (MAP_ESCALATION, "Leaf", Escalation),
+    (MAP_DNS_FORWARDERS, "Key", FwdKey),
+    (MAP_DNS_FORWARDERS, "Leaf", Forwarder),
     ("dns_sockets", "Leaf", DnsOrigin),
     (MAP_NAME_ADDRS, "Key", NameKey),
     (MAP_NAME_ADDRS, "Leaf", NameGrants),
-    ("dns_counters", "Leaf", DnsCounters),
+    (MAP_DNS_COUNTERS, "Leaf", DnsCounters),
 ]
 
 

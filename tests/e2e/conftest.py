@@ -75,7 +75,7 @@ def _kernel_properties(record_testsuite_property: Callable[[str, object], None])
     from tests.kernels import features
 
     record_testsuite_property("kernel", os.uname().release)
-    from enforcer.kernel.guard import lsm_list
+    from enforcer.kernel.loader import lsm_list
 
     record_testsuite_property("lsm", ",".join(lsm_list()) or "-")
     record_testsuite_property("expected_features", ",".join(sorted(features.expected())))

@@ -240,7 +240,7 @@ def test_events_the_ring_buffer_cannot_take_are_counted_not_lost(tmp_path: Path,
 def test_status_reports_what_the_kernel_has_attached(own_daemon: DaemonProcess, make_cgroup, sandbox_id):
     """A program detached behind the daemon's back shows as MISSING, and the
     command fails: status asks the kernel, it does not repeat the daemon's belief."""
-    from enforcer.kernel.guard import ATTACH_TYPES
+    from enforcer.kernel.loader import ATTACH_TYPES
     from enforcer.kernel.pins import PinDir
 
     cg = make_cgroup()

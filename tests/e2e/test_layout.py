@@ -8,7 +8,8 @@ import ctypes
 import pytest
 
 from enforcer.kernel import layout
-from enforcer.kernel.guard import EXEC_MODE_TRACEPOINT, bpf_source, compile_flags
+from enforcer.kernel.loader import bpf_source, compile_flags
+from enforcer.settings import EXEC_MODE_TRACEPOINT
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 

@@ -62,7 +62,7 @@ def guard(client: Any, sandbox: str, cgroup: Path, syscalls: dict[str, Any] | No
 
 
 def test_root_in_a_sandbox_cannot_detach_a_pinned_program(client, make_cgroup, sandbox_id, by_lsm):
-    from enforcer.kernel.guard import ATTACH_TYPES
+    from enforcer.kernel.loader import ATTACH_TYPES
 
     cgroup = make_cgroup()
     guard(client, sandbox_id, cgroup)
@@ -80,7 +80,7 @@ def test_a_detach_that_got_through_is_put_back_on_the_bpf_refusal(client, make_c
     the first bpf() call and its caller's death), played by the test: the
     program is detached from outside, then the sandbox's bpf() call is refused
     and reported, and the daemon attaches the program again."""
-    from enforcer.kernel.guard import ATTACH_TYPES
+    from enforcer.kernel.loader import ATTACH_TYPES
     from enforcer.kernel.pins import PinDir
 
     cgroup = make_cgroup()

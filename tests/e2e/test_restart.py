@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from enforcer.kernel.guard import CGROUP_PROGRAMS
+from enforcer.kernel.loader import CGROUP_PROGRAMS
 from tests.e2e.conftest import HOST4, DaemonProcess, Probe, expected_exec_mode, patience
 from tests.e2e.test_audit import records
 from tests.e2e.test_network import connect, policy, sendto

@@ -14,7 +14,7 @@ import functools
 import os
 from pathlib import Path
 
-from enforcer.kernel.guard import lsm_list
+from enforcer.kernel.loader import lsm_list
 
 FEATURES = {
     "bpf_lsm": "BPF-LSM programs load and attach",

@@ -13,7 +13,7 @@ S = 1_000_000_000
 
 
 class MapWrites:
-    """Stands in for SandboxGuard's learned-address map."""
+    """Stands in for KernelMaps (the learned-address map)."""
 
     def __init__(self) -> None:
         self.entries: dict[bytes, bytes] = {}

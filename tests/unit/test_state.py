@@ -11,7 +11,7 @@ from enforcer.cgroupfs import Cgroup
 from enforcer.daemon import state
 from enforcer.daemon.state import StateDir, StateError
 from enforcer.daemon.store import ContainerRoot, SandboxRecord
-from enforcer.kernel.guard import CounterTotals
+from enforcer.kernel.maps import CounterTotals
 from enforcer.policy import parse_policy
 
 

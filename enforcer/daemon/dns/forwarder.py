@@ -167,9 +167,9 @@ class DnsForwarder:
                 if not upstreams:
                     raise ForwarderError("the policy gives no dns.upstream and /etc/resolv.conf lists no nameserver")
                 resolver = SandboxResolver(policy.sandbox, slot, [view], upstreams, bool(network.dns.upstream),
-                                           round(network.dns.grace * 1e9), LearnedAddresses(self._guard),
+                                           round(network.dns.grace * 1e9), LearnedAddresses(self._guard.maps),
                                            EventBudget(self._events_per_sec))
-                resolver.counters = self._guard.read_dns_counters(slot)
+                resolver.counters = self._guard.maps.read_dns_counters(slot)
             change = DnsChange(policy.sandbox, generation, created)
             try:
                 self._listen(resolver, cgroup_path)
@@ -234,9 +234,9 @@ class DnsForwarder:
         """Forwarder entries no sandbox of this daemon serves (left by an earlier one)."""
         with self._lock:
             live = {(r.slot, lst.cookie) for r in self._resolvers.values() for lst in r.listeners.values()}
-            for slot, cookie in self._guard.forwarder_keys():
+            for slot, cookie in self._guard.maps.forwarder_keys():
                 if (slot, cookie) not in live:
-                    self._guard.clear_forwarder(slot, cookie)
+                    self._guard.maps.clear_forwarder(slot, cookie)
 
     def serve_namespace_of(self, sandbox: str, pid: int) -> bool:
         """A process of the sandbox sent a query from a namespace with no
@@ -280,7 +280,7 @@ class DnsForwarder:
                 raise
             try:
                 self._open_upstream(resolver, listener)
-                self._guard.set_forwarder(resolver.slot, listener.cookie, listener.ports())
+                self._guard.maps.set_forwarder(resolver.slot, listener.cookie, listener.ports())
             except BaseException:
                 self._drop_listener(listener)
                 raise
@@ -320,7 +320,7 @@ class DnsForwarder:
     def _close_resolver(self, resolver: SandboxResolver, forget_kernel: bool) -> None:
         for listener in resolver.listeners.values():
             if forget_kernel:
-                self._guard.clear_forwarder(resolver.slot, listener.cookie)
+                self._guard.maps.clear_forwarder(resolver.slot, listener.cookie)
             self._drop_listener(listener)
         resolver.listeners.clear()
         self._pending = {k: p for k, p in self._pending.items() if p.resolver is not resolver}
@@ -351,7 +351,7 @@ class DnsForwarder:
             action = layout.ACTION_AUDITED if audit else layout.ACTION_REFUSED
             if self._report is None or not self._report(resolver.sandbox, resolver.slot, detail, action):
                 counters.lost += 1
-        self._guard.write_dns_counters(resolver.slot, counters)
+        self._guard.maps.write_dns_counters(resolver.slot, counters)
 
     # ---- the decision, shared by UDP and TCP -------------------------------------
 
