@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from enforcer.cgroupfs import cgroup2_mount, remove_cgroup  # noqa: E402
-from tests.e2e.conftest import DaemonProcess  # noqa: E402
+from tests.e2e.harness.daemon import DaemonProcess  # noqa: E402
 from tests.e2e.runtimes import (  # noqa: E402
     HOOK_POLICIES,
     IMAGE,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from enforcer.cgroupfs import cgroup2_mount, move_pid, remove_cgroup  # noqa: E402
-from tests.e2e.conftest import DaemonProcess  # noqa: E402
+from tests.e2e.harness.daemon import DaemonProcess  # noqa: E402
 
 UPSTREAM = "127.0.0.155"   # the test server, on the host's loopback
 ADDRESSED = "127.0.0.156"  # what the sandboxed client asks (nothing listens there)

@@ -32,7 +32,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from bench.run import build_micro_bench  # noqa: E402
 from enforcer.cgroupfs import cgroup2_mount, move_pid, remove_cgroup  # noqa: E402
-from tests.e2e.conftest import DaemonProcess  # noqa: E402
+from tests.e2e.harness.daemon import DaemonProcess  # noqa: E402
 from tests.e2e.runtimes import ensure_packages  # noqa: E402
 
 RULES = 10_000

@@ -41,7 +41,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from bench import dns as dns_bench  # noqa: E402
 from enforcer.cgroupfs import cgroup2_mount, move_pid, remove_cgroup  # noqa: E402
 from enforcer.policy import parse_policy  # noqa: E402
-from tests.e2e.conftest import DaemonProcess  # noqa: E402
+from tests.e2e.harness.daemon import DaemonProcess  # noqa: E402
 
 
 def build_micro_bench(workdir: Path) -> Path:

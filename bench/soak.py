@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # it forks with channels open (tests/conftest.py)
 
 from enforcer.cgroupfs import cgroup2_mount, move_pid, remove_cgroup  # noqa: E402
-from tests.e2e.conftest import DaemonProcess, bpffs  # noqa: E402
+from tests.e2e.harness.daemon import DaemonProcess  # noqa: E402
+from tests.e2e.harness.env import bpffs  # noqa: E402
 from tests.kernels import watch  # noqa: E402
 
 PROBE = REPO / "tests" / "e2e" / "probe.py"

@@ -31,7 +31,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from bench.run import bench_cgroups, build_micro_bench, ns_per_op  # noqa: E402
 from enforcer.cgroupfs import remove_cgroup  # noqa: E402
 from enforcer.policy.syscalls import X86_64  # noqa: E402
-from tests.e2e.conftest import DaemonProcess  # noqa: E402
+from tests.e2e.harness.daemon import DaemonProcess  # noqa: E402
 
 DENY_12 = ["ptrace", "process_vm_writev", "bpf", "perf_event_open", "init_module", "finit_module", "kexec_load",
            "mount", "unshare", "setns", "keyctl", "io_uring_setup"]

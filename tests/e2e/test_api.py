@@ -12,7 +12,8 @@ import pytest
 from enforcer.client import EnforcerError
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
-from tests.e2e.conftest import HOST4, Probe
+from tests.e2e.harness.network import HOST4
+from tests.e2e.harness.probes import Probe
 from tests.e2e.test_network import connect, policy
 
 
@@ -206,7 +207,7 @@ def test_an_apply_whose_caller_gave_up_changes_nothing(daemon, client, make_cgro
 
 
 def test_stream_filters_by_sandbox_and_labels(client, make_cgroup, sandbox_id, probe: Probe):
-    from tests.e2e.conftest import wait_denials
+    from tests.e2e.harness.waits import wait_denials
 
     a, b = make_cgroup("a"), make_cgroup("b")
     client.apply({**policy(sandbox_id + "-a", a), "labels": {"episode": "1", "run": "r"}})

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import HOST4, DaemonProcess, patience
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.env import patience
+from tests.e2e.harness.network import HOST4
 from tests.e2e.test_network import policy, sendto
 from tests.unit.test_export import assert_valid_ocsf
 

@@ -11,7 +11,10 @@ every record of the new ring was skipped as "already written down". Not marked
 
 from __future__ import annotations
 
-from tests.e2e.conftest import HOST4, DaemonProcess, Probe, wait_denials
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.network import HOST4
+from tests.e2e.harness.probes import Probe
+from tests.e2e.harness.waits import wait_denials
 from tests.e2e.test_audit import records
 from tests.e2e.test_network import policy, sendto
 

@@ -21,7 +21,8 @@ def write_policy(path: Path, doc: dict) -> Path:
 
 
 def test_apply_list_stats_denials_remove(daemon, make_cgroup, sandbox_id, tmp_path, probe):
-    from tests.e2e.conftest import HOST4, wait_denials
+    from tests.e2e.harness.network import HOST4
+    from tests.e2e.harness.waits import wait_denials
     from tests.e2e.test_network import connect, policy
 
     cg = make_cgroup()
@@ -101,7 +102,8 @@ def test_unreachable_daemon_is_one_clear_line(tmp_path):
 
 
 def test_status_and_exec_denials_in_human_form(daemon, make_cgroup, sandbox_id, tmp_path):
-    from tests.e2e.conftest import expected_exec_mode, wait_denials
+    from tests.e2e.harness.env import expected_exec_mode
+    from tests.e2e.harness.waits import wait_denials
     from tests.e2e.test_exec import PY, TRUE, outcome
 
     status = cli(daemon, "status", check=True).stdout

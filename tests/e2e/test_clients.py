@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HOST4, REPO
+from tests.e2e.harness.env import REPO
+from tests.e2e.harness.network import HOST4
 from tests.e2e.test_network import policy, sendto
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import patience
+from tests.e2e.harness.env import patience
 from tests.kernels.features import TRACING
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel (and the machine): runs on each

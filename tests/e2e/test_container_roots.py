@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DaemonProcess, expected_exec_mode, wait_denials
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.env import expected_exec_mode
+from tests.e2e.harness.waits import wait_denials
 from tests.e2e.test_exec import PY, REFUSED_BY_MODE, outcome
 
 pytestmark = pytest.mark.kernel

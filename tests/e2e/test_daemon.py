@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HOST4, DaemonProcess, Probe
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.network import HOST4
+from tests.e2e.harness.probes import Probe
 from tests.e2e.test_network import connect, policy
 
 
@@ -210,7 +212,7 @@ def test_events_the_ring_buffer_cannot_take_are_counted_not_lost(tmp_path: Path,
     """Stop the daemon (SIGSTOP) so nothing drains the 4 MiB ring buffer, refuse
     more than it holds, resume: every refusal is either delivered or counted as
     lost, and the counters are exact."""
-    from tests.e2e.conftest import wait_denials
+    from tests.e2e.harness.waits import wait_denials
     from tests.e2e.test_network import sendto
 
     proc = DaemonProcess(tmp_path, "--events-per-sec", "0")  # no budget: every refusal wants an event

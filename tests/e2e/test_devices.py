@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import wait_denials
+from tests.e2e.harness.waits import wait_denials
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 

@@ -14,7 +14,7 @@ from dns.message import make_query
 
 from enforcer.v1 import enforcer_pb2 as pb
 from tests.e2e import dnsworld as w
-from tests.e2e.conftest import wait_denials
+from tests.e2e.harness.waits import wait_denials
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 
@@ -275,7 +275,7 @@ def test_a_namespace_entered_after_the_apply_is_served_from_its_first_refused_qu
 
 def test_a_restarted_daemon_serves_names_again_and_keeps_what_was_learned(make_cgroup, sandbox_id, spawn_agent,
                                                                           world, tmp_path):
-    from tests.e2e.conftest import DaemonProcess
+    from tests.e2e.harness.daemon import DaemonProcess
 
     proc = DaemonProcess(tmp_path)
     proc.start()
@@ -352,7 +352,7 @@ def test_garbage_gets_an_error_or_nothing_and_the_audit_record_exports_as_ocsf(
 
 def test_dns_refusals_are_counted_exactly_past_the_event_budget_and_scraped(make_cgroup, sandbox_id, spawn_agent,
                                                                            world, tmp_path):
-    from tests.e2e.conftest import DaemonProcess
+    from tests.e2e.harness.daemon import DaemonProcess
     from tests.e2e.test_daemon import free_port
     from tests.e2e.test_metrics import scrape
 
@@ -385,7 +385,7 @@ def test_without_an_upstream_the_hosts_resolvers_are_asked_from_the_daemons_name
     """The daemon runs in a mount namespace whose /etc/resolv.conf names the test
     server on the host's loopback (127.0.0.153): the host's resolver, which a
     sandbox in its own namespace could not reach itself."""
-    from tests.e2e.conftest import DaemonProcess
+    from tests.e2e.harness.daemon import DaemonProcess
 
     conf = tmp_path / "resolv.conf"
     conf.write_text(f"nameserver {w.LOCAL_DNS}\n")

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import patience, wait_denials
+from tests.e2e.harness.env import patience
+from tests.e2e.harness.waits import wait_denials
 
 pytestmark = pytest.mark.kernel
 
@@ -56,7 +57,7 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 @pytest.fixture(scope="module")
 def lsm() -> bool:
     """BPF-LSM refuses the open of a cgroup.procs outside (file_open)."""
-    from tests.e2e.conftest import expected_exec_mode
+    from tests.e2e.harness.env import expected_exec_mode
 
     return expected_exec_mode() == "lsm"
 
@@ -176,7 +177,7 @@ def test_a_signal_to_the_daemon_is_reported_and_stopped(client, sandbox, sandbox
     reported: killed at the kill() (tracepoint), or refused with EPERM (BPF-LSM,
     task_kill). SIGCONT, so the daemon lives whatever happens."""
     from enforcer.cgroupfs import move_pid
-    from tests.e2e.conftest import expected_exec_mode
+    from tests.e2e.harness.env import expected_exec_mode
 
     inside, _ = sandbox
     target = daemon.proc.pid

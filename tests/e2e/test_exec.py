@@ -20,7 +20,9 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.e2e.conftest import REPO, DaemonProcess, expected_exec_mode, wait_denials
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.env import REPO, expected_exec_mode
+from tests.e2e.harness.waits import wait_denials
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 

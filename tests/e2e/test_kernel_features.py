@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.e2e.conftest import REPO, patience
+from tests.e2e.harness.env import REPO, patience
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 

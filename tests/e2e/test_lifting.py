@@ -14,13 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import EPERM, DaemonProcess, patience
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.probes import EPERM
+from tests.e2e.harness.waits import wait_until
 from tests.e2e.test_syscalls import BPF_PROG_GET_NEXT_ID, CLONE_NEWUTS, call
 
 pytestmark = pytest.mark.kernel
@@ -42,13 +43,6 @@ def connect_refused(cgroup: Path) -> bool:
 
 def missing_programs(client: Any) -> list[str]:
     return [p.name for p in client.status().programs if p.attached != p.expected]
-
-
-def wait_until(condition: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + patience(timeout)
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def build_dir(client: Any) -> Path:

@@ -8,7 +8,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import HOST4, DaemonProcess, Probe
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.network import HOST4
+from tests.e2e.harness.probes import Probe
 from tests.e2e.test_daemon import free_port
 from tests.e2e.test_network import policy, sendto
 

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 from enforcer.v1 import enforcer_pb2 as pb
-from tests.e2e.conftest import HOST4, HOST6, Probe, expected_exec_mode, wait_denials
+from tests.e2e.harness.env import expected_exec_mode
+from tests.e2e.harness.network import HOST4, HOST6
+from tests.e2e.harness.probes import Probe
+from tests.e2e.harness.waits import wait_denials
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)
 

@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 
 from enforcer.kernel.loader import CGROUP_PROGRAMS
-from tests.e2e.conftest import HOST4, DaemonProcess, Probe, expected_exec_mode, patience
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.env import expected_exec_mode, patience
+from tests.e2e.harness.network import HOST4
+from tests.e2e.harness.probes import Probe
 from tests.e2e.test_audit import records
 from tests.e2e.test_network import connect, policy, sendto
 

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from enforcer.policy.syscalls import X86_64
-from tests.e2e.conftest import EPERM, DaemonProcess, wait_denials
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.probes import EPERM
+from tests.e2e.harness.waits import wait_denials
 
 pytestmark = pytest.mark.kernel
 

@@ -14,7 +14,11 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.e2e.conftest import HOST4, PROBE, DaemonProcess, Probe, patience, wait_denials
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.env import patience
+from tests.e2e.harness.network import HOST4
+from tests.e2e.harness.probes import PROBE, Probe
+from tests.e2e.harness.waits import wait_denials
 from tests.e2e.test_network import connect, policy, sendto
 
 pytestmark = pytest.mark.kernel  # the outcome depends on the kernel: runs on each (make test-kernels)

@@ -10,7 +10,7 @@ import pytest
 
 from enforcer.cgroupfs import cgroup2_mount
 from enforcer.oci import podman_oci_runtime
-from tests.e2e.conftest import Cleanup
+from tests.e2e.harness.cleanup import Cleanup
 from tests.e2e.runtimes import DockerDaemon, Runtime, podman
 
 

@@ -14,7 +14,8 @@ import docker as docker_sdk
 import pytest
 
 from enforcer.cgroupfs import cgroup2_mount
-from tests.e2e.conftest import Cleanup, wait_denials
+from tests.e2e.harness.cleanup import Cleanup
+from tests.e2e.harness.waits import wait_denials
 from tests.e2e.runtimes import DOCKER_DIR, HOOK_POLICIES, IMAGE, Runtime, point_hooks_at
 
 REFUSED_PORT = 9090

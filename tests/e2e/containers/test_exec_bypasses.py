@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cleanup, wait_denials
+from tests.e2e.harness.cleanup import Cleanup
+from tests.e2e.harness.waits import wait_denials
 from tests.e2e.runtimes import HOOK_POLICIES, Runtime, point_hooks_at
 
 PY = os.path.realpath("/usr/bin/python3")

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from enforcer.cgroupfs import cgroup2_mount
-from tests.e2e.conftest import Cleanup, DaemonProcess, wait_denials
 from tests.e2e.containers.conftest import BridgeNetwork
+from tests.e2e.harness.cleanup import Cleanup
+from tests.e2e.harness.daemon import DaemonProcess
+from tests.e2e.harness.waits import wait_denials
 from tests.e2e.runtimes import IMAGE, Runtime
 
 # Inside the container (its own loopback, --network none): a listener on the

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cleanup, wait_denials
 from tests.e2e.containers.conftest import BridgeNetwork
+from tests.e2e.harness.cleanup import Cleanup
+from tests.e2e.harness.waits import wait_denials
 from tests.e2e.runtimes import HOOK_POLICIES, HOOK_SOCKET, IMAGE, Runtime, hooked, point_hooks_at
 
 REFUSED_PORT = 9090
