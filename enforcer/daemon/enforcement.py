@@ -27,8 +27,9 @@ from enforcer.cgroupfs import (
     resolve_target,
     write_control,
 )
-from enforcer.daemon import escapes, exec_roots
+from enforcer.daemon import exec_roots
 from enforcer.daemon.dns import DnsChange, DnsForwarder
+from enforcer.daemon.reactions import ESCALATE_CODES, KernelReactions
 from enforcer.daemon.state import StateDir
 from enforcer.daemon.store import (
     ApplyConflict,
@@ -39,20 +40,10 @@ from enforcer.daemon.store import (
     now_ns,
 )
 from enforcer.kernel import encode, exec_rules, layout, syscall_rules
-from enforcer.kernel.events import EscalationDetail, EscapeDetail, KernelDenial
 from enforcer.kernel.guard import KernelError, SandboxGuard
 from enforcer.kernel.maps import CounterTotals, SandboxState
-from enforcer.policy import EscalationAction, Mode, Policy, PolicyError, Verdict, parse_labels
+from enforcer.policy import Mode, Policy, PolicyError, Verdict, parse_labels
 from enforcer.wire import policy_wire
-
-ESCALATE_CODES = {
-    EscalationAction.QUARANTINE: layout.ESCALATE_QUARANTINE,
-    EscalationAction.FREEZE: layout.ESCALATE_FREEZE,
-    EscalationAction.KILL: layout.ESCALATE_KILL,
-}
-# A fired escalation whose event has not arrived after this long was lost with a
-# full ring buffer: act on it from the map instead.
-ESCALATION_EVENT_GRACE_NS = 1_000_000_000
 
 log = structlog.get_logger("enforcer.enforcement")
 
@@ -100,6 +91,7 @@ class Enforcement:
         self._mount = cgroup2_mount()
         self._retired: queue.Queue[dict[str, list[bytes]]] = queue.Queue()
         threading.Thread(target=self._delete_retired, name="rule-janitor", daemon=True).start()
+        self.reactions = KernelReactions(guard, self._store, self._lock, self.dns, self._mount, self._save)
 
     def _delete_retired(self) -> None:
         while True:
@@ -312,39 +304,6 @@ class Enforcement:
             log.error("sandbox_processes_not_tracked", sandbox=sandbox, error=str(exc),
                       note="a move out of the sandbox by these processes is not reported")
 
-    def on_bpf_call(self) -> None:
-        """A sandbox called bpf() and was refused. Without BPF-LSM the call ran
-        before its caller died, and a detach racing it from another thread
-        could have got through: put back whatever is missing."""
-        with self._lock:
-            restored = self._guard.restore_attachments()
-        if restored:
-            log.error("programs_reattached", programs=[f"{name}@{cgroup_id}" for name, cgroup_id in restored],
-                      note="a sandbox detached them with bpf() before it was stopped")
-
-    def keep_pins(self) -> None:
-        """Pin again what was unlinked from bpffs; skipped while an apply holds
-        the lock (the caller comes back in a second)."""
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            restored = self._guard.restore_pins()
-        finally:
-            self._lock.release()
-        if restored:
-            log.error("pins_restored", pins=[str(p) for p in restored],
-                      note="someone unlinked them; without a pin a link ends with the daemon")
-
-    def on_escape(self, denial: KernelDenial) -> tuple[str, str]:
-        """The kernel reported a cgroup escape: kill what left if the kernel
-        could not; (who killed it, where it went)."""
-        detail = denial.detail
-        assert isinstance(detail, EscapeDetail)
-        with self._lock:
-            record = self._store.by_slot(denial.slot)
-        killed_by = escapes.contain(detail, denial.action, record.cgroup.path if record else None, self._mount)
-        return killed_by, escapes.cgroup_path_of(detail.dst_cgroup_id, self._mount)
-
     def _check_syscall_hooks(self, policy: Policy) -> None:
         """A refused syscall this kernel does not build has no tracepoint: it can
         only fail (ENOSYS), so the entry holds without a hook, but an attempt is
@@ -466,72 +425,6 @@ class Enforcement:
             self._save(record)
         log.info("sandbox_released", sandbox=sandbox)
         return record
-
-    def on_escalation(self, denial: KernelDenial) -> None:
-        """The kernel reported an escalation: carry out what only userspace can."""
-        detail = denial.detail
-        assert isinstance(detail, EscalationDetail)
-        with self._lock:
-            record = self._store.by_slot(denial.slot)
-            if record is None or record.escalation_handled == detail.fired_at or record.policy.escalate is None:
-                return
-            self._act(record, detail)
-
-    def on_unserved_dns(self, denial: KernelDenial) -> None:
-        """The kernel refused a port-53 call of a sandbox that resolves by name:
-        its process is in a namespace with no forwarder yet. Listen there."""
-        with self._lock:
-            record = self._store.by_slot(denial.slot)
-        if record is None or not record.policy.network.by_name or not denial.tgid:
-            return
-        try:
-            self.dns.serve_namespace_of(record.policy.sandbox, denial.tgid)
-        except Exception as exc:
-            log.error("dns_forwarder_add_failed", sandbox=record.policy.sandbox, pid=denial.tgid, error=str(exc))
-
-    def lost_escalations(self) -> list[KernelDenial]:
-        """Escalations the kernel fired whose event never came (ring buffer full):
-        act on them now, and return a stand-in event for each to report."""
-        found = []
-        now = time.monotonic_ns()
-        with self._lock:
-            for record in self._store.all():
-                if record.policy.escalate is None:
-                    continue
-                fired = self._guard.maps.escalation_fired(record.slot)
-                if not fired or fired == record.escalation_handled:
-                    continue
-                if not record.escalation_seen_ns:
-                    record.escalation_seen_ns = now
-                    continue
-                if now - record.escalation_seen_ns < ESCALATION_EVENT_GRACE_NS:
-                    continue
-                escalate = record.policy.escalate
-                acted = record.policy.mode is Mode.ENFORCE
-                detail = EscalationDetail(fired, round(escalate.within * 1e9), escalate.after,
-                                          ESCALATE_CODES[escalate.action], acted)
-                self._act(record, detail)
-                found.append(KernelDenial(time.clock_gettime_ns(time.CLOCK_BOOTTIME), record.cgroup.id,
-                                          record.generation, record.tag, record.slot, 0, 0, "",
-                                          layout.KIND_ESCALATION,
-                                          layout.ACTION_REFUSED if acted else layout.ACTION_AUDITED, detail))
-        return found
-
-    def _act(self, record: SandboxRecord, detail: EscalationDetail) -> None:
-        record.escalation_handled = detail.fired_at
-        record.escalation_seen_ns = 0
-        action = record.policy.escalate.action if record.policy.escalate else None
-        if detail.acted and record.cgroup.still_exists():
-            if action is EscalationAction.QUARANTINE:
-                record.quarantined = True  # the kernel already refuses everything
-            elif action is EscalationAction.FREEZE:
-                write_control(record.cgroup, "cgroup.freeze", "1")
-                record.frozen = True
-            elif action is EscalationAction.KILL:
-                write_control(record.cgroup, "cgroup.kill", "1")
-        self._save(record)
-        log.warning("escalation", sandbox=record.policy.sandbox, action=action.value if action else None,
-                    acted=detail.acted, denials=detail.fired_at)
 
     def counters(self, sandbox: str, reset: bool = False) -> tuple[CounterTotals, int]:
         """Exact counts since the apply or the last reset, and when that was. A reset

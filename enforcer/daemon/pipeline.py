@@ -84,7 +84,9 @@ class EventSource(Protocol):
     def wait(self, timeout_ms: int) -> None: ...
 
 
-class EscalationHandler(Protocol):
+class Reactions(Protocol):
+    """What the daemon does on what the kernel reports (enforcer.daemon.reactions)."""
+
     def on_escalation(self, denial: KernelDenial) -> None: ...
     def lost_escalations(self) -> list[KernelDenial]: ...
     def on_unserved_dns(self, denial: KernelDenial) -> None: ...
@@ -111,12 +113,12 @@ def boot_to_unix_offset_ns() -> int:
 
 class DenialPipeline:
     def __init__(self, source: EventSource, store: PolicyStore, retention: int = 65536,
-                 escalations: EscalationHandler | None = None, next_seq: int = 1,
+                 reactions: Reactions | None = None, next_seq: int = 1,
                  recorded_through: int = -1, device_drivers: dict[int, str] | None = None) -> None:
         """``next_seq`` and ``recorded_through`` (the last position of this
         ring buffer in the audit log) carry on from an earlier daemon's audit log."""
         self._source = source
-        self._escalations = escalations
+        self._reactions = reactions
         self._last_escalation_poll = 0.0
         self._store = store
         self._recorded_through = recorded_through
@@ -193,10 +195,10 @@ class DenialPipeline:
                 log.exception("ring_buffer_read_failed")
                 time.sleep(0.1)
                 continue
-            if self._escalations and time.monotonic() - self._last_escalation_poll >= ESCALATION_POLL_S:
+            if self._reactions and time.monotonic() - self._last_escalation_poll >= ESCALATION_POLL_S:
                 self._last_escalation_poll = time.monotonic()
                 try:
-                    lost = self._escalations.lost_escalations()
+                    lost = self._reactions.lost_escalations()
                 except Exception:
                     log.exception("escalation_poll_failed")
                     lost = []
@@ -215,9 +217,9 @@ class DenialPipeline:
         unserved_dns: dict[tuple[int, int], KernelDenial] = {}  # one per process and batch, not per refusal
         bpf_called = False  # checked once per batch, not per refusal
         for denial, info in zip(denials, infos, strict=True):
-            if denial.kind == layout.KIND_ESCALATION and self._escalations:
+            if denial.kind == layout.KIND_ESCALATION and self._reactions:
                 try:
-                    self._escalations.on_escalation(denial)
+                    self._reactions.on_escalation(denial)
                 except Exception:
                     log.exception("escalation_failed")
             elif (isinstance(denial.detail, NetDetail) and denial.detail.port == layout.DNS_PORT
@@ -226,18 +228,18 @@ class DenialPipeline:
             elif isinstance(denial.detail, SyscallDetail) and _is_bpf(denial.detail):
                 bpf_called = True
             escape = ("", "")
-            if denial.kind == layout.KIND_ESCAPE and self._escalations:
+            if denial.kind == layout.KIND_ESCAPE and self._reactions:
                 try:
-                    escape = self._escalations.on_escape(denial)
+                    escape = self._reactions.on_escape(denial)
                 except Exception:
                     log.exception("escape_containment_failed")
             events.append(self._to_proto(denial, info, escape))
-        if self._escalations:
+        if self._reactions:
             for denial in unserved_dns.values():
-                self._escalations.on_unserved_dns(denial)
+                self._reactions.on_unserved_dns(denial)
             if bpf_called:
                 try:
-                    self._escalations.on_bpf_call()
+                    self._reactions.on_bpf_call()
                 except Exception:
                     log.exception("reattach_failed")
         # Only this thread assigns sequence numbers. The audit log gets the batch

@@ -168,7 +168,7 @@ def run_daemon(config: DaemonConfig) -> int:
     # The ring buffer is the adopted one: whatever the old build reported while no
     # daemon ran is in it, drained once the restored store can name its sandboxes.
     pipeline = DenialPipeline(ring, enforcement.store, retention=config.retention,
-                              escalations=enforcement, next_seq=last_seq + 1,
+                              reactions=enforcement.reactions, next_seq=last_seq + 1,
                               recorded_through=last_ring_pos if guard.adopted else -1,
                               device_drivers=guard.gpu_majors)
     enforcement.dns.report_to(pipeline.submit_dns)
@@ -246,7 +246,7 @@ def run_daemon(config: DaemonConfig) -> int:
     # Each second, too, pins unlinked from bpffs are put back.
     while not stop.wait(1.0):
         try:
-            enforcement.keep_pins()
+            enforcement.reactions.keep_pins()
         except Exception:
             log.exception("keeping_pins_failed")
 
@@ -255,7 +255,7 @@ def run_daemon(config: DaemonConfig) -> int:
     pipeline.stop()  # after the forwarder: the DNS denials it reported are published first
     server.stop(grace=1).wait()
     enforcement.flush_retired()
-    enforcement.keep_pins()
+    enforcement.reactions.keep_pins()
     # The programs stay attached and pinned: enforcement holds until the next
     # daemon takes over (or `enforcer daemon --uninstall`).
     guard.close()
