@@ -159,6 +159,13 @@ static __always_inline int refuse_in_lsm(long rule_nr)
     return action == ENF_ACTION_REFUSED ? -ENF_EPERM : 0;
 }
 
+/* Shared hooks run for every task of the host: the task's sandbox is looked up
+ * before its registers are read. */
+static __always_inline int in_a_sandbox(void)
+{
+    return enf_active() && sandbox_of_task() != 0;
+}
+
 /* ptrace_access_check also guards /proc/<pid>/mem, kcmp, pidfd_getfd...: only
  * the ptrace and process_vm_* syscalls are refused there. */
 static __always_inline long ptrace_rule(void)
@@ -196,7 +203,7 @@ LSM_PROBE(sb_mount, const char *dev_name, const struct path *path, const char *t
 
 LSM_PROBE(ptrace_access_check, struct task_struct *child, unsigned int mode)
 {
-    return refuse_in_lsm(ptrace_rule());
+    return in_a_sandbox() ? refuse_in_lsm(ptrace_rule()) : 0;
 }
 
 LSM_PROBE(ptrace_traceme, struct task_struct *parent)
@@ -226,7 +233,7 @@ LSM_PROBE(socket_create, int family, int type, int protocol, int kern)
     if (kern)
         return 0;
     int refused = refuse_packet_socket(family, type, protocol);
-    if (refused)
+    if (refused || !in_a_sandbox())
         return refused;
     struct enf_current_call call;
     read_current_call(&call);

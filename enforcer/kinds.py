@@ -34,7 +34,7 @@ class Ocsf:
 
 
 @dataclass(frozen=True)
-class DenialKind:
+class Kind:
     name: str               # short name: stats field, `--kind`, metrics label, rl rule
     proto: pb.DenialKind    # its wire enum value
     kernel_macro: str       # ENF_KIND_* in bpf/enforcer.h
@@ -248,41 +248,37 @@ def _escape_ocsf(record: Record, refused: bool, actor: dict[str, Any], host: str
 # Network attempts are common mistakes (a wrong mirror, an unlisted name); raw
 # sockets, refused programs, GPU access, refused syscalls and escapes are what
 # a breakout looks like.
-KINDS: tuple[DenialKind, ...] = (
-    DenialKind("connect", pb.DENIAL_KIND_CONNECT, "ENF_KIND_CONNECT", "destination", True, _destination_audit,
+KINDS: tuple[Kind, ...] = (
+    Kind("connect", pb.DENIAL_KIND_CONNECT, "ENF_KIND_CONNECT", "destination", True, _destination_audit,
                _destination_text, _destination_message("connect"), _network_activity(1, "Open"),
                ("address", "port"), 0.1, 50),
-    DenialKind("sendmsg", pb.DENIAL_KIND_SENDMSG, "ENF_KIND_SENDMSG", "destination", True, _destination_audit,
+    Kind("sendmsg", pb.DENIAL_KIND_SENDMSG, "ENF_KIND_SENDMSG", "destination", True, _destination_audit,
                _destination_text, _destination_message("sendmsg"), _network_activity(6, "Traffic"),
                ("address", "port"), 0.1, 50),
-    DenialKind("socket", pb.DENIAL_KIND_SOCKET, "ENF_KIND_SOCKET", "socket", True, _socket_audit, _socket_text,
+    Kind("socket", pb.DENIAL_KIND_SOCKET, "ENF_KIND_SOCKET", "socket", True, _socket_audit, _socket_text,
                lambda record, verb: f"socket creation {verb} in sandbox {record.get('sandbox', '')}",
                _network_activity(99, "Other"), (), 1.0, 1),
-    DenialKind("exec", pb.DENIAL_KIND_EXEC, "ENF_KIND_EXEC", "exec", True, _exec_audit, _exec_text,
+    Kind("exec", pb.DENIAL_KIND_EXEC, "ENF_KIND_EXEC", "exec", True, _exec_audit, _exec_text,
                lambda record, verb: f"exec of {record.get('path')} {verb} in sandbox {record.get('sandbox', '')}",
                _exec_ocsf, ("path", "argv", "reason"), 1.0, 1),
-    DenialKind("device", pb.DENIAL_KIND_DEVICE, "ENF_KIND_DEVICE", "device", True, _device_audit, _device_text,
+    Kind("device", pb.DENIAL_KIND_DEVICE, "ENF_KIND_DEVICE", "device", True, _device_audit, _device_text,
                _device_message, _other_process_activity, ("major", "minor", "access", "driver", "device"), 1.0, 1),
-    DenialKind("escalation", pb.DENIAL_KIND_ESCALATION, "ENF_KIND_ESCALATION", "escalation", False,
+    Kind("escalation", pb.DENIAL_KIND_ESCALATION, "ENF_KIND_ESCALATION", "escalation", False,
                _escalation_audit, _escalation_text,
                lambda record, verb: (f"escalation {record.get('escalation')} after {record.get('after')} denials "
                                      f"in sandbox {record.get('sandbox', '')}"),
                _escalation_ocsf, ("escalation",), 0.0, None),
-    DenialKind("dns", pb.DENIAL_KIND_DNS, "ENF_KIND_DNS", "dns", True, _dns_audit, _dns_text,
+    Kind("dns", pb.DENIAL_KIND_DNS, "ENF_KIND_DNS", "dns", True, _dns_audit, _dns_text,
                lambda record, verb: (f"DNS query for {record.get('name')} ({record.get('query_type')}) {verb} "
                                      f"in sandbox {record.get('sandbox', '')}"),
                _dns_ocsf, ("name", "query_type", "reason"), 0.1, 50),
-    DenialKind("syscall", pb.DENIAL_KIND_SYSCALL, "ENF_KIND_SYSCALL", "syscall", True, _syscall_audit, _syscall_text,
+    Kind("syscall", pb.DENIAL_KIND_SYSCALL, "ENF_KIND_SYSCALL", "syscall", True, _syscall_audit, _syscall_text,
                lambda record, verb: (f"syscall {record.get('syscall') or record.get('number')} {verb} "
                                      f"in sandbox {record.get('sandbox', '')}"),
                _syscall_ocsf, ("syscall", "number", "args"), 1.0, 1),
-    DenialKind("escape", pb.DENIAL_KIND_ESCAPE, "ENF_KIND_ESCAPE", "escape", True, _escape_audit, _escape_text,
+    Kind("escape", pb.DENIAL_KIND_ESCAPE, "ENF_KIND_ESCAPE", "escape", True, _escape_audit, _escape_text,
                _escape_message, _escape_ocsf, ("moved_pid", "cgroup", "how", "moved_killed_by"), 1.0, 1),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 BY_PROTO = {kind.proto: kind for kind in KINDS}
 COUNTED = tuple(kind.name for kind in KINDS if kind.counted)  # the SandboxStats fields, in order
-
-
-def kind_of_event(event: pb.DenialEvent) -> DenialKind:
-    return BY_PROTO[event.kind]
