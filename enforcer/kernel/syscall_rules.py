@@ -9,7 +9,7 @@ from enforcer.kernel import layout
 from enforcer.policy import SyscallPolicy, Verdict
 from enforcer.policy.syscalls import syscall_names, syscall_table
 
-_KEY = struct.Struct("<II")  # layout.SyscallKey; tests/unit/test_syscalls.py checks it
+_KEY = struct.Struct("<II")  # layout.SyscallKey; tests/unit/test_policy_syscalls.py checks it
 
 
 def default_verdict(policy: SyscallPolicy) -> int:

@@ -1,7 +1,7 @@
 """System call names and numbers, by architecture.
 
 A policy names syscalls; the kernel sees numbers. The x86_64 table is the
-kernel's own (``asm/unistd_64.h``; tests/unit/test_syscalls.py checks it against
+kernel's own (``asm/unistd_64.h``; tests/unit/test_policy_syscalls.py checks it against
 the header where one is installed). Other architectures are not supported yet:
 a policy with syscall rules is refused there.
 """
