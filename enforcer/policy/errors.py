@@ -1,3 +1,5 @@
+"""PolicyError: a policy refused, naming the field and the reason."""
+
 from __future__ import annotations
 
 

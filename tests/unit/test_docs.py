@@ -119,3 +119,13 @@ def test_export_formats_are_documented_as_they_are():
     doc = " ".join(text("docs/operations.md").split())
     assert ", ".join(export.CSV_COLUMNS) in doc
     assert ", ".join(f"`{kind}`" for kind in export.KINDS) in doc
+
+
+def test_every_module_is_in_the_design_doc():
+    doc = text("docs/design.md")
+    modules = [path.relative_to(REPO).as_posix() for pattern in ("enforcer/**/*.py", "bpf/*", "tests/e2e/harness/*.py")
+               for path in REPO.glob(pattern)
+               if "v1" not in path.parts and "__pycache__" not in path.parts
+               and (path.name != "__init__.py" or path.parent.name == "dns")]
+    assert len(modules) > 40, "the module pattern is wrong"
+    assert sorted(m for m in modules if f"`{m}`" not in doc) == []
