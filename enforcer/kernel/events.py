@@ -8,7 +8,8 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from enforcer.kernel import layout
 
@@ -100,6 +101,9 @@ class DnsDetail(NamedTuple):
     transport: int   # IPPROTO_UDP / IPPROTO_TCP
 
 
+Detail = NetDetail | ExecDetail | DeviceDetail | EscalationDetail | DnsDetail | SyscallDetail | EscapeDetail
+
+
 class KernelDenial(NamedTuple):
     # NamedTuples and inet_ntop: this runs once per event on the drain thread.
     boot_ns: int
@@ -112,7 +116,40 @@ class KernelDenial(NamedTuple):
     comm: str
     kind: int
     action: int
-    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | DnsDetail | SyscallDetail | EscapeDetail | None
+    detail: Detail | None
+
+
+def _exec_detail(ev: layout.ExecEvent, raw: bytes) -> ExecDetail:
+    argv_bytes = raw[_ARGV_OFFSET: _ARGV_OFFSET + min(ev.argv_len, layout.ARGV_BYTES)]
+    args = tuple(a.decode("utf-8", "replace") for a in argv_bytes.split(b"\0")[: ev.argc])
+    return ExecDetail(ev.ppid, ev.reason, bool(ev.script), ev.path.decode("utf-8", "replace"), args,
+                      bool(ev.argv_truncated), ev.dev, ev.ino)
+
+
+def _net_detail(net: layout.NetEvent, _raw: bytes) -> NetDetail:
+    address = ""
+    if net.head.kind != layout.KIND_SOCKET and net.family in (AF_INET, AF_INET6):
+        addr = bytes(net.addr)
+        address = socket.inet_ntop(net.family, addr[:4] if net.family == AF_INET else addr)
+    return NetDetail(net.family, net.sock_type, net.port, net.protocol, address)
+
+
+# The kernel's kind -> its event struct and the detail decoded from it (a short
+# network record takes this path too; a full one, the struct fast path below).
+_DECODERS: dict[int, tuple[type[Any], Callable[[Any, bytes], Detail]]] = {
+    layout.KIND_EXEC: (layout.ExecEvent, _exec_detail),
+    layout.KIND_ESCALATION: (layout.EscalationEvent, lambda esc, _raw: EscalationDetail(
+        esc.count, esc.within_ns, esc.after, esc.escalate_action, bool(esc.acted))),
+    layout.KIND_SYSCALL: (layout.SyscallEvent, lambda call, _raw: SyscallDetail(
+        call.nr, tuple(call.args), bool(call.lsm), bool(call.compat))),
+    layout.KIND_ESCAPE: (layout.EscapeEvent, lambda esc, _raw: EscapeDetail(
+        esc.moved_tgid, esc.dst_cgroup_id, esc.how, bool(esc.writer_killed), bool(esc.moved_is_writer),
+        bool(esc.lsm), esc.signal)),
+    layout.KIND_DEVICE: (layout.DeviceEvent, lambda dev, _raw: DeviceDetail(
+        dev.major, dev.minor, dev.access, dev.dev_type)),
+    **{kind: (layout.NetEvent, _net_detail) for kind in (layout.KIND_CONNECT, layout.KIND_SENDMSG,
+                                                         layout.KIND_SOCKET)},
+}
 
 
 def decode(raw: bytes) -> KernelDenial:
@@ -120,41 +157,14 @@ def decode(raw: bytes) -> KernelDenial:
     if kind in _NET_KINDS and len(raw) >= _NET_EVENT.size:
         return _decode_net(raw)
     raw = raw.ljust(_SIZES.get(kind, _HEAD_SIZE), b"\0")
-    detail: NetDetail | ExecDetail | DeviceDetail | EscalationDetail | SyscallDetail | EscapeDetail | None = None
-    if kind == layout.KIND_EXEC:
-        ev = layout.ExecEvent.from_buffer_copy(raw)
-        argv_bytes = raw[_ARGV_OFFSET: _ARGV_OFFSET + min(ev.argv_len, layout.ARGV_BYTES)]
-        args = tuple(a.decode("utf-8", "replace") for a in argv_bytes.split(b"\0")[: ev.argc])
-        detail = ExecDetail(ev.ppid, ev.reason, bool(ev.script), ev.path.decode("utf-8", "replace"), args,
-                            bool(ev.argv_truncated), ev.dev, ev.ino)
-        head = ev.head
-    elif kind == layout.KIND_ESCALATION:
-        esc = layout.EscalationEvent.from_buffer_copy(raw)
-        detail = EscalationDetail(esc.count, esc.within_ns, esc.after, esc.escalate_action, bool(esc.acted))
-        head = esc.head
-    elif kind == layout.KIND_SYSCALL:
-        sys_event = layout.SyscallEvent.from_buffer_copy(raw)
-        detail = SyscallDetail(sys_event.nr, tuple(sys_event.args), bool(sys_event.lsm), bool(sys_event.compat))
-        head = sys_event.head
-    elif kind == layout.KIND_ESCAPE:
-        escape = layout.EscapeEvent.from_buffer_copy(raw)
-        detail = EscapeDetail(escape.moved_tgid, escape.dst_cgroup_id, escape.how, bool(escape.writer_killed),
-                              bool(escape.moved_is_writer), bool(escape.lsm), escape.signal)
-        head = escape.head
-    elif kind == layout.KIND_DEVICE:
-        dev = layout.DeviceEvent.from_buffer_copy(raw)
-        detail = DeviceDetail(dev.major, dev.minor, dev.access, dev.dev_type)
-        head = dev.head
-    elif kind in (layout.KIND_CONNECT, layout.KIND_SENDMSG, layout.KIND_SOCKET):
-        net = layout.NetEvent.from_buffer_copy(raw)
-        address = ""
-        if kind != layout.KIND_SOCKET and net.family in (AF_INET, AF_INET6):
-            addr = bytes(net.addr)
-            address = socket.inet_ntop(net.family, addr[:4] if net.family == AF_INET else addr)
-        detail = NetDetail(net.family, net.sock_type, net.port, net.protocol, address)
-        head = net.head
-    else:
+    detail: Detail | None = None
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
         head = layout.EventHead.from_buffer_copy(raw)
+    else:
+        event_type, decode_detail = decoder
+        event = event_type.from_buffer_copy(raw)
+        detail, head = decode_detail(event, raw), event.head
     return KernelDenial(
         boot_ns=head.boot_ns,
         cgroup_id=head.cgroup_id,
