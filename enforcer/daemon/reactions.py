@@ -30,6 +30,7 @@ ESCALATE_CODES = {
 # A fired escalation whose event has not arrived after this long was lost with a
 # full ring buffer: act on it from the map instead.
 ESCALATION_EVENT_GRACE_NS = 1_000_000_000
+ATTACHMENT_CHECK_S = 0.2  # at most this often on refused bpf() calls (each queries every guarded cgroup)
 
 log = structlog.get_logger("enforcer.enforcement")
 
@@ -43,29 +44,44 @@ class KernelReactions:
         self._dns = dns
         self._mount = mount
         self._save = save
+        self._attachments_checked = 0.0  # monotonic time of the last check
+        self._bpf_call_unchecked = False
 
     def on_bpf_call(self) -> None:
         """A sandbox called bpf() and was refused. Without BPF-LSM the call ran
         before its caller died, and a detach racing it from another thread
-        could have got through: put back whatever is missing."""
-        with self._lock:
-            restored = self._guard.restore_attachments()
-        if restored:
-            log.error("programs_reattached", programs=[f"{name}@{cgroup_id}" for name, cgroup_id in restored],
-                      note="a sandbox detached them with bpf() before it was stopped")
+        could have got through: put back whatever is missing. A check queries
+        every guarded cgroup, so a flood of refused calls gets one check per
+        ATTACHMENT_CHECK_S; the rest wait for keep_pins, within a second."""
+        self._bpf_call_unchecked = True
+        if time.monotonic() - self._attachments_checked >= ATTACHMENT_CHECK_S:
+            with self._lock:
+                self._check_attachments()
 
     def keep_pins(self) -> None:
-        """Pin again what was unlinked from bpffs; skipped while an apply holds
-        the lock (the caller comes back in a second)."""
+        """Each second: pin again what was unlinked from bpffs, and check the
+        attachments a refused bpf() call left unchecked. Skipped while an apply
+        holds the lock (the caller comes back in a second)."""
         if not self._lock.acquire(blocking=False):
             return
         try:
             restored = self._guard.restore_pins()
+            if self._bpf_call_unchecked:
+                self._check_attachments()
         finally:
             self._lock.release()
         if restored:
             log.error("pins_restored", pins=[str(p) for p in restored],
                       note="someone unlinked them; without a pin a link ends with the daemon")
+
+    def _check_attachments(self) -> None:
+        """Under the lock."""
+        self._bpf_call_unchecked = False
+        self._attachments_checked = time.monotonic()
+        restored = self._guard.restore_attachments()
+        if restored:
+            log.error("programs_reattached", programs=[f"{name}@{cgroup_id}" for name, cgroup_id in restored],
+                      note="a sandbox detached them with bpf() before it was stopped")
 
     def on_escape(self, denial: KernelDenial) -> tuple[str, str]:
         """The kernel reported a cgroup escape: kill what left if the kernel
