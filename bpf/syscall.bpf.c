@@ -256,7 +256,9 @@ int enf_sys_enter(struct enf_sys_enter_record *ctx)
 /* args: struct pt_regs *regs, long id */
 int enf_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
-    if (!enf_active())
+    /* Every syscall of every task passes here: a task outside every sandbox
+     * costs the lookup alone, not the read of its compat state. */
+    if (!enf_active() || !sandbox_of_task())
         return 0;
     struct enf_syscall_args where = {.regs = (const char *)ctx->args[0]};
     judge_syscall((long)ctx->args[1], in_compat_syscall(), &where);
