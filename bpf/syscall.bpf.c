@@ -79,20 +79,14 @@ static __always_inline u8 in_compat_syscall(void)
     return (status & ENF_TS_COMPAT) ? 1 : 0;
 }
 
-/* The sandbox's verdict on syscall nr: 0 (allowed, or no sandbox), else the
- * action. A 32-bit call's number is not this architecture's: only the default counts. */
-static __always_inline u8 syscall_refusal(long nr, u8 compat, struct enf_sandbox **found)
+/* The sandbox's verdict on syscall nr: 0 (allowed), else the action. A 32-bit
+ * call's number is not this architecture's: only the default counts. */
+static __always_inline u8 sandbox_refuses(struct enf_sandbox *sb, long nr, u8 compat)
 {
-    struct enf_sandbox *sb = sandbox_of_task();
-    if (!sb)
-        return 0;
     struct enf_syscall_key key = {.generation = sb->generation, .nr = (u32)nr};
     u8 *rule = compat ? 0 : syscall_rules.lookup(&key);
     u8 verdict = rule ? *rule : sb->syscall_default;
-    if (verdict != ENF_VERDICT_DENY)
-        return 0;
-    *found = sb;
-    return action_of(sb);
+    return verdict == ENF_VERDICT_DENY ? action_of(sb) : 0;
 }
 
 static __always_inline void report_syscall(struct enf_sandbox *sb, u8 action, long nr, struct enf_syscall_args *where,
@@ -109,13 +103,13 @@ static __always_inline void report_syscall(struct enf_sandbox *sb, u8 action, lo
     send_event(sb, &ev, sizeof(ev));
 }
 
-static __always_inline void judge_syscall(long nr, u8 compat, struct enf_syscall_args *where)
+static __always_inline void judge_syscall(struct enf_sandbox *sb, long nr, u8 compat,
+                                          struct enf_syscall_args *where)
 {
     if (!compat && ENF_LSM_SYSCALL(nr))
         return;
-    struct enf_sandbox *sb = 0;
-    u8 action = syscall_refusal(nr, compat, &sb);
-    if (!action || !sb)
+    u8 action = sandbox_refuses(sb, nr, compat);
+    if (!action)
         return;
     if (action == ENF_ACTION_REFUSED)
         bpf_send_signal(ENF_SIGKILL);
@@ -145,8 +139,8 @@ static __always_inline int refuse_in_lsm(long rule_nr)
 {
     if (rule_nr < 0 || !enf_active())
         return 0;
-    struct enf_sandbox *sb = 0;
-    u8 action = syscall_refusal(rule_nr, 0, &sb);
+    struct enf_sandbox *sb = sandbox_of_task();
+    u8 action = sb ? sandbox_refuses(sb, rule_nr, 0) : 0;
     if (!action || !sb)
         return 0;
     struct enf_current_call call;
@@ -246,10 +240,13 @@ int enf_sys_enter(struct enf_sys_enter_record *ctx)
 {
     if (!enf_active())
         return 0;
+    struct enf_sandbox *sb = sandbox_of_task();
+    if (!sb)
+        return 0;
     long nr = -1;
     bpf_probe_read_kernel(&nr, sizeof(nr), &ctx->nr);
     struct enf_syscall_args where = {.record = ctx->args};
-    judge_syscall(nr, 0, &where);
+    judge_syscall(sb, nr, 0, &where);
     return 0;
 }
 
@@ -258,9 +255,12 @@ int enf_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
     /* Every syscall of every task passes here: a task outside every sandbox
      * costs the lookup alone, not the read of its compat state. */
-    if (!enf_active() || !sandbox_of_task())
+    if (!enf_active())
+        return 0;
+    struct enf_sandbox *sb = sandbox_of_task();
+    if (!sb)
         return 0;
     struct enf_syscall_args where = {.regs = (const char *)ctx->args[0]};
-    judge_syscall((long)ctx->args[1], in_compat_syscall(), &where);
+    judge_syscall(sb, (long)ctx->args[1], in_compat_syscall(), &where);
     return 0;
 }
