@@ -160,12 +160,9 @@ int enf_sock_create(struct bpf_sock *sk)
  * Without it the only guard is to stop the process at the syscall: it is
  * killed before socket() returns a descriptor. */
 #ifdef ENF_LSM
-static __always_inline int refuse_packet_socket(int family, int type, int protocol)
+static __always_inline int refuse_packet_socket(struct enf_sandbox *sb, int family, int type, int protocol)
 {
-    if (family != ENF_AF_PACKET || !enf_active())
-        return 0;
-    struct enf_sandbox *sb = sandbox_of_task();
-    if (!sb)
+    if (family != ENF_AF_PACKET)
         return 0;
     u8 action = action_of(sb);
     report_socket(sb, action, ENF_AF_PACKET, (u8)type, (u16)protocol);

@@ -50,12 +50,12 @@ struct enf_syscall_args {
 /* x86_64 pt_regs (UAPI asm/ptrace.h): the syscall's arguments in rdi, rsi,
  * rdx, r10, r8, r9. */
 #define ENF_REG_R10 (7 * 8)
-#define ENF_REG_ORIG_AX (15 * 8)
 #define ENF_REG_R9  (8 * 8)
 #define ENF_REG_R8  (9 * 8)
 #define ENF_REG_RDX (12 * 8)
 #define ENF_REG_RSI (13 * 8)
 #define ENF_REG_RDI (14 * 8)
+#define ENF_REG_ORIG_AX (15 * 8)  /* the syscall's number */
 
 static __always_inline void read_syscall_args(struct enf_syscall_event *ev, struct enf_syscall_args *where)
 {
@@ -134,40 +134,43 @@ static __always_inline void read_current_call(struct enf_current_call *call)
     call->compat = in_compat_syscall();
 }
 
-/* EPERM from an LSM hook for the syscall rule_nr stands for (x86_64 number; -1: none). */
-static __always_inline int refuse_in_lsm(long rule_nr)
+/* The task's sandbox, where an LSM hook has one to judge by (0: none, or
+ * enforcement not active). Hooks shared with every task of the host look it
+ * up first, and once. */
+static __always_inline struct enf_sandbox *lsm_sandbox(void)
 {
-    if (rule_nr < 0 || !enf_active())
+    return enf_active() ? sandbox_of_task() : 0;
+}
+
+/* EPERM if sb refuses the syscall rule_nr stands for (x86_64 number; -1: none).
+ * call: the task's current call if the hook has read it, else 0 (then it is
+ * read only for a refusal). */
+static __always_inline int refuse_in_lsm(struct enf_sandbox *sb, long rule_nr, struct enf_current_call *call)
+{
+    if (!sb || rule_nr < 0)
         return 0;
-    struct enf_sandbox *sb = sandbox_of_task();
-    u8 action = sb ? sandbox_refuses(sb, rule_nr, 0) : 0;
-    if (!action || !sb)
+    u8 action = sandbox_refuses(sb, rule_nr, 0);
+    if (!action)
         return 0;
-    struct enf_current_call call;
-    read_current_call(&call);
+    struct enf_current_call read = {};
+    if (!call) {
+        read_current_call(&read);
+        call = &read;
+    }
     /* A 32-bit call under a default-deny policy: the raw sys_enter has reported it. */
-    if (!(call.compat && sb->syscall_default == ENF_VERDICT_DENY)) {
-        struct enf_syscall_args where = {.regs = call.regs};
-        report_syscall(sb, action, rule_nr, &where, 1, call.compat);
+    if (!(call->compat && sb->syscall_default == ENF_VERDICT_DENY)) {
+        struct enf_syscall_args where = {.regs = call->regs};
+        report_syscall(sb, action, rule_nr, &where, 1, call->compat);
     }
     return action == ENF_ACTION_REFUSED ? -ENF_EPERM : 0;
 }
 
-/* Shared hooks run for every task of the host: the task's sandbox is looked up
- * before its registers are read. */
-static __always_inline int in_a_sandbox(void)
-{
-    return enf_active() && sandbox_of_task() != 0;
-}
-
 /* ptrace_access_check also guards /proc/<pid>/mem, kcmp, pidfd_getfd...: only
  * the ptrace and process_vm_* syscalls are refused there. */
-static __always_inline long ptrace_rule(void)
+static __always_inline long ptrace_rule(struct enf_current_call *call)
 {
-    struct enf_current_call call;
-    read_current_call(&call);
-    long nr = call.nr;
-    if (call.compat)
+    long nr = call->nr;
+    if (call->compat)
         return nr == ENF_NR32_PTRACE ? ENF_NR_PTRACE
              : nr == ENF_NR32_PROCESS_VM_READV ? ENF_NR_PROCESS_VM_READV
              : nr == ENF_NR32_PROCESS_VM_WRITEV ? ENF_NR_PROCESS_VM_WRITEV : -1;
@@ -182,57 +185,63 @@ struct task_struct;
 
 LSM_PROBE(bpf, int cmd, union bpf_attr *attr, unsigned int size)
 {
-    return refuse_in_lsm(ENF_NR_BPF);
+    return refuse_in_lsm(lsm_sandbox(), ENF_NR_BPF, 0);
 }
 
 LSM_PROBE(perf_event_open, struct perf_event_attr *attr, int type)
 {
-    return refuse_in_lsm(ENF_NR_PERF_EVENT_OPEN);
+    return refuse_in_lsm(lsm_sandbox(), ENF_NR_PERF_EVENT_OPEN, 0);
 }
 
 LSM_PROBE(sb_mount, const char *dev_name, const struct path *path, const char *type, unsigned long flags, void *data)
 {
-    return refuse_in_lsm(ENF_NR_MOUNT);
+    return refuse_in_lsm(lsm_sandbox(), ENF_NR_MOUNT, 0);
 }
 
 LSM_PROBE(ptrace_access_check, struct task_struct *child, unsigned int mode)
 {
-    return in_a_sandbox() ? refuse_in_lsm(ptrace_rule()) : 0;
+    struct enf_sandbox *sb = lsm_sandbox();
+    if (!sb)
+        return 0;
+    struct enf_current_call call;
+    read_current_call(&call);
+    return refuse_in_lsm(sb, ptrace_rule(&call), &call);
 }
 
 LSM_PROBE(ptrace_traceme, struct task_struct *parent)
 {
-    return refuse_in_lsm(ENF_NR_PTRACE);
+    return refuse_in_lsm(lsm_sandbox(), ENF_NR_PTRACE, 0);
 }
 
 /* init_module and kexec_load hand the kernel a buffer; finit_module and
  * kexec_file_load a file. Firmware, policies and certificates pass too. */
 LSM_PROBE(kernel_load_data, int id, bool contents)
 {
-    return refuse_in_lsm(id == ENF_LOADING_MODULE ? ENF_NR_INIT_MODULE
-                         : id == ENF_LOADING_KEXEC_IMAGE ? ENF_NR_KEXEC_LOAD : -1);
+    long rule = id == ENF_LOADING_MODULE ? ENF_NR_INIT_MODULE : id == ENF_LOADING_KEXEC_IMAGE ? ENF_NR_KEXEC_LOAD : -1;
+    return rule < 0 ? 0 : refuse_in_lsm(lsm_sandbox(), rule, 0);
 }
 
 LSM_PROBE(kernel_read_file, struct file *file, int id, bool contents)
 {
-    return refuse_in_lsm(id == ENF_READING_MODULE ? ENF_NR_FINIT_MODULE
-                         : (id == ENF_READING_KEXEC_IMAGE || id == ENF_READING_KEXEC_INITRAMFS) ? ENF_NR_KEXEC_FILE_LOAD
-                         : -1);
+    long rule = id == ENF_READING_MODULE ? ENF_NR_FINIT_MODULE
+              : (id == ENF_READING_KEXEC_IMAGE || id == ENF_READING_KEXEC_INITRAMFS) ? ENF_NR_KEXEC_FILE_LOAD : -1;
+    return rule < 0 ? 0 : refuse_in_lsm(lsm_sandbox(), rule, 0);
 }
 
 /* socket() and socketpair() (and i386 socketcall, io_uring's socket op); kern:
  * a socket the kernel makes for itself. Packet sockets first (network.bpf.c). */
 LSM_PROBE(socket_create, int family, int type, int protocol, int kern)
 {
-    if (kern)
+    struct enf_sandbox *sb = kern ? 0 : lsm_sandbox();
+    if (!sb)
         return 0;
-    int refused = refuse_packet_socket(family, type, protocol);
-    if (refused || !in_a_sandbox())
+    int refused = refuse_packet_socket(sb, family, type, protocol);
+    if (refused)
         return refused;
     struct enf_current_call call;
     read_current_call(&call);
     int pair = call.compat ? call.nr == ENF_NR32_SOCKETPAIR : call.nr == ENF_NR_SOCKETPAIR;
-    return refuse_in_lsm(pair ? ENF_NR_SOCKETPAIR : ENF_NR_SOCKET);
+    return refuse_in_lsm(sb, pair ? ENF_NR_SOCKETPAIR : ENF_NR_SOCKET, &call);
 }
 #endif
 
