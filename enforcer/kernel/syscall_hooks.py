@@ -33,17 +33,12 @@ LSM_SYSCALLS = frozenset({"bpf", "perf_event_open", "mount", "ptrace", "process_
 def lsm_defines(lsm: bool) -> dict[str, str]:
     """ENF_NR_<NAME> for each syscall an LSM hook stands for, and in the lsm
     mode ENF_LSM_SYSCALL(nr), true for exactly those: the C side's only list."""
-    numbers = {name: syscall_table()[name] for name in sorted(LSM_SYSCALLS)}
+    table = syscall_table()
+    numbers = {name: table[name] for name in sorted(LSM_SYSCALLS)}
     defines = {f"ENF_NR_{name.upper()}": str(nr) for name, nr in numbers.items()}
     if lsm:
         defines["ENF_LSM_SYSCALL(nr)"] = "(" + " || ".join(f"(nr) == {nr}" for nr in numbers.values()) + ")"
     return defines
-
-
-def refused_how(name: str, lsm: bool) -> str:
-    """How this kernel refuses syscall ``name``: "eperm" (a BPF-LSM hook) or
-    "kill" (SIGKILL at its entry tracepoint; the call runs)."""
-    return "eperm" if lsm and name in LSM_SYSCALLS else "kill"
 
 
 def tracepoint_link(name: str) -> str:
@@ -89,11 +84,14 @@ class SyscallHooks:
         return known
 
     def refusals(self, names: Iterable[str], every: bool) -> list[tuple[str, str]]:
-        """(syscall, how it is refused here: eperm, kill or none) for the
-        refused ``names``; "*" stands for every other one when ``every``."""
-        lsm = bool(self._by_lsm)
-        rows = [(name, refused_how(name, lsm) if every or self._has_tracepoint(name) else "none")
-                for name in sorted(names)]
+        """(syscall, how it is refused here) for the refused ``names``: "eperm"
+        (a BPF-LSM hook), "kill" (SIGKILL at its entry; the call runs) or "none"
+        (not built); "*" stands for every other one when ``every``."""
+        def how(name: str) -> str:
+            if not every and not self._has_tracepoint(name):
+                return "none"
+            return "eperm" if name in self._by_lsm else "kill"
+        rows = [(name, how(name)) for name in sorted(names)]
         return rows + ([("*", "kill")] if every else [])
 
     def pinned(self) -> list[tuple[Path, int]]:
