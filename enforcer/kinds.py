@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from enforcer.v1 import enforcer_pb2 as pb
+from enforcer.wire import PROTOCOL_NAMES
 
 Record = dict[str, Any]  # one audit-log record, as written and as export reads it
 
-# IP protocol numbers as the audit log writes them, and their OCSF names.
+# IP protocol numbers as the audit log writes them (the pipeline maps the
+# kernel's back through this too), and their OCSF names.
 PROTOCOL_NUMBERS = {pb.PROTOCOL_TCP: 6, pb.PROTOCOL_UDP: 17}
-_PROTOCOL_LETTERS = {pb.PROTOCOL_ANY: "any", pb.PROTOCOL_TCP: "tcp", pb.PROTOCOL_UDP: "udp"}
 _OCSF_PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp"}
 
 
@@ -93,7 +94,7 @@ def _destination_audit(event: pb.DenialEvent) -> Record:
 def _destination_text(event: pb.DenialEvent) -> str:
     dest = event.destination
     host = f"[{dest.address}]" if ":" in dest.address else dest.address
-    return f"{host}:{dest.port}/{_PROTOCOL_LETTERS.get(dest.protocol, '?')}"
+    return f"{host}:{dest.port}/{PROTOCOL_NAMES.get(dest.protocol, '?')}"
 
 
 def _destination_message(kind: str) -> Callable[[Record, str], str]:
@@ -180,7 +181,7 @@ def _dns_audit(event: pb.DenialEvent) -> Record:
 
 def _dns_text(event: pb.DenialEvent) -> str:
     reason = pb.DnsReason.Name(event.dns.reason).removeprefix("DNS_REASON_").lower()
-    return f"{event.dns.name} {event.dns.query_type}/{_PROTOCOL_LETTERS.get(event.dns.transport, '?')} ({reason})"
+    return f"{event.dns.name} {event.dns.query_type}/{PROTOCOL_NAMES.get(event.dns.transport, '?')} ({reason})"
 
 
 def _dns_ocsf(record: Record, refused: bool, actor: dict[str, Any], host: str) -> Ocsf:

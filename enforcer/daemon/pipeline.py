@@ -38,7 +38,7 @@ from enforcer.kernel.events import (
 )
 from enforcer.kernel.ringbuf import RingRecord
 from enforcer.kernel.syscall_rules import syscall_name
-from enforcer.kinds import BY_PROTO, KINDS
+from enforcer.kinds import BY_PROTO, KINDS, PROTOCOL_NUMBERS
 from enforcer.policy.syscalls import syscall_table
 from enforcer.v1 import enforcer_pb2 as pb
 
@@ -104,7 +104,7 @@ _ACCESS_LETTERS = ((2, "r"), (4, "w"), (1, "m"))
 _ACTIONS = {layout.ACTION_REFUSED: pb.ACTION_REFUSED, layout.ACTION_AUDITED: pb.ACTION_AUDITED}
 _KIND_NAMES = {kind: pb.DenialKind.Name(number) for kind, number in _KINDS.items()}
 _ACTION_NAMES = {action: pb.Action.Name(number) for action, number in _ACTIONS.items()}
-_PROTOCOLS = {6: pb.PROTOCOL_TCP, 17: pb.PROTOCOL_UDP}
+_PROTOCOLS = {number: wire for wire, number in PROTOCOL_NUMBERS.items()}  # the kernel's -> the wire's
 
 
 def boot_to_unix_offset_ns() -> int:
