@@ -126,12 +126,20 @@ def _exec_detail(ev: layout.ExecEvent, raw: bytes) -> ExecDetail:
                       bool(ev.argv_truncated), ev.dev, ev.ino)
 
 
+def _address(kind: int, family: int, addr: bytes) -> str:
+    """The destination as text ("" for a socket creation, or a family with none)."""
+    if kind == layout.KIND_SOCKET:
+        return ""
+    if family == AF_INET:
+        return socket.inet_ntop(AF_INET, addr[:4])
+    if family == AF_INET6:
+        return socket.inet_ntop(AF_INET6, addr)
+    return ""
+
+
 def _net_detail(net: layout.NetEvent, _raw: bytes) -> NetDetail:
-    address = ""
-    if net.head.kind != layout.KIND_SOCKET and net.family in (AF_INET, AF_INET6):
-        addr = bytes(net.addr)
-        address = socket.inet_ntop(net.family, addr[:4] if net.family == AF_INET else addr)
-    return NetDetail(net.family, net.sock_type, net.port, net.protocol, address)
+    return NetDetail(net.family, net.sock_type, net.port, net.protocol, _address(net.head.kind, net.family,
+                                                                                 bytes(net.addr)))
 
 
 # The kernel's kind -> its event struct and the detail decoded from it (a short
@@ -183,12 +191,6 @@ def decode(raw: bytes) -> KernelDenial:
 def _decode_net(raw: bytes) -> KernelDenial:
     (boot_ns, cgroup_id, generation, slot, tgid, tid, comm, kind, action, tag,
      family, sock_type, port, protocol, addr) = _NET_EVENT.unpack_from(raw)
-    address = ""
-    if kind != layout.KIND_SOCKET:
-        if family == AF_INET:
-            address = socket.inet_ntop(AF_INET, addr[:4])
-        elif family == AF_INET6:
-            address = socket.inet_ntop(AF_INET6, addr)
     return KernelDenial(boot_ns, cgroup_id, generation, tag, slot, tgid, tid,
                         comm.split(b"\0", 1)[0].decode("utf-8", "replace"), kind, action,
-                        NetDetail(family, sock_type, port, protocol, address))
+                        NetDetail(family, sock_type, port, protocol, _address(kind, family, addr)))
