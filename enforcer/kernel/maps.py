@@ -256,17 +256,16 @@ class KernelMaps:
     def track_processes(self, cgroup: Cgroup) -> int:
         """Tell the kernel which processes a new sandbox holds (the escape
         programs track forks and moves from here on). Returns how many."""
-        value = layout.Tracked(sandbox_cgroup_id=cgroup.id, level=cgroup.level)
-        count = 0
+        value = bytes(layout.Tracked(sandbox_cgroup_id=cgroup.id, level=cgroup.level))
+        entries = []
         for procs in cgroup.path.rglob("cgroup.procs"):
             try:
                 pids = procs.read_text().split()
             except OSError:
                 continue  # a child cgroup removed meanwhile
-            for pid in pids:
-                self._update(layout.MAP_SANDBOXED_TASKS, ctypes.c_uint32(int(pid)), value)
-                count += 1
-        return count
+            entries += [(bytes(ctypes.c_uint32(int(pid))), value) for pid in pids]
+        self.write_entries(layout.MAP_SANDBOXED_TASKS, entries)  # one batch call
+        return len(entries)
 
     def untrack_processes(self, cgroup_id: int) -> None:
         for key, value in list(self._bpf[layout.MAP_SANDBOXED_TASKS].items()):
