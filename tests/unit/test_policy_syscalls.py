@@ -77,3 +77,15 @@ def test_rules_pack_into_the_mirrored_key_and_deny_wins():
                     101: (7, bytes([layout.VERDICT_DENY])), 321: (7, bytes([layout.VERDICT_DENY]))}  # bpf: implied
     assert hooked(policy) == ({"ptrace", "bpf"}, True)
     assert hooked(SyscallPolicy()) == ({"bpf", "perf_event_open"}, False)
+
+
+def test_every_syscall_left_to_an_lsm_hook_has_one():
+    """In the lsm mode a syscall in LSM_SYSCALLS gets no tracepoint: a name
+    there that no hook of bpf/syscall.bpf.c refuses would be refused by nothing."""
+    from enforcer.kernel.syscall_hooks import LSM_SYSCALLS, lsm_defines
+
+    source = (Path(__file__).resolve().parents[2] / "bpf" / "syscall.bpf.c").read_text()
+    hooks = source[source.rindex("#ifdef ENF_LSM"):]  # the LSM hooks and their helpers
+    named = {macro for macro in lsm_defines(True) if macro.startswith("ENF_NR_")}
+    assert len(named) == len(LSM_SYSCALLS)
+    assert sorted(macro for macro in named if macro not in hooks) == []
